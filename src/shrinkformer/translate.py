@@ -1,0 +1,43 @@
+"""Text in, text out: tokenize, batch by length, beam search, detokenize, in input order."""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Iterable, Iterator, Sequence
+
+import torch
+
+from .data.batching import pad
+from .data.tokenizer import Tokenizer
+from .model.search import SearchConfig, beam_search
+from .model.transformer import EOS, Transformer
+
+
+class Translator:
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, search: SearchConfig = SearchConfig(),
+                 batch_sentences: int = 64, device: str | torch.device = "cpu") -> None:
+        self.model, self.tokenizer, self.search = model.to(device).eval(), tokenizer, search
+        self.batch_sentences, self.device = batch_sentences, device
+        # Longest source the positional table allows once the target budget is added.
+        self.max_source = max(1, model.cfg.max_positions // 2 - 1)
+
+    def translate_ids(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # similar lengths batch well
+        out: list[list[int]] = [[] for _ in sources]
+        for start in range(0, len(order), self.batch_sentences):
+            chunk = order[start:start + self.batch_sentences]
+            src = pad([list(sources[i][: self.max_source]) + [EOS] for i in chunk]).to(self.device)
+            for i, hyp in zip(chunk, beam_search(self.model, src, self.search)):
+                out[i] = hyp
+        return out
+
+    def translate(self, lines: Sequence[str]) -> list[str]:
+        if not lines:
+            return []
+        return self.tokenizer.decode(self.translate_ids(self.tokenizer.encode(lines)))
+
+    def stream(self, lines: Iterable[str], chunk: int = 256) -> Iterator[str]:
+        """Translate an unbounded stream, a chunk at a time, keeping the order."""
+        it = (line.rstrip("\n") for line in lines)
+        while block := list(islice(it, chunk)):
+            yield from self.translate(block)
