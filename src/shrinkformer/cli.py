@@ -95,19 +95,25 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_translate(args: argparse.Namespace) -> int:
     _, translator = _translator(args)
-    source = open(args.input, encoding="utf-8", errors="strict") if args.input else sys.stdin
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    source = open(args.input, encoding="utf-8") if args.input else sys.stdin
+    # A named output file appears only once complete; stdout streams line by line.
+    tmp = args.output.with_name(f".{args.output.name}.tmp") if args.output else None
+    out = open(tmp, "w", encoding="utf-8") if tmp else sys.stdout
     try:
         for line in translator.stream(source, chunk=args.batch_size):
             out.write(line + "\n")
             out.flush()
+        if tmp:
+            out.close()
+            os.replace(tmp, args.output)
     except UnicodeDecodeError as err:
         raise ShrinkformerError(f"{args.input or 'stdin'}: invalid UTF-8 ({err.reason})") from None
     finally:
         if args.input:
             source.close()
-        if args.output:
+        if tmp:
             out.close()
+            tmp.unlink(missing_ok=True)
     return 0
 
 

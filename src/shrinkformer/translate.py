@@ -32,9 +32,14 @@ class Translator:
         return out
 
     def translate(self, lines: Sequence[str]) -> list[str]:
-        if not lines:
-            return []
-        return self.tokenizer.decode(self.translate_ids(self.tokenizer.encode(lines)))
+        """Detokenized translations; an empty line stays empty rather than inviting a hallucination."""
+        todo = [i for i, line in enumerate(lines) if line.strip()]
+        out = [""] * len(lines)
+        if todo:
+            hyps = self.translate_ids(self.tokenizer.encode([lines[i] for i in todo]))
+            for i, text in zip(todo, self.tokenizer.decode(hyps)):
+                out[i] = text
+        return out
 
     def stream(self, lines: Iterable[str], chunk: int = 256) -> Iterator[str]:
         """Translate an unbounded stream, a chunk at a time, keeping the order."""
