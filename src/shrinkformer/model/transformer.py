@@ -49,6 +49,14 @@ class MultiHeadAttention(nn.Module):
         # the analysis uses it to decode with quantized attention. None keeps the fused kernel.
         self.prob_transform: Callable[[Tensor], Tensor] | None = None
 
+    @staticmethod
+    def _project(x: Tensor, *linears: nn.Linear) -> tuple[Tensor, ...]:
+        """Several projections of one input as a single matmul: one large GEMM beats two or three
+        small ones, and the modules keep their own names (and compressed weights) all the same."""
+        weight = torch.cat([m.weight for m in linears])
+        bias = torch.cat([m.bias for m in linears])
+        return F.linear(x, weight, bias).chunk(len(linears), dim=-1)
+
     def _heads(self, x: Tensor) -> Tensor:  # (B, T, C) -> (B, H, T, D)
         return x.unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)
 
@@ -62,20 +70,21 @@ class MultiHeadAttention(nn.Module):
         prefix: str = "self",
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        q = self._heads(self.q_proj(x))
         if memory is None:  # self-attention: new keys/values extend the cached prefix
-            k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+            q, k, v = (self._heads(t) for t in self._project(x, self.q_proj, self.k_proj, self.v_proj))
             if cache is not None:
                 if f"{prefix}_k" in cache:
                     k = torch.cat([cache[f"{prefix}_k"], k], dim=2)
                     v = torch.cat([cache[f"{prefix}_v"], v], dim=2)
                 cache[f"{prefix}_k"], cache[f"{prefix}_v"] = k, v
-        elif cache is not None and f"{prefix}_k" in cache:  # cross-attention, memory already projected
-            k, v = cache[f"{prefix}_k"], cache[f"{prefix}_v"]
         else:
-            k, v = self._heads(self.k_proj(memory)), self._heads(self.v_proj(memory))
-            if cache is not None:
-                cache[f"{prefix}_k"], cache[f"{prefix}_v"] = k, v
+            q = self._heads(self.q_proj(x))
+            if cache is not None and f"{prefix}_k" in cache:  # memory already projected
+                k, v = cache[f"{prefix}_k"], cache[f"{prefix}_v"]
+            else:
+                k, v = (self._heads(t) for t in self._project(memory, self.k_proj, self.v_proj))
+                if cache is not None:
+                    cache[f"{prefix}_k"], cache[f"{prefix}_v"] = k, v
 
         mask = None if key_mask is None else ~key_mask[:, None, None, :]  # (B, 1, 1, S) True=attend
         dropout = self.dropout if self.training else 0.0

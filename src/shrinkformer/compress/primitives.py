@@ -1,0 +1,141 @@
+"""Pure tensor maths behind the compression methods, testable without a model."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def init_centroids(values: Tensor, k: int, init: str = "linear") -> Tensor:
+    """Starting centroids: ``linear`` spaces k points evenly over [min, max] (Deep Compression's
+    best for accuracy: it keeps the rare large weights); ``density`` takes quantiles."""
+    v = values.detach().flatten().double()
+    if init == "linear":
+        return torch.linspace(float(v.min()), float(v.max()), k, dtype=torch.float64)
+    if init == "density":
+        return torch.quantile(v if v.numel() <= 1 << 24 else v[:: v.numel() // (1 << 24) + 1],
+                              torch.linspace(0, 1, k + 2, dtype=torch.float64)[1:-1])
+    raise ValueError(f"unknown k-means init {init!r} (linear or density)")
+
+
+def kmeans_1d(values: Tensor, k: int, init: str = "linear", max_iter: int = 300) -> tuple[Tensor, Tensor]:
+    """Lloyd's algorithm in one dimension, run to convergence on sorted values.
+
+    Sorting once turns every iteration into k binary searches and k prefix-sum differences
+    (O(k log n) instead of O(nk)), so iterating until the assignment stops changing is cheap.
+    Returns centroids (k,) ascending in the values' dtype and the index (n,) of each value's
+    centroid. Empty clusters keep their previous centroid.
+    """
+    flat = values.detach().flatten()
+    x, order = torch.sort(flat.double())
+    prefix = torch.cat([x.new_zeros(1), torch.cumsum(x, 0)])
+    c = init_centroids(x, k, init).sort().values
+    bounds = None
+    for _ in range(max_iter):
+        new_bounds = torch.searchsorted(x, (c[1:] + c[:-1]) / 2)  # first index of each cluster but the first
+        if bounds is not None and torch.equal(new_bounds, bounds):
+            break
+        bounds = new_bounds
+        edges = torch.cat([bounds.new_zeros(1), bounds, bounds.new_tensor([x.numel()])])
+        counts = edges[1:] - edges[:-1]
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
+        c = torch.where(counts > 0, sums / counts.clamp(min=1), c)
+    centroids = c.to(flat.dtype)
+    return centroids, assign(flat, centroids)
+
+
+def assign(values: Tensor, centroids: Tensor) -> Tensor:
+    """Index of the nearest centroid (centroids ascending), as int64 of values' shape."""
+    mid = (centroids[1:].double() + centroids[:-1].double()) / 2
+    return torch.bucketize(values.double(), mid)
+
+
+def within_cluster_sse(values: Tensor, centroids: Tensor, index: Tensor) -> float:
+    return float(((values.double().flatten() - centroids.double()[index.flatten()]) ** 2).sum())
+
+
+def binarize_flex(latent: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
+    """One BS-Flex re-assignment: weights above ``threshold`` join the upper cluster, the rest the
+    lower, and each centroid becomes the mean of its members (boolean indexing, no iterations).
+    Returns the upper-cluster mask and centroids (2,) [lower, upper]."""
+    upper = latent > threshold
+    n_up = upper.sum()
+    total = latent.sum()
+    up_sum = latent[upper].sum()
+    n = latent.numel()
+    lo = torch.where(n_up < n, (total - up_sum) / (n - n_up).clamp(min=1), threshold)
+    hi = torch.where(n_up > 0, up_sum / n_up.clamp(min=1), threshold)
+    return upper, torch.stack([lo, hi]).to(latent.dtype)
+
+
+def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:
+    """True for the weights that survive removing the ``sparsity`` share of smallest magnitudes
+    (exactly round(sparsity * n) removed; ties broken by position)."""
+    n_prune = round(sparsity * weight.numel())
+    mask = torch.ones(weight.numel(), dtype=torch.bool, device=weight.device)
+    if n_prune:
+        mask[weight.detach().abs().flatten().argsort(stable=True)[:n_prune]] = False
+    return mask.view_as(weight)
+
+
+def global_magnitude_masks(weights: list[Tensor], sparsity: float) -> list[Tensor]:
+    """Masks removing the smallest-magnitude ``sparsity`` share across all ``weights`` together."""
+    joint = magnitude_mask(torch.cat([w.detach().flatten() for w in weights]), sparsity)
+    return [m.view_as(w) for m, w in zip(joint.split([w.numel() for w in weights]), weights)]
+
+
+def pack_bits(index: Tensor, bits: int) -> Tensor:
+    """(n,) integers in [0, 2**bits) -> ceil(n * bits / 8) bytes, most significant bit first."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    idx = index.flatten().to(torch.uint8)
+    shifts = torch.arange(bits - 1, -1, -1, dtype=torch.uint8, device=idx.device)
+    stream = ((idx[:, None] >> shifts) & 1).flatten()
+    stream = torch.cat([stream, stream.new_zeros((-stream.numel()) % 8)])
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=idx.device)
+    return (stream.view(-1, 8) * weights).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: Tensor, bits: int, n: int) -> Tensor:
+    """Inverse of ``pack_bits``: the first n integers, as int64."""
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
+    stream = ((packed[:, None] >> shifts) & 1).flatten()[: n * bits].view(n, bits).long()
+    return (stream << torch.arange(bits - 1, -1, -1, device=packed.device)).sum(1)
+
+
+def encode_positions(mask: Tensor) -> Tensor:
+    """Positions of the True entries as uint8 gaps from the previous one; a 0 byte means "skip 255
+    and read on" so gaps of any size fit. Smaller than a bitmask when few entries survive."""
+    pos = mask.flatten().nonzero().squeeze(1)
+    gaps = torch.diff(pos, prepend=pos.new_tensor([-1]))  # >= 1
+    n_escape = (gaps - 1) // 255
+    rest = gaps - n_escape * 255
+    out = torch.zeros(int(n_escape.sum() + gaps.numel()), dtype=torch.uint8)
+    ends = torch.cumsum(n_escape + 1, 0) - 1
+    out[ends] = rest.to(torch.uint8)
+    return out
+
+
+def decode_positions(codes: Tensor, n: int) -> Tensor:
+    """Inverse of ``encode_positions``: a boolean mask of n entries."""
+    c = codes.long()
+    step = torch.where(c == 0, 255, c)
+    pos = torch.cumsum(step, 0) - 1
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[pos[c != 0]] = True
+    return mask
+
+
+def pack_mask(mask: Tensor) -> tuple[str, Tensor]:
+    """The smaller of a bitmask and gap-coded positions, with the name of the one chosen."""
+    bitmask = pack_bits(mask.flatten().to(torch.uint8), 1)
+    gaps = encode_positions(mask)
+    return ("positions", gaps) if gaps.numel() < bitmask.numel() else ("bitmask", bitmask)
+
+
+def unpack_mask(kind: str, data: Tensor, n: int) -> Tensor:
+    if kind == "bitmask":
+        return unpack_bits(data, 1, n).bool()
+    if kind == "positions":
+        return decode_positions(data, n)
+    raise ValueError(f"unknown mask encoding {kind!r}")

@@ -1,0 +1,61 @@
+"""Which modules a compression applies to: roles (``self-attention``, ``ffn`` ...) recognised from
+module names, plus include/exclude glob patterns. Names follow shrinkformer's model and Hugging
+Face's Marian/BART family alike (``self_attn``, ``encoder_attn``/``cross_attn``, ``fc1``/``fc2``)."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Callable, Iterable
+
+from torch import nn
+
+from ..errors import UsageError
+
+
+def _in(part: str) -> Callable[[str], bool]:
+    return lambda name: re.search(rf"(^|\.){part}(\.|$)", name) is not None
+
+
+_self, _cross = _in("self_attn"), lambda n: _in("cross_attn")(n) or _in("encoder_attn")(n)
+_enc, _dec = _in("encoder"), _in("decoder")
+_ffn = lambda n: _in("ffn")(n) or _in("fc1")(n) or _in("fc2")(n)  # noqa: E731
+
+ROLES: dict[str, Callable[[str], bool]] = {
+    "all": lambda n: _enc(n) or _dec(n),
+    "self-attention": _self,
+    "encoder-self-attention": lambda n: _self(n) and _enc(n),
+    "decoder-self-attention": lambda n: _self(n) and _dec(n),
+    "cross-attention": _cross,
+    "attention": lambda n: _self(n) or _cross(n),
+    "ffn": _ffn,
+    "embeddings": lambda n: True,  # every nn.Embedding (only embeddings are eligible for this role)
+}
+
+
+def eligible(model: nn.Module) -> dict[str, nn.Module]:
+    """Linear and Embedding modules, compressed ones included (pruned layers can be quantized)."""
+    from .base import CompressedEmbedding, CompressedLinear
+    kinds = (nn.Linear, nn.Embedding, CompressedLinear, CompressedEmbedding)
+    return {n: m for n, m in model.named_modules() if isinstance(m, kinds)}
+
+
+def select(model: nn.Module, scopes: Iterable[str] = ("all",), include: Iterable[str] = (),
+           exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
+    """Modules matching any scope or include pattern and no exclude pattern, in model order."""
+    scopes, include, exclude = list(scopes), list(include), list(exclude)
+    unknown = [s for s in scopes if s not in ROLES]
+    if unknown:
+        raise UsageError(f"unknown scope {unknown[0]!r} (known: {', '.join(ROLES)}; or --include PATTERN)")
+    chosen = {}
+    for name, module in eligible(model).items():
+        is_embedding = isinstance(module, nn.Embedding) or type(module).__name__ == "CompressedEmbedding"
+        by_role = any(ROLES[s](name) and (is_embedding == (s == "embeddings")) for s in scopes)
+        by_pattern = any(fnmatch.fnmatchcase(name, p) for p in include)
+        if (by_role or by_pattern) and not any(fnmatch.fnmatchcase(name, p) for p in exclude):
+            chosen[name] = module
+    if not chosen:
+        names = list(eligible(model))
+        shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
+        raise UsageError(f"scope {'+'.join(scopes + include) or 'none'} matches no module; modules: {shown}")
+    return chosen

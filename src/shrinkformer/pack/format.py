@@ -1,0 +1,152 @@
+"""The packed model file (``.sfz``): safetensors for tensors, JSON metadata, a checksum. No pickle.
+
+Tensors: per compressed module ``{name}.{field}`` (bit-packed indices, codebook, sparse values and
+mask), the uncompressed rest in fp32 under its state-dict name, and the tokenizer as bytes.
+Metadata: format name and version, the run config, each compressed module's shape, kind and
+encoding, and a SHA-256 over every tensor's bytes. The file's size on disk is the compressed size
+that compression ratios are computed from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from ..compress.api import codecs, replace_module
+from ..compress.base import ENCODINGS, CompressedEmbedding, wrap
+from ..config import RunConfig, config_from_dict
+from ..data.tokenizer import Tokenizer
+from ..errors import CheckpointError, ShrinkformerError
+from ..model.transformer import Transformer
+
+FORMAT, VERSION = "shrinkformer-packed", 1
+
+
+def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """SHA-256 over the metadata (but the digest itself) and every tensor's name and bytes."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes() if tensors[name].numel() else b"")
+    return h.hexdigest()
+
+
+def pack_model(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and per-module metadata of a (partly) compressed model."""
+    tensors: dict[str, torch.Tensor] = {}
+    layers: dict[str, Any] = {}
+    compressed = codecs(model)
+    for name, codec in compressed.items():
+        parts, meta = codec.pack()
+        kind = "embedding" if isinstance(model.get_submodule(name), CompressedEmbedding) else "linear"
+        layers[name] = {"shape": list(codec.shape), "kind": kind, **meta}
+        tensors.update({f"{name}.{k}": v.contiguous() for k, v in parts.items()})
+    for key, value in model.state_dict().items():
+        if not any(key.startswith(f"{name}.codec.") for name in compressed):
+            tensors[key] = value.detach().float().contiguous() if value.is_floating_point() else value.contiguous()
+    return tensors, layers
+
+
+def save_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path: Path,
+                extra: dict[str, Any] | None = None) -> int:
+    """Write atomically; returns the file size in bytes."""
+    tensors, layers = pack_model(model)
+    tensors["__tokenizer__"] = torch.frombuffer(bytearray(tokenizer.model_proto), dtype=torch.uint8)
+    meta = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(cfg.to_dict()),
+            "layers": json.dumps(layers), "extra": json.dumps(extra or {})}
+    meta["sha256"] = _digest(tensors, meta)
+    data = st_save(tensors, metadata=meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return len(data)
+
+
+def _header(data: bytes, path: Path) -> dict[str, str]:
+    if len(data) < 8:
+        raise CheckpointError(f"{path}: truncated packed file")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise CheckpointError(f"{path}: truncated or corrupt packed file (header of {n} bytes in a {len(data)}-byte file)")
+    try:
+        return json.loads(data[8:8 + n]).get("__metadata__", {})
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}: corrupt packed file (unreadable header)") from None
+
+
+def load_packed(path: str | Path) -> tuple[RunConfig, Tokenizer, Transformer, dict[str, Any]]:
+    """The model as it was packed, in eval mode, plus the file's extra metadata."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
+    meta = _header(data, path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a shrinkformer packed file")
+    if meta.get("version") != str(VERSION):
+        raise CheckpointError(f"{path}: packed format version {meta.get('version')} is not supported "
+                              f"(this shrinkformer reads version {VERSION})")
+    try:
+        tensors = st_load(data)
+    except Exception as err:  # safetensors raises its own error types on damaged data
+        raise CheckpointError(f"{path}: corrupt packed file ({str(err).splitlines()[0][:120]})") from None
+    if _digest(tensors, meta) != meta.get("sha256"):
+        raise CheckpointError(f"{path}: checksum mismatch: the file is corrupt")
+    try:
+        cfg = config_from_dict(json.loads(meta["config"]))
+        tokenizer = Tokenizer(tensors.pop("__tokenizer__").numpy().tobytes())
+        model = Transformer(cfg.model)
+        for name, layer in json.loads(meta["layers"]).items():
+            shape = torch.Size(layer["shape"])
+            parts = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.")
+                     and k[len(name) + 1:] in ("centroids", "index", "mask", "values")}
+            codec = ENCODINGS[layer["encoding"]].unpack(shape, parts, layer)
+            replace_module(model, name, wrap(model.get_submodule(name), codec))
+            for k in parts:
+                tensors.pop(f"{name}.{k}")
+        state = model.state_dict()
+        dense = {k: v.to(state[k].dtype) for k, v in tensors.items()}
+        missing = [k for k in state if k not in dense and ".codec." not in k]
+        if missing or any(k not in state for k in dense):
+            raise CheckpointError(f"{path}: packed tensors do not match the model (missing {missing[:3]})")
+        model.load_state_dict({**state, **dense})
+    except ShrinkformerError:
+        raise
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
+        raise CheckpointError(f"{path}: inconsistent packed file ({type(err).__name__}: {str(err)[:120]})") from None
+    return cfg, tokenizer, model.eval(), json.loads(meta.get("extra", "{}"))
+
+
+def dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict the model would have uncompressed, in fp32 (compressed weights materialised)."""
+    compressed = codecs(model)
+    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
+             if not any(k.startswith(f"{n}.codec.") for n in compressed)}
+    with torch.no_grad():
+        state.update({f"{n}.weight": c().detach().float().contiguous() for n, c in compressed.items()})
+    return state
+
+
+def fp32_size(model: nn.Module, tokenizer: Tokenizer | None = None) -> int:
+    """Bytes of the model as an fp32 safetensors file (with the tokenizer, as the packed file has
+    it): the numerator of every compression ratio."""
+    state = dense_state(model)
+    if tokenizer is not None:
+        state["__tokenizer__"] = torch.frombuffer(bytearray(tokenizer.model_proto), dtype=torch.uint8)
+    return len(st_save(state))

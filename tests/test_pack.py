@@ -1,0 +1,122 @@
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shrinkformer.compress import BinaryConfig, KMeansConfig, PruneConfig, codecs, compress
+from shrinkformer.config import load_config
+from shrinkformer.data.tokenizer import Tokenizer
+from shrinkformer.errors import CheckpointError
+from shrinkformer.model import Transformer
+from shrinkformer.pack.format import fp32_size, load_packed, save_packed
+
+
+@pytest.fixture(scope="module")
+def tokenizer(multi30k):
+    from shrinkformer.data.corpus import read_parallel
+    raw = read_parallel(multi30k, "val", "en", "de")
+    return Tokenizer.train(raw.source + raw.target, 200)
+
+
+def tiny(tok, seed=0):
+    cfg = load_config("tiny")
+    cfg.model = dataclasses.replace(cfg.model, vocab_size=len(tok))
+    torch.manual_seed(seed)
+    return cfg, Transformer(cfg.model)
+
+
+METHODS = {
+    "kmeans4-all": [(KMeansConfig(4), "all")],
+    "kmeans1-all": [(KMeansConfig(1), "all")],
+    "bsflex-self-attention": [(BinaryConfig("flex"), "self-attention")],
+    "binary-fixed-all": [(BinaryConfig("fixed"), "all")],
+    "prune80-all": [(PruneConfig(0.8, 0.8), "all")],
+    "prune-then-kmeans": [(PruneConfig(0.8, 0.8), "all"), (KMeansConfig(4), "all")],
+    "kmeans-embeddings": [(KMeansConfig(6), "embeddings")],
+}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_packed_model_reproduces_in_memory_outputs_exactly(name, tokenizer, tmp_path):
+    cfg, m = tiny(tokenizer)
+    for config, scope in METHODS[name]:
+        compress(m, config, scope)
+    if name.startswith("bsflex"):  # a training step moves latent weights and centroids
+        m.train()
+        m(torch.randint(4, 50, (2, 5)), torch.randint(4, 50, (2, 4)))[0].sum().backward()
+        with torch.no_grad():
+            for p in m.parameters():
+                if p.grad is not None:
+                    p -= 0.1 * p.grad
+    m.eval()
+    size = save_packed(m, cfg, tokenizer, tmp_path / "m.sfz")
+    assert size == (tmp_path / "m.sfz").stat().st_size and size < fp32_size(m, tokenizer)
+    _, tok2, loaded, _ = load_packed(tmp_path / "m.sfz")
+    src, tgt = torch.randint(4, 50, (3, 7)), torch.randint(4, 50, (3, 6))
+    with torch.no_grad():
+        assert torch.equal(m(src, tgt)[0], loaded(src, tgt)[0])
+    assert tok2.model_proto == tokenizer.model_proto
+
+
+def layer_bytes(path, name):
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys()
+                   if k.startswith(name + ".") and k.rsplit(".", 1)[1] in ("centroids", "index", "mask", "values"))
+
+
+@pytest.mark.parametrize("bits", [1, 4])
+def test_packed_codebook_layer_size(bits, tokenizer, tmp_path):
+    cfg, m = tiny(tokenizer)
+    compress(m, KMeansConfig(bits), "ffn")
+    save_packed(m, cfg, tokenizer, tmp_path / "m.sfz")
+    n = m.encoder.layers[0].ffn.fc1.codec.shape.numel()
+    expected = n * bits / 8 + 4 * 2 ** bits
+    assert abs(layer_bytes(tmp_path / "m.sfz", "encoder.layers.0.ffn.fc1") - expected) <= 0.01 * expected
+
+
+def test_sparse_layer_is_smaller_than_dense_fp16(tokenizer, tmp_path):
+    cfg, m = tiny(tokenizer)
+    compress(m, PruneConfig(0.8, 0.8), "ffn")
+    save_packed(m, cfg, tokenizer, tmp_path / "m.sfz")
+    n = m.encoder.layers[0].ffn.fc1.codec.shape.numel()
+    assert layer_bytes(tmp_path / "m.sfz", "encoder.layers.0.ffn.fc1") < 2 * n
+
+
+@pytest.fixture(scope="module")
+def packed_bytes(tokenizer, tmp_path_factory):
+    cfg, m = tiny(tokenizer)
+    compress(m, KMeansConfig(3), "all")
+    path = tmp_path_factory.mktemp("p") / "m.sfz"
+    save_packed(m.eval(), cfg, tokenizer, path)
+    return path.read_bytes()
+
+
+@given(st.data())
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_damaged_packed_files_give_clean_errors(packed_bytes, tmp_path, data):
+    action = data.draw(st.sampled_from(["truncate", "flip", "garbage"]))
+    blob = bytearray(packed_bytes)
+    if action == "truncate":
+        blob = blob[: data.draw(st.integers(0, len(blob) - 1))]
+    elif action == "flip":
+        pos = data.draw(st.integers(0, len(blob) - 1))
+        blob[pos] ^= data.draw(st.integers(1, 255))
+    else:
+        blob = bytearray(data.draw(st.binary(max_size=300)))
+    path = tmp_path / "bad.sfz"
+    path.write_bytes(bytes(blob))
+    try:
+        load_packed(path)
+    except CheckpointError as err:
+        assert "bad.sfz" in str(err) and "\n" not in str(err)
+    # A flipped byte can land in JSON whitespace and change nothing; then the load must succeed.
+
+
+def test_version_mismatch(packed_bytes, tmp_path):
+    path = tmp_path / "v.sfz"
+    path.write_bytes(packed_bytes.replace(b'"version":"1"', b'"version":"9"'))
+    with pytest.raises(CheckpointError, match="packed format version 9 is not supported"):
+        load_packed(path)

@@ -1,0 +1,80 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shrinkformer.compress.primitives import (assign, binarize_flex, decode_positions, encode_positions,
+                                              global_magnitude_masks, kmeans_1d, magnitude_mask, pack_bits,
+                                              pack_mask, unpack_bits, unpack_mask, within_cluster_sse)
+
+
+def lloyd_reference(x, c, iters=500):
+    """Textbook O(nk) Lloyd in float64, for comparison."""
+    x, c = x.double(), c.double().clone()
+    for _ in range(iters):
+        idx = (x[:, None] - c[None]).abs().argmin(1)
+        new = torch.stack([x[idx == j].mean() if (idx == j).any() else c[j] for j in range(len(c))])
+        if torch.equal(new, c):
+            break
+        c = new
+    return c
+
+
+@pytest.mark.parametrize("k", [2, 4, 16])
+@pytest.mark.parametrize("init", ["linear", "density"])
+def test_kmeans_1d_matches_textbook_lloyd(k, init):
+    x = torch.randn(3000, generator=torch.Generator().manual_seed(k)) ** 3
+    from shrinkformer.compress.primitives import init_centroids
+    centroids, index = kmeans_1d(x, k, init)
+    ref = lloyd_reference(x, init_centroids(x, k, init).sort().values)
+    torch.testing.assert_close(centroids.double(), ref, rtol=1e-5, atol=1e-6)
+    assert torch.equal(index, assign(x, centroids))
+    assert within_cluster_sse(x, centroids, index) <= within_cluster_sse(x, ref.float(), assign(x, ref.float())) * (1 + 1e-6)
+
+
+def test_kmeans_handles_few_distinct_values():
+    x = torch.tensor([1.0, 1.0, 1.0, 5.0])
+    c, idx = kmeans_1d(x, 16)
+    assert torch.equal(c[idx], x)
+
+
+@given(st.integers(1, 8), st.integers(0, 200), st.integers(0, 2**31))
+@settings(max_examples=60, deadline=None)
+def test_pack_bits_round_trip_and_size(bits, n, seed):
+    idx = torch.randint(0, 2**bits, (n,), generator=torch.Generator().manual_seed(seed))
+    packed = pack_bits(idx, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == (n * bits + 7) // 8
+    assert torch.equal(unpack_bits(packed, bits, n), idx)
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=3000), st.integers(0, 600))
+@settings(max_examples=60, deadline=None)
+def test_mask_encodings_round_trip(bits, gap):
+    mask = torch.tensor(bits + [False] * gap + [True])
+    assert torch.equal(decode_positions(encode_positions(mask), mask.numel()), mask)
+    kind, data = pack_mask(mask)
+    assert torch.equal(unpack_mask(kind, data, mask.numel()), mask)
+
+
+def test_sparse_masks_pick_the_smaller_encoding():
+    dense = torch.rand(10_000) < 0.5
+    sparse = torch.rand(10_000) < 0.02
+    assert pack_mask(dense)[0] == "bitmask" and pack_mask(sparse)[0] == "positions"
+
+
+def test_magnitude_mask_removes_exactly_the_smallest():
+    w = torch.tensor([[0.1, -3.0, 0.2], [-0.05, 2.0, 0.0]])
+    assert magnitude_mask(w, 0.5).tolist() == [[False, True, True], [False, True, False]]
+    assert magnitude_mask(w, 0.0).all()
+    a, b = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 0.5])
+    ma, mb = global_magnitude_masks([a, b], 0.4)
+    assert ma.tolist() == [False, True, True] and mb.tolist() == [True, False]
+
+
+def test_binarize_flex_is_one_lloyd_step():
+    w = torch.tensor([-2.0, -1.0, 0.5, 1.0, 3.0])
+    upper, c = binarize_flex(w, torch.tensor(0.0))
+    assert upper.tolist() == [False, False, True, True, True]
+    torch.testing.assert_close(c, torch.tensor([-1.5, 1.5]))
+    upper, c = binarize_flex(w, torch.tensor(10.0))  # an empty cluster keeps the threshold
+    assert not upper.any() and c[1] == 10.0
