@@ -75,15 +75,78 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _translator(args: argparse.Namespace):
     from .model.search import SearchConfig
-    from .train.checkpoint import load_model
     from .translate import Translator
 
-    cfg, tokenizer, model = load_model(args.checkpoint)
+    cfg, tokenizer, model = load_any(args.checkpoint)
     search = SearchConfig(beam_size=args.beam if args.beam is not None else cfg.decode.beam_size,
                           length_penalty=cfg.decode.length_penalty if args.length_penalty is None else args.length_penalty,
                           max_len_a=cfg.decode.max_len_a, max_len_b=cfg.decode.max_len_b)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return cfg, Translator(model, tokenizer, search, batch_sentences=args.batch_size, device=device)
+
+
+def load_any(path: Path):
+    """A training checkpoint (.pt) or a packed compressed model (.sfz)."""
+    from .pack.format import load_packed
+    from .train.checkpoint import load_model
+
+    if path.suffix == ".sfz":
+        return load_packed(path)[:3]
+    return load_model(path)
+
+
+METHOD_NAMES = ("kmeans", "binary-fixed", "bsflex", "prune", "prune+kmeans")
+
+
+def parse_sparsity(text: str) -> tuple[float, float]:
+    try:
+        parts = [float(x) for x in text.split(":")]
+    except ValueError:
+        raise UsageError(f"--sparsity must be S or START:END with numbers, got {text!r}") from None
+    if len(parts) not in (1, 2):
+        raise UsageError(f"--sparsity must be S or START:END, got {text!r}")
+    return parts[0], parts[-1]
+
+
+def method_stages(args: argparse.Namespace) -> list:
+    from .compress import BinaryConfig, KMeansConfig, PruneConfig
+    from .train.retrain import Stage
+
+    where = dict(scopes=args.scope or ([] if args.include else ["all"]), include=args.include, exclude=args.exclude)
+    stages = []
+    if args.method.startswith("prune"):
+        start, end = parse_sparsity(args.sparsity)
+        stages.append(Stage(PruneConfig(start, end, args.steps, args.prune_scope), **where))
+    if args.method in ("kmeans", "prune+kmeans"):
+        stages.append(Stage(KMeansConfig(args.bits, args.init), **where))
+    elif args.method in ("binary-fixed", "bsflex"):
+        stages.append(Stage(BinaryConfig("fixed" if args.method == "binary-fixed" else "flex"), **where))
+    return stages
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from .train.checkpoint import load_model
+    from .train.retrain import RetrainConfig, retrain
+
+    stages = method_stages(args)  # parameters are checked before any work is done
+    rc = RetrainConfig(epochs=args.retrain_epochs, lr=args.lr, distill=args.distill,
+                       evaluate_test=not args.no_test)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg, tok, model = load_model(args.checkpoint)
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
+    report = retrain(model, tok, cfg, stages, rc, args.output, train_limit=args.train_limit)
+    report.update(method=args.method, command=shlex.join(["shrinkformer", *sys.argv[1:]]),
+                  checkpoint=str(args.checkpoint), output=str(args.output), torch_version=torch.__version__)
+    if args.report:
+        write_json_atomic(report, args.report)
+    print(f"{len(report['modules'])} modules ({report['params_compressed_share']:.1%} of parameters); "
+          f"packed {report['packed_bytes']:,} bytes, {report['compression_ratio']:.2f}x the fp32 model "
+          f"({report['scope_compression_ratio']:.2f}x on the compressed scope)")
+    if "bleu" in report:
+        print(f"{report['test_split']}: BLEU {report['bleu']:.2f}, chrF {report['chrf']:.2f}")
+    return 0
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
@@ -161,6 +224,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", "-i", type=Path, help="source file (default: stdin)")
     p.add_argument("--output", "-o", type=Path, help="output file (default: stdout)")
     p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("compress", help="compress a trained model, retrain it, write a packed .sfz",
+                       description="Compress the Linear (and optionally Embedding) weights of a checkpoint, "
+                                   "retrain with the compression in the loop, and write a packed model whose "
+                                   "size is the real compression ratio.")
+    p.add_argument("checkpoint", type=Path, help="trained model (model.pt)")
+    p.add_argument("--method", required=True, choices=METHOD_NAMES)
+    p.add_argument("--bits", type=int, default=4, help="k-means bits, 1..8 (default 4)")
+    p.add_argument("--init", default="linear", choices=("linear", "density"), help="k-means initialisation")
+    p.add_argument("--scope", action="append", help="all, self-attention, encoder-self-attention, "
+                   "decoder-self-attention, cross-attention, attention, ffn, embeddings (repeatable)")
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN", help="module name glob")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="module name glob")
+    p.add_argument("--sparsity", default="0.5", help="pruning: S, or START:END with --steps")
+    p.add_argument("--steps", type=int, default=1, help="pruning rounds from START to END")
+    p.add_argument("--prune-scope", default="layer", choices=("layer", "global"))
+    p.add_argument("--retrain-epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-4, help="retraining peak learning rate")
+    p.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the uncompressed model")
+    p.add_argument("--data-dir")
+    p.add_argument("--train-limit", type=int, help="retrain on the first N pairs only")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-test", action="store_true", help="skip scoring the test split")
+    p.add_argument("--report", type=Path, help="write the JSON report here")
+    p.add_argument("--output", "-o", type=Path, required=True, help="packed model (.sfz)")
+    p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("evaluate", help="sacreBLEU and chrF of a model on a split, or of files",
                        description="Score a checkpoint on a split, or a hypothesis file against references.")

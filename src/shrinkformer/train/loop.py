@@ -104,9 +104,20 @@ def validate(model: Transformer, tokenizer: Tokenizer, valid: Split, search: Sea
     return nll / max(tokens, 1), score(hyps, valid.raw.target)
 
 
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """Summed token-level KL(teacher || student) at ``temperature``, scaled by T^2 (Hinton et al.)."""
+    keep = target.ne(PAD)
+    s = (logits[keep].float() / temperature).log_softmax(-1)
+    t = (teacher_logits[keep].float() / temperature).log_softmax(-1)
+    return F.kl_div(s, t, log_target=True, reduction="sum") * temperature ** 2
+
+
 def fit(model: Transformer, tokenizer: Tokenizer, cfg: RunConfig, train: Split, valid: Split,
-        output: Path, world: World, progress: Progress, optimizer: torch.optim.Optimizer) -> Progress:
-    """The epoch loop, from wherever ``progress`` says the run is."""
+        output: Path, world: World, progress: Progress, optimizer: torch.optim.Optimizer,
+        teacher: torch.nn.Module | None = None, distill: float = 0.0, temperature: float = 1.0) -> Progress:
+    """The epoch loop, from wherever ``progress`` says the run is. With a ``teacher``, the loss is
+    (1 - distill) * label-smoothed cross-entropy + distill * KL to the teacher's distribution."""
     t = cfg.train
     ddp = DistributedDataParallel(model) if world.size > 1 else None
     net = ddp or model
@@ -144,6 +155,11 @@ def fit(model: Transformer, tokenizer: Tokenizer, cfg: RunConfig, train: Split, 
                     logits, _ = net(b.src, b.tgt_in)
                     loss = F.cross_entropy(logits.flatten(0, 1).float(), b.tgt_out.flatten(), ignore_index=PAD,
                                            label_smoothing=t.label_smoothing, reduction="sum")
+                    if teacher is not None and distill > 0:
+                        with torch.no_grad():
+                            teacher_logits, _ = teacher(b.src, b.tgt_in)
+                        loss = (1 - distill) * loss + distill * distillation_loss(
+                            logits, teacher_logits, b.tgt_out, temperature)
                     (loss / step_tokens).backward()
                 loss_sum += float(loss.detach())
             if not math.isfinite(loss_sum):
