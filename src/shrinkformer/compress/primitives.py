@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -13,8 +14,7 @@ def init_centroids(values: Tensor, k: int, init: str = "linear") -> Tensor:
     if init == "linear":
         return torch.linspace(float(v.min()), float(v.max()), k, dtype=torch.float64)
     if init == "density":
-        return torch.quantile(v if v.numel() <= 1 << 24 else v[:: v.numel() // (1 << 24) + 1],
-                              torch.linspace(0, 1, k + 2, dtype=torch.float64)[1:-1])
+        return torch.from_numpy(np.quantile(v.numpy(), np.linspace(0, 1, k + 2)[1:-1]))
     raise ValueError(f"unknown k-means init {init!r} (linear or density)")
 
 
@@ -22,26 +22,36 @@ def kmeans_1d(values: Tensor, k: int, init: str = "linear", max_iter: int = 300)
     """Lloyd's algorithm in one dimension, run to convergence on sorted values.
 
     Sorting once turns every iteration into k binary searches and k prefix-sum differences
-    (O(k log n) instead of O(nk)), so iterating until the assignment stops changing is cheap.
-    Returns centroids (k,) ascending in the values' dtype and the index (n,) of each value's
-    centroid. Empty clusters keep their previous centroid.
+    (O(k log n) instead of O(nk)), so iterating until the assignment stops changing is cheap, and
+    the final assignment is read off the cluster boundaries of the sorted order. NumPy does the
+    work: its SIMD sort is an order of magnitude faster than torch's on CPU, and the loop is many
+    tiny operations where NumPy's overhead is lower. Returns centroids (k,) ascending in the
+    values' dtype and the index (n,) of each value's centroid. Empty clusters keep their centroid.
     """
-    flat = values.detach().flatten()
-    x, order = torch.sort(flat.double())
-    prefix = torch.cat([x.new_zeros(1), torch.cumsum(x, 0)])
-    c = init_centroids(x, k, init).sort().values
-    bounds = None
+    flat = values.detach().flatten().cpu()
+    a = flat.float().numpy()
+    order = np.argsort(a)
+    x = a[order]
+    prefix = np.empty(x.size + 1)
+    prefix[0] = 0.0
+    np.cumsum(x, dtype=np.float64, out=prefix[1:])
+    if init == "linear":  # from the sorted ends: no pass over the data
+        c = np.linspace(float(x[0]), float(x[-1]), k)
+    else:
+        c = np.sort(init_centroids(flat, k, init).numpy())
+    edges = np.full(k + 1, -1, dtype=np.int64)  # cluster j is x[edges[j]:edges[j + 1]]
+    edges[0], edges[-1] = 0, x.size
     for _ in range(max_iter):
-        new_bounds = torch.searchsorted(x, (c[1:] + c[:-1]) / 2)  # first index of each cluster but the first
-        if bounds is not None and torch.equal(new_bounds, bounds):
+        bounds = x.searchsorted((c[1:] + c[:-1]) * 0.5)
+        if (bounds == edges[1:-1]).all():
             break
-        bounds = new_bounds
-        edges = torch.cat([bounds.new_zeros(1), bounds, bounds.new_tensor([x.numel()])])
+        edges[1:-1] = bounds
         counts = edges[1:] - edges[:-1]
-        sums = prefix[edges[1:]] - prefix[edges[:-1]]
-        c = torch.where(counts > 0, sums / counts.clamp(min=1), c)
-    centroids = c.to(flat.dtype)
-    return centroids, assign(flat, centroids)
+        filled = counts > 0
+        c[filled] = (prefix[edges[1:]] - prefix[edges[:-1]])[filled] / counts[filled]
+    index = np.empty(x.size, dtype=np.int64)
+    index[order] = np.repeat(np.arange(k), np.diff(edges))
+    return torch.from_numpy(c).to(flat.dtype), torch.from_numpy(index)
 
 
 def assign(values: Tensor, centroids: Tensor) -> Tensor:
