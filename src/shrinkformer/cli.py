@@ -149,6 +149,38 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def git_commit() -> str | None:
+    import subprocess
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .experiments.plots import bleu_vs_compression
+    from .experiments.report import write_results
+    from .experiments.sweep import reproduce
+
+    started = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    only = args.only.split(",") if args.only else None
+    result = reproduce(args.preset, args.output, args.data_dir, args.baseline, only)
+    result.update(command=shlex.join(["shrinkformer", *sys.argv[1:]]), git_commit=git_commit(),
+                  torch_version=torch.__version__, machine=machine(),
+                  wall_seconds=round(time.perf_counter() - started, 1))
+    bleu_vs_compression(result["rows"], args.output / "bleu_vs_compression.png",
+                        f"BLEU vs compression ({args.preset})")
+    write_results(result, args.output)
+    failed = [r["name"] for r in result["rows"] if r.get("status") != "ok"]
+    print(f"{len(result['rows'])} experiments ({len(failed)} failed{': ' + ', '.join(failed) if failed else ''}); "
+          f"report: {args.output / 'report.md'}")
+    return 1 if failed else 0
+
+
 def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="model checkpoint (model.pt)")
     p.add_argument("--beam", type=int, help="beam size (default: the model's, 5); 1 is greedy")
@@ -250,6 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument("--output", "-o", type=Path, required=True, help="packed model (.sfz)")
     p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("reproduce", help="run the study's grid and write results, report and plot",
+                       description="Train the baseline (or take --baseline), run every experiment of the study "
+                                   "and the ones it lacked, cached per experiment, and write results.json, "
+                                   "results.csv, report.md and bleu_vs_compression.png.")
+    p.add_argument("--preset", default="smoke", help="smoke (minutes on a CPU), multi30k, wmt14")
+    p.add_argument("--output", "-o", type=Path, required=True)
+    p.add_argument("--data-dir")
+    p.add_argument("--baseline", type=Path, help="use this trained model.pt instead of training one")
+    p.add_argument("--only", help="comma-separated experiment names (the baseline always runs)")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("evaluate", help="sacreBLEU and chrF of a model on a split, or of files",
                        description="Score a checkpoint on a split, or a hypothesis file against references.")

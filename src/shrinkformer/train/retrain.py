@@ -38,6 +38,7 @@ class RetrainConfig:
     distill: float = 0.0  # weight of the KL term to the uncompressed model (0 = off)
     temperature: float = 1.0
     evaluate_test: bool = True
+    test_limit: int | None = None  # score only the first N test sentences
 
     def __post_init__(self) -> None:
         from ..errors import UsageError
@@ -109,7 +110,7 @@ def retrain(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Sta
                   scope_packed_bytes=scope_packed, scope_compression_ratio=round(scope_fp32 / max(scope_packed, 1), 3),
                   retrain_seconds=round(retrain_seconds, 1), wall_seconds=round(time.perf_counter() - started, 1))
     if rc.evaluate_test:
-        test = read_split(cfg, cfg.data.test_split)
+        test = read_split(cfg, cfg.data.test_split, rc.test_limit)
         s = score(Translator(model, tok, cfg.decode).translate(test.source), test.target)
         report.update(test_split=cfg.data.test_split, bleu=s.bleu, chrf=s.chrf, bleu_signature=s.bleu_signature)
     return report

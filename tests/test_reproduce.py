@@ -1,0 +1,54 @@
+"""The whole study grid on the smoke preset, as the README's main job runs it."""
+
+import csv
+import json
+import time
+
+from shrinkformer.cli import main
+from shrinkformer.experiments.grid import GRID
+
+
+def test_smoke_sweep_writes_everything_and_rerenders_from_cache(multi30k, tmp_path):
+    out = tmp_path / "smoke"
+    args = ["-q", "reproduce", "--preset", "smoke", "--data-dir", str(multi30k), "-o", str(out), "--threads", "1"]
+    assert main(args) == 0
+    result = json.loads((out / "results.json").read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    assert list(rows) == [e.name for e in GRID] and all(r["status"] == "ok" for r in rows.values())
+    assert rows["baseline"]["bleu_retention"] == 1.0
+    for name, r in rows.items():
+        assert r["packed_bytes"] == (out / "models" / f"{name}.sfz").stat().st_size
+    # Bit widths and sparsity show in the sizes: fewer bits, smaller files.
+    assert rows["kmeans-1bit-all"]["packed_bytes"] < rows["kmeans-4bit-all"]["packed_bytes"] < rows["kmeans-8bit-all"]["packed_bytes"]
+    assert rows["prune-50-80+kmeans-4bit-all"]["scope_compression_ratio"] > rows["kmeans-4bit-all"]["scope_compression_ratio"]
+    with open(out / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(GRID)
+    report = (out / "report.md").read_text()
+    assert "| kmeans-4bit-all | yes |" in report and "## Findings" in report and "BS-Flex" in report
+    assert (out / "bleu_vs_compression.png").stat().st_size > 10_000
+
+    started = time.perf_counter()  # a finished sweep re-renders from its cache
+    assert main(args) == 0
+    assert time.perf_counter() - started < 20
+    assert json.loads((out / "results.json").read_text())["rows"] == result["rows"]
+
+
+def test_failed_experiment_is_recorded_and_the_rest_continue(multi30k, tmp_path, monkeypatch):
+    from shrinkformer.experiments import sweep
+
+    real = sweep.run_experiment
+
+    def flaky(exp, *a, **k):
+        if exp.name == "kmeans-2bit-all":
+            raise RuntimeError("simulated failure")
+        return real(exp, *a, **k)
+
+    monkeypatch.setattr(sweep, "run_experiment", flaky)
+    out = tmp_path / "s"
+    code = main(["-q", "reproduce", "--preset", "smoke", "--data-dir", str(multi30k), "-o", str(out),
+                 "--threads", "1", "--only", "kmeans-2bit-all,kmeans-4bit-all"])
+    assert code == 1
+    rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert rows["kmeans-2bit-all"]["status"] == "failed" and "simulated failure" in rows["kmeans-2bit-all"]["error"]
+    assert rows["kmeans-4bit-all"]["status"] == "ok"
+    assert "kmeans-2bit-all (RuntimeError: simulated failure)" in (out / "report.md").read_text()
