@@ -181,6 +181,42 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_attention(args: argparse.Namespace) -> int:
+    from .experiments.attention import analyse, quantizer, render, search_for
+    from .experiments.plots import attention_histograms
+    from .train.loop import read_split
+
+    started = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ks = sorted({int(k) for k in args.k.split(",")})
+    if not ks or min(ks) < 2 or max(ks) > 256:
+        raise UsageError(f"--k values must be in 2..256, got {args.k}")
+    cfg, tok, model = load_any(args.checkpoint)
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
+    rec = read_split(cfg, cfg.data.valid_split, args.sentences)
+    test = read_split(cfg, args.split or cfg.data.test_split, args.test_sentences)
+    search = search_for(cfg.decode, args.beam)
+    results = analyse(model, tok, rec.source, rec.target, test.source, test.target, ks, search)
+    recorded = results.pop("_recorded")
+    args.output.mkdir(parents=True, exist_ok=True)
+    k_hist = 16 if 16 in ks else ks[-1]
+    levels = {n: torch.tensor(v) for n, v in results["levels"]["kmeans"][str(k_hist)]["level_values"].items()}
+    attention_histograms(recorded.layers, {n: quantizer(lv) for n, lv in levels.items()}, k_hist,
+                         args.output / "attention_hist.png")
+    command = shlex.join(["shrinkformer", *sys.argv[1:]])
+    results.update(beam=search.beam_size, command=command, checkpoint=str(args.checkpoint),
+                   torch_version=torch.__version__, machine=machine(), wall_seconds=round(time.perf_counter() - started, 1))
+    write_json_atomic(results, args.output / "attention.json")
+    md = args.output / "attention.md"
+    md.with_name(".attention.md.tmp").write_text(render(results, command), encoding="utf-8")
+    os.replace(md.with_name(".attention.md.tmp"), md)
+    print(f"unquantized BLEU {results['unquantized_bleu']:.2f}; smallest k within 0.3 BLEU: "
+          f"{results['smallest_k_within_0.3_bleu']}; report: {md}")
+    return 0
+
+
 def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="model checkpoint (model.pt)")
     p.add_argument("--beam", type=int, help="beam size (default: the model's, 5); 1 is greedy")
@@ -294,6 +330,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated experiment names (the baseline always runs)")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("attention", help="quantize self-attention probabilities and measure what changes",
+                       description="Record encoder and decoder self-attention on validation sentences, quantize "
+                                   "the probabilities to k values (k-means and uniform levels), report JS divergence "
+                                   "and max difference per layer and head, and BLEU when decoding with the quantized "
+                                   "attention in place. Writes attention.json, attention.md, attention_hist.png.")
+    p.add_argument("checkpoint", type=Path, help="model.pt or a packed .sfz")
+    p.add_argument("--output", "-o", type=Path, required=True)
+    p.add_argument("--data-dir")
+    p.add_argument("--sentences", type=int, default=200, help="validation sentences to record attention on")
+    p.add_argument("--split", help="split decoded for BLEU (default: the model's test split)")
+    p.add_argument("--test-sentences", type=int, help="decode only the first N sentences of that split")
+    p.add_argument("--k", default="2,4,8,16,32", help="numbers of distinct values to try")
+    p.add_argument("--beam", type=int)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("evaluate", help="sacreBLEU and chrF of a model on a split, or of files",
                        description="Score a checkpoint on a split, or a hypothesis file against references.")

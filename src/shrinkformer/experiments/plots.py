@@ -36,3 +36,28 @@ def bleu_vs_compression(rows: list[dict[str, Any]], path: Path, title: str) -> N
     fig.savefig(tmp, dpi=130)
     plt.close(fig)
     tmp.replace(path)
+
+
+def attention_histograms(layers: dict[str, list], quantize: dict[str, object], k: int, path: Path) -> None:
+    """Overlaid histograms of original and k-value attention probabilities, encoder and decoder."""
+    import torch
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, kind in zip(axes, ("encoder", "decoder")):
+        names = [n for n in layers if n.startswith(kind)]
+        orig = torch.cat([m.flatten() for n in names for m in layers[n]])
+        quant = torch.cat([quantize[n](m).flatten() for n in names for m in layers[n]])
+        keep = orig > 0  # masked (future) positions are not attention values
+        bins = torch.linspace(0, 1, 51).numpy()
+        ax.hist(orig[keep].numpy(), bins=bins, alpha=0.55, label="original", color="tab:blue")
+        ax.hist(quant[keep].numpy(), bins=bins, alpha=0.55, label=f"{k} values (k-means)", color="tab:orange")
+        ax.set_yscale("log")
+        ax.set_title(f"{kind} self-attention ({len(names)} layers)")
+        ax.set_xlabel("attention probability")
+        ax.legend()
+    axes[0].set_ylabel("count (log scale)")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=130)
+    plt.close(fig)
+    tmp.replace(path)
