@@ -120,3 +120,42 @@ def test_version_mismatch(packed_bytes, tmp_path):
     path.write_bytes(packed_bytes.replace(b'"version":"1"', b'"version":"9"'))
     with pytest.raises(CheckpointError, match="packed format version 9 is not supported"):
         load_packed(path)
+
+
+@given(st.lists(st.integers(0, 15), min_size=0, max_size=400), st.integers(0, 3))
+@settings(max_examples=80, deadline=None)
+def test_huffman_round_trip(symbols, skew):
+    import numpy as np
+    from shrinkformer.pack import entropy
+    data = np.array(symbols + [0] * (skew * 50), dtype=np.int64)
+    packed, lengths = entropy.encode(data, 16)
+    assert np.array_equal(entropy.decode(packed, lengths, len(data)), data)
+
+
+def test_huffman_handles_codes_longer_than_the_table():
+    import numpy as np
+    from shrinkformer.pack import entropy
+    data = np.concatenate([np.repeat(np.arange(30), 2 ** np.arange(30)[::-1] // 2 ** 10 + 1)])  # Fibonacci-like skew
+    packed, lengths = entropy.encode(data, 256)
+    assert lengths.max() > entropy.TABLE_BITS
+    assert np.array_equal(entropy.decode(packed, lengths, len(data)), data)
+
+
+@pytest.mark.parametrize("name", ["kmeans4-all", "prune80-all", "prune-then-kmeans"])
+def test_huffman_packed_files_are_smaller_and_load_exactly(name, tokenizer, tmp_path):
+    cfg = load_config("tiny", None, ["model.d_model=128", "model.d_ff=512", f"model.vocab_size={len(tokenizer)}"])
+    torch.manual_seed(0)
+    m = Transformer(cfg.model)
+    with torch.no_grad():  # bell-shaped weights, as trained ones are: clusters fill unevenly
+        for p in m.parameters():
+            p.normal_(0, 0.05)
+    for config, scope in METHODS[name]:
+        compress(m, config, scope)
+    m.eval()
+    plain = save_packed(m, cfg, tokenizer, tmp_path / "p.sfz")
+    huff = save_packed(m, cfg, tokenizer, tmp_path / "h.sfz", huffman=True)
+    assert huff < plain
+    loaded = load_packed(tmp_path / "h.sfz")[2]
+    src, tgt = torch.randint(4, 50, (3, 7)), torch.randint(4, 50, (3, 6))
+    with torch.no_grad():
+        assert torch.equal(m(src, tgt)[0], loaded(src, tgt)[0])

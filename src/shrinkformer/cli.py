@@ -143,7 +143,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
         write_json_atomic(report, args.report)
     print(f"{len(report['modules'])} modules ({report['params_compressed_share']:.1%} of parameters); "
           f"packed {report['packed_bytes']:,} bytes, {report['compression_ratio']:.2f}x the fp32 model "
-          f"({report['scope_compression_ratio']:.2f}x on the compressed scope)")
+          f"({report['scope_compression_ratio']:.2f}x on the compressed scope); with Huffman coding "
+          f"{report['huffman_packed_bytes']:,} bytes, {report['huffman_compression_ratio']:.2f}x "
+          f"({report['huffman_scope_compression_ratio']:.2f}x on the scope): {report['huffman_file']}")
     if "bleu" in report:
         print(f"{report['test_split']}: BLEU {report['bleu']:.2f}, chrF {report['chrf']:.2f}")
     return 0

@@ -69,7 +69,8 @@ def findings(rows: list[dict]) -> list[str]:
     if dc:
         out.append(f"**Deep Compression order (prune 50→80%, then 4-bit k-means).** {pct(dc):.1f}% of the baseline "
                    f"at {dc['compression_ratio']:.1f}x for the whole model and {_fmt(dc['scope_compression_ratio'], '.1f')}x "
-                   "on the compressed layers.")
+                   f"on the compressed layers ({_fmt(dc.get('huffman_scope_compression_ratio'), '.1f')}x with Huffman "
+                   "coding).")
     d, nd = _row(rows, "bsflex-all-distill"), _row(rows, "bsflex-all")
     if d and nd:
         out.append(f"**Distillation.** BS-Flex on every layer keeps {pct(nd):.1f}% without and {pct(d):.1f}% with "
@@ -92,21 +93,24 @@ def render(result: dict[str, Any]) -> str:
     if base:
         lines += [f"Baseline: {base['bleu']:.2f} BLEU, {base['chrf']:.2f} chrF on the test split "
                   f"(`{base.get('bleu_signature', '')}`).", ""]
-    lines += ["| experiment | in study | BLEU | % of baseline | ratio (model) | ratio (scope) | compressed params | "
-              "study WMT BLEU | study % |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| experiment | in study | BLEU | % of baseline | ratio (model) | ratio (scope) | ratio (scope, Huffman) "
+              "| compressed params | study WMT BLEU | study % |", "|---|---|---|---|---|---|---|---|---|---|"]
     in_study = {e.name: e.in_study for e in GRID}
     for r in rows:
         study = STUDY_WMT.get(r["name"], (None, None))
         if r.get("status") != "ok":
-            lines.append(f"| {r['name']} | {'yes' if in_study.get(r['name']) else ''} | failed | | | | | | |")
+            lines.append(f"| {r['name']} | {'yes' if in_study.get(r['name']) else ''} | failed | | | | | | | |")
             continue
         lines.append(f"| {r['name']} | {'yes' if in_study.get(r['name']) else ''} | {r['bleu']:.2f} | "
                      f"{_fmt(100 * r['bleu_retention'] if r.get('bleu_retention') is not None else None, '.1f')} | "
                      f"{r['compression_ratio']:.2f}x | {_fmt(r.get('scope_compression_ratio'), '.1f')}"
                      f"{'x' if r.get('scope_compression_ratio') else ''} | "
+                     f"{_fmt(r.get('huffman_scope_compression_ratio'), '.1f')}"
+                     f"{'x' if r.get('huffman_scope_compression_ratio') else ''} | "
                      f"{100 * r['params_compressed_share']:.1f}% | {_fmt(study[0])} | {_fmt(study[1], '.1f')} |")
     lines += ["", "Ratios are fp32 file size / packed file size, measured on the files written "
-              "(`models/*.sfz`); the scope ratio counts only the compressed layers. The study's figures are WMT "
+              "(`models/*.sfz`); the scope ratio counts only the compressed layers, and the Huffman column adds Deep "
+              "Compression's entropy stage (`models/*.huffman.sfz`). The study's figures are WMT "
               "En–De with Transformer base, shown for comparison, not reproduced by this run.", "",
               "![BLEU vs compression](bleu_vs_compression.png)", "", "## Findings", ""]
     lines += [f + "\n" for f in findings(rows)]

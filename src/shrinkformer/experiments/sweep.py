@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 ROW_FIELDS = ["name", "method", "scope", "bits", "sparsity", "bleu", "chrf", "bleu_retention",
               "params_compressed_share", "packed_bytes", "compression_ratio", "scope_compression_ratio",
-              "retrain_seconds", "status", "error"]
+              "huffman_compression_ratio", "huffman_scope_compression_ratio", "retrain_seconds", "status", "error"]
 
 
 def file_sha256(path: Path) -> str:
@@ -90,8 +90,9 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
     rc = RetrainConfig(epochs=sp.retrain_epochs, lr=sp.retrain_lr, distill=exp.distill, test_limit=sp.test_limit)
     report = retrain(model, tok, cfg, [Stage(c, [scope]) for c, scope in exp.stages], rc, out, sp.train_limit)
     row.update({k: report[k] for k in ("bleu", "chrf", "params_compressed_share", "packed_bytes", "compression_ratio",
-                                       "scope_compression_ratio", "retrain_seconds", "wall_seconds", "history",
-                                       "bleu_signature")})
+                                       "scope_compression_ratio", "huffman_compression_ratio",
+                                       "huffman_scope_compression_ratio", "retrain_seconds", "wall_seconds",
+                                       "history", "bleu_signature")})
     return row
 
 

@@ -23,6 +23,8 @@ from torch import nn
 
 from ..compress.api import codecs, replace_module
 from ..compress.base import ENCODINGS, CompressedEmbedding, wrap
+from ..compress.primitives import encode_positions, pack_bits, unpack_bits, unpack_mask
+from . import entropy
 from ..config import RunConfig, config_from_dict
 from ..data.tokenizer import Tokenizer
 from ..errors import CheckpointError, ShrinkformerError
@@ -40,13 +42,51 @@ def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def pack_model(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+CODEC_FIELDS = ("centroids", "index", "mask", "values", "index_huffman", "index_lengths", "mask_huffman", "mask_lengths")
+
+
+HEADER_BYTES_PER_TENSOR = 100  # what one more tensor costs in the safetensors header, about
+
+
+def entropy_code(parts: dict[str, torch.Tensor], meta: dict[str, Any], n: int) -> None:
+    """Huffman-code a layer's indices and mask positions in place where the file gets smaller
+    (an extra tensor's header entry included)."""
+    def huff(symbols: torch.Tensor, alphabet: int) -> tuple[torch.Tensor, torch.Tensor]:
+        data, lengths = entropy.encode(symbols.numpy(), alphabet)
+        return torch.from_numpy(data), torch.from_numpy(lengths)
+
+    if "index" in parts:
+        data, lengths = huff(unpack_bits(parts["index"], meta["bits"], meta["count"]), 2 ** meta["bits"])
+        if data.numel() + lengths.numel() + HEADER_BYTES_PER_TENSOR < parts["index"].numel():
+            del parts["index"]
+            parts["index_huffman"], parts["index_lengths"], meta["index_coding"] = data, lengths, "huffman"
+    if "mask" in parts:
+        gaps = encode_positions(unpack_mask(meta["mask"], parts["mask"], n))
+        data, lengths = huff(gaps.long(), 256)
+        if data.numel() + lengths.numel() + HEADER_BYTES_PER_TENSOR < parts["mask"].numel():
+            parts["mask"], parts["mask_lengths"] = data, lengths
+            meta["mask"], meta["mask_symbols"] = "huffman-positions", gaps.numel()
+
+
+def entropy_decode(parts: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Undo ``entropy_code``: back to bit-packed indices and gap-coded positions."""
+    if meta.get("index_coding") == "huffman":
+        idx = entropy.decode(parts.pop("index_huffman").numpy(), parts.pop("index_lengths").numpy(), meta["count"])
+        parts["index"] = pack_bits(torch.from_numpy(idx), meta["bits"])
+    if meta.get("mask") == "huffman-positions":
+        gaps = entropy.decode(parts["mask"].numpy(), parts.pop("mask_lengths").numpy(), meta["mask_symbols"])
+        parts["mask"], meta["mask"] = torch.from_numpy(gaps.astype("uint8")), "positions"
+
+
+def pack_model(model: nn.Module, huffman: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and per-module metadata of a (partly) compressed model."""
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, Any] = {}
     compressed = codecs(model)
     for name, codec in compressed.items():
         parts, meta = codec.pack()
+        if huffman:
+            entropy_code(parts, meta, codec.shape.numel())
         kind = "embedding" if isinstance(model.get_submodule(name), CompressedEmbedding) else "linear"
         layers[name] = {"shape": list(codec.shape), "kind": kind, **meta}
         tensors.update({f"{name}.{k}": v.contiguous() for k, v in parts.items()})
@@ -57,9 +97,10 @@ def pack_model(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any
 
 
 def save_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path: Path,
-                extra: dict[str, Any] | None = None) -> int:
-    """Write atomically; returns the file size in bytes."""
-    tensors, layers = pack_model(model)
+                extra: dict[str, Any] | None = None, huffman: bool = False) -> int:
+    """Write atomically; returns the file size in bytes. ``huffman`` adds Deep Compression's
+    entropy stage to indices and sparse positions."""
+    tensors, layers = pack_model(model, huffman)
     tensors["__tokenizer__"] = torch.frombuffer(bytearray(tokenizer.model_proto), dtype=torch.uint8)
     meta = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(cfg.to_dict()),
             "layers": json.dumps(layers), "extra": json.dumps(extra or {})}
@@ -115,11 +156,12 @@ def load_packed(path: str | Path) -> tuple[RunConfig, Tokenizer, Transformer, di
         for name, layer in json.loads(meta["layers"]).items():
             shape = torch.Size(layer["shape"])
             parts = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.")
-                     and k[len(name) + 1:] in ("centroids", "index", "mask", "values")}
-            codec = ENCODINGS[layer["encoding"]].unpack(shape, parts, layer)
-            replace_module(model, name, wrap(model.get_submodule(name), codec))
+                     and k[len(name) + 1:] in CODEC_FIELDS}
             for k in parts:
                 tensors.pop(f"{name}.{k}")
+            entropy_decode(parts, layer)
+            codec = ENCODINGS[layer["encoding"]].unpack(shape, parts, layer)
+            replace_module(model, name, wrap(model.get_submodule(name), codec))
         state = model.state_dict()
         dense = {k: v.to(state[k].dtype) for k, v in tensors.items()}
         missing = [k for k in state if k not in dense and ".codec." not in k]

@@ -22,7 +22,7 @@ from ..config import RunConfig
 from ..data.tokenizer import Tokenizer
 from ..evaluate.bleu import score
 from ..model.transformer import Transformer
-from ..pack.format import fp32_size, save_packed
+from ..pack.format import entropy_code, fp32_size, save_packed
 from ..translate import Translator
 from .distributed import World
 from .loop import Progress, Split, build_optimizer, fit, read_split
@@ -102,12 +102,18 @@ def retrain(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Sta
 
     model.eval()
     packed = save_packed(model, cfg, tok, output, extra={"history": history})
+    # Deep Compression's third stage, reported separately from a real file beside the plain one.
+    huffman_path = output.with_name(f"{output.stem}.huffman{output.suffix}")
+    huffman = save_packed(model, cfg, tok, huffman_path, extra={"history": history}, huffman=True)
     dense = fp32_size(model, tok)
     scope_fp32 = 4 * sum(c.shape.numel() for c in codecs(model).values())
-    scope_packed = _scope_bytes(model)
+    scope_packed, scope_huffman = _scope_bytes(model), _scope_bytes(model, huffman=True)
     report.update(history=history, packed_bytes=packed, fp32_bytes=dense,
                   compression_ratio=round(dense / packed, 3), scope_fp32_bytes=scope_fp32,
                   scope_packed_bytes=scope_packed, scope_compression_ratio=round(scope_fp32 / max(scope_packed, 1), 3),
+                  huffman_file=str(huffman_path), huffman_packed_bytes=huffman,
+                  huffman_compression_ratio=round(dense / huffman, 3), scope_huffman_bytes=scope_huffman,
+                  huffman_scope_compression_ratio=round(scope_fp32 / max(scope_huffman, 1), 3),
                   retrain_seconds=round(retrain_seconds, 1), wall_seconds=round(time.perf_counter() - started, 1))
     if rc.evaluate_test:
         test = read_split(cfg, cfg.data.test_split, rc.test_limit)
@@ -116,9 +122,12 @@ def retrain(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Sta
     return report
 
 
-def _scope_bytes(model: torch.nn.Module) -> int:
+def _scope_bytes(model: torch.nn.Module, huffman: bool = False) -> int:
+    """Bytes of the compressed layers' tensors (without file headers)."""
     total = 0
     for codec in codecs(model).values():
-        tensors, _ = codec.pack()
+        tensors, meta = codec.pack()
+        if huffman:
+            entropy_code(tensors, meta, codec.shape.numel())
         total += sum(t.numel() * t.element_size() for t in tensors.values())
     return total
