@@ -5,7 +5,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shrinkformer.compress import BinaryConfig, KMeansConfig, PruneConfig, codecs, compress
+from shrinkformer.compress import BinaryConfig, KMeansConfig, PruneConfig, compress
 from shrinkformer.config import load_config
 from shrinkformer.data.tokenizer import Tokenizer
 from shrinkformer.errors import CheckpointError

@@ -11,7 +11,7 @@ from shrinkformer.config import load_config
 from shrinkformer.errors import CheckpointError, TrainingError
 from shrinkformer.train.checkpoint import load_checkpoint, load_model
 from shrinkformer.train.distributed import World
-from shrinkformer.train.loop import Progress, Split, build_optimizer, fit, inverse_sqrt, read_split, start_or_resume
+from shrinkformer.train.loop import Split, fit, inverse_sqrt, read_split, start_or_resume
 
 from .conftest import TINY, run_cli
 

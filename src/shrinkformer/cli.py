@@ -18,6 +18,7 @@ import torch
 from . import __version__
 from .config import load_config
 from .errors import ShrinkformerError, UsageError
+from .pack.format import load_any
 
 log = logging.getLogger("shrinkformer")
 
@@ -85,16 +86,6 @@ def _translator(args: argparse.Namespace):
     return cfg, Translator(model, tokenizer, search, batch_sentences=args.batch_size, device=device)
 
 
-def load_any(path: Path):
-    """A training checkpoint (.pt) or a packed compressed model (.sfz)."""
-    from .pack.format import load_packed
-    from .train.checkpoint import load_model
-
-    if path.suffix == ".sfz":
-        return load_packed(path)[:3]
-    return load_model(path)
-
-
 METHOD_NAMES = ("kmeans", "binary-fixed", "bsflex", "prune", "prune+kmeans")
 
 
@@ -125,7 +116,6 @@ def method_stages(args: argparse.Namespace) -> list:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from .train.checkpoint import load_model
     from .train.retrain import RetrainConfig, retrain
 
     stages = method_stages(args)  # parameters are checked before any work is done
@@ -133,7 +123,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                        evaluate_test=not args.no_test)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg, tok, model = load_model(args.checkpoint)
+    cfg, tok, model = load_any(args.checkpoint)
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
     report = retrain(model, tok, cfg, stages, rc, args.output, train_limit=args.train_limit)

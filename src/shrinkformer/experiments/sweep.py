@@ -20,10 +20,10 @@ from typing import Any
 from tqdm import tqdm
 
 from ..config import load_config
+from ..data.datasets import sha256
 from ..errors import UsageError
 from ..evaluate.bleu import score
-from ..pack.format import fp32_size, save_packed
-from ..train.checkpoint import load_model
+from ..pack.format import fp32_size, load_any, save_packed
 from ..train.loop import read_split, train
 from ..train.retrain import RetrainConfig, Stage, retrain
 from ..translate import Translator
@@ -34,14 +34,6 @@ log = logging.getLogger(__name__)
 ROW_FIELDS = ["name", "method", "scope", "bits", "sparsity", "bleu", "chrf", "bleu_retention",
               "params_compressed_share", "packed_bytes", "compression_ratio", "scope_compression_ratio",
               "huffman_compression_ratio", "huffman_scope_compression_ratio", "retrain_seconds", "status", "error"]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -71,7 +63,7 @@ def _finished(run: Path) -> bool:
 
 def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir: str | None,
                    models: Path) -> dict[str, Any]:
-    cfg, tok, model = load_model(checkpoint)
+    cfg, tok, model = load_any(checkpoint)
     if data_dir:
         cfg.data.data_dir = data_dir
     row: dict[str, Any] = {"name": exp.name, "method": exp.method, "scope": exp.scope, "bits": exp.bits,
@@ -110,7 +102,7 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
     cache.mkdir(parents=True, exist_ok=True)
     models.mkdir(parents=True, exist_ok=True)
     checkpoint = baseline_checkpoint(sp, output, data_dir, baseline)
-    base_hash = file_sha256(checkpoint)
+    base_hash = sha256(checkpoint)
     rows = []
     bar = tqdm(grid, desc="experiments", unit="exp", disable=None)
     for exp in bar:

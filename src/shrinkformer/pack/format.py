@@ -192,3 +192,11 @@ def fp32_size(model: nn.Module, tokenizer: Tokenizer | None = None) -> int:
     if tokenizer is not None:
         state["__tokenizer__"] = torch.frombuffer(bytearray(tokenizer.model_proto), dtype=torch.uint8)
     return len(st_save(state))
+
+
+def load_any(path: str | Path) -> tuple[RunConfig, Tokenizer, Transformer]:
+    """A training checkpoint (.pt) or a packed model (.sfz), in eval mode."""
+    from ..train.checkpoint import load_model
+
+    path = Path(path)
+    return load_packed(path)[:3] if path.suffix == ".sfz" else load_model(path)
