@@ -20,7 +20,6 @@ from typing import Any
 from tqdm import tqdm
 
 from ..config import load_config
-from ..data.datasets import sha256
 from ..errors import UsageError
 from ..evaluate.bleu import score
 from ..pack.format import fp32_size, load_any, save_packed
@@ -34,6 +33,16 @@ log = logging.getLogger(__name__)
 ROW_FIELDS = ["name", "method", "scope", "bits", "sparsity", "bleu", "chrf", "bleu_retention",
               "params_compressed_share", "packed_bytes", "compression_ratio", "scope_compression_ratio",
               "huffman_compression_ratio", "huffman_scope_compression_ratio", "retrain_seconds", "status", "error"]
+
+
+def fingerprint(checkpoint: Path) -> str:
+    """SHA-256 of the model itself (config, tokenizer, weights), whatever file format holds it."""
+    cfg, tok, model = load_any(checkpoint)
+    h = hashlib.sha256(json.dumps(cfg.model.__dict__, sort_keys=True).encode() + tok.model_proto)
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.float().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -102,7 +111,7 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
     cache.mkdir(parents=True, exist_ok=True)
     models.mkdir(parents=True, exist_ok=True)
     checkpoint = baseline_checkpoint(sp, output, data_dir, baseline)
-    base_hash = sha256(checkpoint)
+    base_hash = fingerprint(checkpoint)
     rows = []
     bar = tqdm(grid, desc="experiments", unit="exp", disable=None)
     for exp in bar:
