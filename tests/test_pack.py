@@ -159,3 +159,9 @@ def test_huffman_packed_files_are_smaller_and_load_exactly(name, tokenizer, tmp_
     src, tgt = torch.randint(4, 50, (3, 7)), torch.randint(4, 50, (3, 6))
     with torch.no_grad():
         assert torch.equal(m(src, tgt)[0], loaded(src, tgt)[0])
+
+
+def test_written_files_are_ordinary_readable_files(tokenizer, tmp_path):
+    cfg, m = tiny(tokenizer)
+    save_packed(m, cfg, tokenizer, tmp_path / "m.sfz")
+    assert (tmp_path / "m.sfz").stat().st_mode & 0o044  # group/other may read, as with any file

@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         shutdown(world)
     if world.is_main:
-        metrics.update(command=shlex.join(["shrinkformer", *sys.argv[1:]]), torch_version=torch.__version__,
+        metrics.update(command=args.command_line, torch_version=torch.__version__,
                        shrinkformer_version=__version__, machine=machine(), world_size=world.size,
                        wall_seconds=round(time.perf_counter() - started, 1))
         write_json_atomic(metrics, args.output / "metrics.json")
@@ -127,7 +127,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
     report = retrain(model, tok, cfg, stages, rc, args.output, train_limit=args.train_limit)
-    report.update(method=args.method, command=shlex.join(["shrinkformer", *sys.argv[1:]]),
+    report.update(method=args.method, command=args.command_line,
                   checkpoint=str(args.checkpoint), output=str(args.output), torch_version=torch.__version__)
     if args.report:
         write_json_atomic(report, args.report)
@@ -156,12 +156,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiments.report import write_results
     from .experiments.sweep import reproduce
 
-    started = time.perf_counter()
+    started, commit = time.perf_counter(), git_commit()  # the code that runs, even if HEAD moves meanwhile
     if args.threads:
         torch.set_num_threads(args.threads)
     only = args.only.split(",") if args.only else None
     result = reproduce(args.preset, args.output, args.data_dir, args.baseline, only)
-    result.update(command=shlex.join(["shrinkformer", *sys.argv[1:]]), git_commit=git_commit(),
+    result.update(command=args.command_line, git_commit=commit,
                   torch_version=torch.__version__, machine=machine(),
                   wall_seconds=round(time.perf_counter() - started, 1))
     bleu_vs_compression(result["rows"], args.output / "bleu_vs_compression.png",
@@ -197,7 +197,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     levels = {n: torch.tensor(v) for n, v in results["levels"]["kmeans"][str(k_hist)]["level_values"].items()}
     attention_histograms(recorded.layers, {n: quantizer(lv) for n, lv in levels.items()}, k_hist,
                          args.output / "attention_hist.png")
-    command = shlex.join(["shrinkformer", *sys.argv[1:]])
+    command = args.command_line
     results.update(beam=search.beam_size, command=command, checkpoint=str(args.checkpoint),
                    torch_version=torch.__version__, machine=machine(), wall_seconds=round(time.perf_counter() - started, 1))
     write_json_atomic(results, args.output / "attention.json")
@@ -355,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["shrinkformer", *argv])  # what ran, recorded in every output
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

@@ -66,16 +66,20 @@ def within_cluster_sse(values: Tensor, centroids: Tensor, index: Tensor) -> floa
 
 def binarize_flex(latent: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
     """One BS-Flex re-assignment: weights above ``threshold`` join the upper cluster, the rest the
-    lower, and each centroid becomes the mean of its members (boolean indexing, no iterations).
-    Returns the upper-cluster mask and centroids (2,) [lower, upper]."""
+    lower, and each centroid becomes the mean of its members. Returns the upper-cluster mask and
+    centroids (2,) [lower, upper]; an empty cluster sits at the threshold.
+
+    The upper cluster's sum is taken as sum(max(x - t, 0)) + t * count, which equals the sum over
+    x > t but needs no boolean gather (the slow part of ``latent[upper].sum()``): one comparison
+    and three reductions, no iterations.
+    """
     upper = latent > threshold
-    n_up = upper.sum()
-    total = latent.sum()
-    up_sum = latent[upper].sum()
-    n = latent.numel()
-    lo = torch.where(n_up < n, (total - up_sum) / (n - n_up).clamp(min=1), threshold)
-    hi = torch.where(n_up > 0, up_sum / n_up.clamp(min=1), threshold)
-    return upper, torch.stack([lo, hi]).to(latent.dtype)
+    n, n_up, t = latent.numel(), int(torch.count_nonzero(upper)), float(threshold)
+    total = float(latent.sum())
+    up_sum = float((latent - threshold).clamp(min=0).sum()) + t * n_up
+    lo = (total - up_sum) / (n - n_up) if n_up < n else t
+    hi = up_sum / n_up if n_up else t
+    return upper, torch.tensor([lo, hi], dtype=latent.dtype, device=latent.device)
 
 
 def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:

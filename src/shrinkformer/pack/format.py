@@ -30,6 +30,12 @@ from ..data.tokenizer import Tokenizer
 from ..errors import CheckpointError, ShrinkformerError
 from ..model.transformer import Transformer
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 FORMAT, VERSION = "shrinkformer-packed", 1
 
 
@@ -111,6 +117,7 @@ def save_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path: 
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a packed model is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

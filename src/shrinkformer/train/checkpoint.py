@@ -20,6 +20,12 @@ from ..data.tokenizer import Tokenizer
 from ..errors import CheckpointError, ShrinkformerError
 from ..model.transformer import Transformer
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 FORMAT, VERSION = "shrinkformer-checkpoint", 1
 
 
@@ -33,6 +39,7 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
