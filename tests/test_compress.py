@@ -146,3 +146,13 @@ def test_report_counts_parameters():
     r = compress(m, KMeansConfig(4), "ffn")
     assert r.total_params == sum(p.numel() for p in model().parameters())
     assert r.compressed_params == sum(l.weight.numel() for n, l in select(model(), ["ffn"]).items())
+
+
+def test_compressed_modules_keep_the_models_mode():
+    m = model().eval()
+    compress(m, BinaryConfig("flex"), "self-attention")
+    assert not any(x.training for x in m.modules())
+    codec = m.encoder.layers[0].self_attn.q_proj.codec
+    before = codec.centroids.clone()
+    m(*batch())
+    assert torch.equal(codec.centroids, before)  # evaluation does not move BS-Flex centroids

@@ -131,9 +131,13 @@ class CompressedEmbedding(nn.Module):
 
 
 def wrap(module: nn.Module, codec: Codec) -> nn.Module:
-    if isinstance(module, nn.Embedding):
-        return CompressedEmbedding(codec, module.padding_idx)
-    return CompressedLinear(codec, getattr(module, "bias", None))
+    """The compressed stand-in for ``module``, in the same train/eval mode (a BS-Flex codec in
+    training mode would move its centroids during evaluation)."""
+    if isinstance(module, (nn.Embedding, CompressedEmbedding)):
+        new: nn.Module = CompressedEmbedding(codec, module.padding_idx)
+    else:
+        new = CompressedLinear(codec, getattr(module, "bias", None))
+    return new.train(module.training)
 
 
 # Config type -> function building a codec from (config, weight). Each method file registers one.
