@@ -18,6 +18,7 @@ import torch
 from . import __version__
 from .config import load_config
 from .errors import ShrinkformerError, UsageError
+from .io import write_text_atomic
 from .pack.format import load_any
 
 log = logging.getLogger("shrinkformer")
@@ -35,9 +36,7 @@ def machine() -> dict[str, Any]:
 
 
 def write_json_atomic(data: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -202,8 +201,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
                    torch_version=torch.__version__, machine=machine(), wall_seconds=round(time.perf_counter() - started, 1))
     write_json_atomic(results, args.output / "attention.json")
     md = args.output / "attention.md"
-    md.with_name(".attention.md.tmp").write_text(render(results, command), encoding="utf-8")
-    os.replace(md.with_name(".attention.md.tmp"), md)
+    write_text_atomic(md, render(results, command))
     print(f"unquantized BLEU {results['unquantized_bleu']:.2f}; smallest k within 0.3 BLEU: "
           f"{results['smallest_k_within_0.3_bleu']}; report: {md}")
     return 0

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .grid import GRID, STUDY_WMT
-from .sweep import ROW_FIELDS, write_atomic
+from ..io import write_text_atomic
+from .sweep import ROW_FIELDS
 
 
 def _fmt(x: Any, spec: str = ".2f") -> str:
@@ -18,14 +19,14 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
 
 
 def write_results(result: dict[str, Any], output: Path) -> None:
-    write_atomic(output / "results.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(output / "results.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=ROW_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in result["rows"]:
         writer.writerow(row)
-    write_atomic(output / "results.csv", buf.getvalue())
-    write_atomic(output / "report.md", render(result))
+    write_text_atomic(output / "results.csv", buf.getvalue())
+    write_text_atomic(output / "report.md", render(result))
 
 
 def _row(rows: list[dict], name: str) -> dict | None:

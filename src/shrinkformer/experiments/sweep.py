@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 import traceback
 from dataclasses import asdict
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from ..config import load_config
 from ..errors import UsageError
+from ..io import write_text_atomic
 from ..evaluate.bleu import score
 from ..pack.format import fp32_size, load_any, save_packed
 from ..train.loop import read_split, train
@@ -43,12 +43,6 @@ def fingerprint(checkpoint: Path) -> str:
         h.update(name.encode())
         h.update(tensor.float().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def baseline_checkpoint(sp: SweepPreset, output: Path, data_dir: str | None, baseline: Path | None) -> Path:
@@ -129,7 +123,7 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
         try:
             row = run_experiment(exp, sp, checkpoint, data_dir, models)
             row["status"] = "ok"
-            write_atomic(cached, json.dumps({"key": key, "row": row}, indent=1))
+            write_text_atomic(cached, json.dumps({"key": key, "row": row}, indent=1))
         except Exception as err:  # one failure must not end the sweep
             log.error("%s failed: %s", exp.name, err)
             log.debug("%s", traceback.format_exc())

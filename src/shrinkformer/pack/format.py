@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +26,8 @@ from . import entropy
 from ..config import RunConfig, config_from_dict
 from ..data.tokenizer import Tokenizer
 from ..errors import CheckpointError, ShrinkformerError
+from ..io import atomic_write
 from ..model.transformer import Transformer
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
 
 FORMAT, VERSION = "shrinkformer-packed", 1
 
@@ -112,16 +105,8 @@ def save_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path: 
             "layers": json.dumps(layers), "extra": json.dumps(extra or {})}
     meta["sha256"] = _digest(tensors, meta)
     data = st_save(tensors, metadata=meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a packed model is an ordinary file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        f.write(data)
     return len(data)
 
 

@@ -7,8 +7,6 @@ checkpoints (best, averaged, per-epoch) omit the training state.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,32 +16,15 @@ import torch
 from ..config import RunConfig, config_from_dict
 from ..data.tokenizer import Tokenizer
 from ..errors import CheckpointError, ShrinkformerError
+from ..io import atomic_write
 from ..model.transformer import Transformer
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
 
 FORMAT, VERSION = "shrinkformer-checkpoint", 1
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same directory, flush it to disk, then rename: a reader
-    (or a resumed run after SIGKILL) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        torch.save(payload, f)
 
 
 def make_checkpoint(cfg: RunConfig, tokenizer: Tokenizer, model: torch.nn.Module,
