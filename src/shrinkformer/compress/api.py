@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from torch import nn
@@ -21,7 +21,6 @@ class CompressionReport:
     modules: list[str]
     compressed_params: int
     total_params: int
-    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def share(self) -> float:
