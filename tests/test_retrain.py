@@ -1,4 +1,9 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -6,7 +11,7 @@ import torch
 from shrinkformer.cli import main
 from shrinkformer.compress import KMeansConfig, compress
 from shrinkformer.pack.format import load_packed
-from shrinkformer.train.checkpoint import load_model
+from shrinkformer.train.checkpoint import load_checkpoint, load_model
 from shrinkformer.translate import Translator
 
 from .conftest import run_cli
@@ -73,3 +78,112 @@ def test_distillation_runs_and_changes_training(tiny_run, multi30k, tmp_path):
         reports.append(json.loads(report.read_text()))
     a, b = (load_packed(tmp_path / f"{d}.sfz")[2] for d in ("0", "0.7"))
     assert not torch.equal(a.encoder.layers[0].self_attn.q_proj.weight, b.encoder.layers[0].self_attn.q_proj.weight)
+
+
+def compress_cmd(checkpoint, data, out, *extra, quiet=True):
+    return [sys.executable, "-m", "shrinkformer", *(["-q"] if quiet else []), "compress", str(checkpoint),
+            "--method", "prune+kmeans", "--sparsity", "0.3:0.5", "--steps", "2", "--bits", "3",
+            "--save-every", "3", "--no-test", "--data-dir", str(data), *COMMON, "-o", str(out), *extra]
+
+
+def packed_contents(path):
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def test_killed_retraining_resumes_to_the_same_packed_file(tiny_run, multi30k, tmp_path):
+    straight, killed = tmp_path / "straight.sfz", tmp_path / "killed.sfz"
+    subprocess.run(compress_cmd(tiny_run / "model.pt", multi30k, straight), check=True, capture_output=True,
+                   timeout=300)
+    assert not (tmp_path / "straight.sfz.work").exists(), "a finished run cleans up its work directory"
+
+    # Kill inside the third step (the k-means stage after two pruning steps): resuming must replay
+    # both pruning steps' structure, the k-means stage's input and the training loop's snapshot.
+    work = tmp_path / "killed.sfz.work"
+    proc = subprocess.Popen(compress_cmd(tiny_run / "model.pt", multi30k, killed), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (work / "step2" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    at_kill = load_checkpoint(work / "step2" / "last.pt")["progress"]
+    assert at_kill["batch"] > 0 and not at_kill["finished"], "the kill must land inside the k-means retraining"
+    assert not killed.exists()
+
+    resumed = subprocess.run(compress_cmd(tiny_run / "model.pt", multi30k, killed, quiet=False),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "2 of 3 steps done" in resumed.stderr and f"step {at_kill['step']}" in resumed.stderr
+    # safetensors writes its metadata map in a per-process order, so compare contents, not bytes.
+    (a, meta_a), (b, meta_b) = (packed_contents(p) for p in (straight, killed))
+    assert meta_a == meta_b and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not work.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"key": "another run"}, "holds the state of another retraining run"),
+    (b"not a torch file", "unreadable retraining state"),
+], ids=["other-run", "garbage"])
+def test_foreign_or_damaged_work_directory_is_a_one_line_error(tiny_run, multi30k, tmp_path, content, message):
+    work, out = tmp_path / "w", tmp_path / "m.sfz"
+    work.mkdir()
+    if isinstance(content, bytes):
+        (work / "state.pt").write_bytes(content)
+    else:
+        torch.save(content, work / "state.pt")
+    result = run_cli("-q", "compress", str(tiny_run / "model.pt"), "--method", "kmeans", "--bits", "2", "--no-test",
+                     "--retrain-epochs", "0", "--data-dir", str(multi30k), "--work-dir", str(work), "-o", str(out))
+    assert result.returncode != 0 and message in result.stderr and str(work) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_two_process_retraining_under_torchrun(tiny_run, multi30k, tmp_path):
+    out, report = tmp_path / "ddp.sfz", tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "shrinkformer", "-q", "compress", str(tiny_run / "model.pt"), "--method", "bsflex",
+           "--scope", "self-attention", "--no-test", "--data-dir", str(multi30k), *COMMON, "-o", str(out),
+           "--report", str(report)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads(report.read_text())
+    assert r["world_size"] == 2 and [h["when"] for h in r["history"][1:]] == ["compressed", "retrained"]
+    _, _, packed = load_packed(out)[:3]
+    weights = [m.codec() for m in packed.modules() if hasattr(m, "codec")]
+    assert len(weights) == len(r["modules"]) and all(w.unique().numel() == 2 for w in weights)
+
+
+def test_run_killed_after_its_last_step_packs_the_retrained_model(tiny_run, multi30k, tmp_path, monkeypatch):
+    """All steps done, the packed file not yet written: the resumed run must rebuild the k-means
+    stage from the pruned model it began from (globally pruned layers change their survivor counts
+    while retraining) and pack the saved weights, without retraining."""
+    import shrinkformer.train.retrain as retrain_module
+    from shrinkformer.compress import PruneConfig
+    from shrinkformer.train.retrain import RetrainConfig, Stage, retrain
+
+    def run(out, work=None):
+        cfg, tok, model = load_model(tiny_run / "model.pt")
+        cfg.data.data_dir = str(multi30k)
+        stages = [Stage(PruneConfig(0.3, 0.5, 2, scope="global")), Stage(KMeansConfig(3))]
+        return retrain(model, tok, cfg, stages, RetrainConfig(epochs=1, evaluate_test=False), out,
+                       train_limit=200, work_dir=work)
+
+    straight = run(tmp_path / "straight.sfz")
+    work = tmp_path / "work"
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(retrain_module, "save_packed", crash)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "resumed.sfz", work)
+    assert torch.load(work / "state.pt", weights_only=True)["done"] == 3 and (work / "stage1.pt").exists()
+    with monkeypatch.context() as m:
+        m.setattr(retrain_module, "fit", lambda *a, **k: pytest.fail("finished steps must not retrain"))
+        resumed = run(tmp_path / "resumed.sfz", work)
+    assert resumed["history"] == straight["history"]
+    (a, meta_a), (b, meta_b) = (packed_contents(tmp_path / f"{n}.sfz") for n in ("straight", "resumed"))
+    assert meta_a == meta_b and all(torch.equal(a[k], b[k]) for k in a)

@@ -115,19 +115,31 @@ def method_stages(args: argparse.Namespace) -> list:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    from .train.distributed import init_world, shutdown
     from .train.retrain import RetrainConfig, retrain
 
     stages = method_stages(args)  # parameters are checked before any work is done
     rc = RetrainConfig(epochs=args.retrain_epochs, lr=args.lr, distill=args.distill,
-                       evaluate_test=not args.no_test)
+                       save_every_steps=args.save_every, evaluate_test=not args.no_test)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg, tok, model = load_any(args.checkpoint)
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
-    report = retrain(model, tok, cfg, stages, rc, args.output, train_limit=args.train_limit)
+    work = args.work_dir or args.output.with_name(args.output.name + ".work")
+    world = init_world()
+    if not world.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        report = retrain(model.to(world.device), tok, cfg, stages, rc, args.output, train_limit=args.train_limit,
+                         work_dir=work, world=world)
+    finally:
+        shutdown(world)
+    if not world.is_main:
+        return 0
     report.update(method=args.method, command=args.command_line,
-                  checkpoint=str(args.checkpoint), output=str(args.output), torch_version=torch.__version__)
+                  checkpoint=str(args.checkpoint), output=str(args.output), torch_version=torch.__version__,
+                  world_size=world.size)
     if args.report:
         write_json_atomic(report, args.report)
     print(f"{len(report['modules'])} modules ({report['params_compressed_share']:.1%} of parameters); "
@@ -286,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="compress a trained model, retrain it, write a packed .sfz",
                        description="Compress the Linear (and optionally Embedding) weights of a checkpoint, "
                                    "retrain with the compression in the loop, and write a packed model whose "
-                                   "size is the real compression ratio.")
+                                   "size is the real compression ratio. A killed run continues where it "
+                                   "stopped when started again; run under torchrun for data parallel retraining.")
     p.add_argument("checkpoint", type=Path, help="trained model (model.pt)")
     p.add_argument("--method", required=True, choices=METHOD_NAMES)
     p.add_argument("--bits", type=int, default=4, help="k-means bits, 1..8 (default 4)")
@@ -305,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-limit", type=int, help="retrain on the first N pairs only")
     p.add_argument("--threads", type=int)
     p.add_argument("--no-test", action="store_true", help="skip scoring the test split")
+    p.add_argument("--save-every", type=int, default=200, metavar="STEPS",
+                   help="snapshot retraining every STEPS optimizer steps (default 200; 0: at epoch ends only)")
+    p.add_argument("--work-dir", type=Path, help="resumable retraining state (default: OUTPUT.work, removed on "
+                                                  "success); run the same command again to continue a killed run")
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument("--output", "-o", type=Path, required=True, help="packed model (.sfz)")
     p.set_defaults(func=cmd_compress)

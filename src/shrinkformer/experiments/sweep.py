@@ -23,6 +23,7 @@ from ..errors import UsageError
 from ..io import write_text_atomic
 from ..evaluate.bleu import score
 from ..pack.format import fp32_size, load_any, save_packed
+from ..train.checkpoint import model_fingerprint
 from ..train.loop import read_split, train
 from ..train.retrain import RetrainConfig, Stage, retrain
 from ..translate import Translator
@@ -36,13 +37,8 @@ ROW_FIELDS = ["name", "method", "scope", "bits", "sparsity", "bleu", "chrf", "bl
 
 
 def fingerprint(checkpoint: Path) -> str:
-    """SHA-256 of the model itself (config, tokenizer, weights), whatever file format holds it."""
-    cfg, tok, model = load_any(checkpoint)
-    h = hashlib.sha256(json.dumps(cfg.model.__dict__, sort_keys=True).encode() + tok.model_proto)
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.float().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """SHA-256 of the model in ``checkpoint`` (config, tokenizer, weights), whatever its file format."""
+    return model_fingerprint(*load_any(checkpoint))
 
 
 def baseline_checkpoint(sp: SweepPreset, output: Path, data_dir: str | None, baseline: Path | None) -> Path:
@@ -83,7 +79,8 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
                    bleu_signature=s.bleu_signature)
         return row
     rc = RetrainConfig(epochs=sp.retrain_epochs, lr=sp.retrain_lr, distill=exp.distill, test_limit=sp.test_limit)
-    report = retrain(model, tok, cfg, [Stage(c, [scope]) for c, scope in exp.stages], rc, out, sp.train_limit)
+    report = retrain(model, tok, cfg, [Stage(c, [scope]) for c, scope in exp.stages], rc, out, sp.train_limit,
+                     work_dir=out.with_name(out.name + ".work"))
     row.update({k: report[k] for k in ("bleu", "chrf", "params_compressed_share", "packed_bytes", "compression_ratio",
                                        "scope_compression_ratio", "huffman_compression_ratio",
                                        "huffman_scope_compression_ratio", "retrain_seconds", "wall_seconds",

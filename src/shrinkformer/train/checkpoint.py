@@ -7,6 +7,8 @@ checkpoints (best, averaged, per-epoch) omit the training state.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -86,3 +88,12 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
             total[k] = total.get(k, 0) + v.double()
     first = load_checkpoint(paths[0])["model"]
     return {k: (v / len(paths)).to(first[k].dtype) for k, v in total.items()}
+
+
+def model_fingerprint(cfg: RunConfig, tokenizer: Tokenizer, model: torch.nn.Module) -> str:
+    """SHA-256 of the model itself (architecture, tokenizer, weights), whatever file held it."""
+    h = hashlib.sha256(json.dumps(cfg.model.__dict__, sort_keys=True).encode() + tokenizer.model_proto)
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
