@@ -28,14 +28,14 @@ def test_kmeans_1d_matches_textbook_lloyd(k, init):
     centroids, index = kmeans_1d(x, k, init)
     ref = lloyd_reference(x, init_centroids(x, k, init).sort().values)
     torch.testing.assert_close(centroids.double(), ref, rtol=1e-5, atol=1e-6)
-    assert torch.equal(index, assign(x, centroids))
+    assert torch.equal(index.long(), assign(x, centroids))
     assert within_cluster_sse(x, centroids, index) <= within_cluster_sse(x, ref.float(), assign(x, ref.float())) * (1 + 1e-6)
 
 
 def test_kmeans_handles_few_distinct_values():
     x = torch.tensor([1.0, 1.0, 1.0, 5.0])
     c, idx = kmeans_1d(x, 16)
-    assert torch.equal(c[idx], x)
+    assert torch.equal(c[idx.long()], x)
 
 
 @given(st.integers(1, 8), st.integers(0, 200), st.integers(0, 2**31))
@@ -78,3 +78,51 @@ def test_binarize_flex_is_one_lloyd_step():
     torch.testing.assert_close(c, torch.tensor([-1.5, 1.5]))
     upper, c = binarize_flex(w, torch.tensor(10.0))  # an empty cluster keeps the threshold
     assert not upper.any() and c[1] == 10.0
+
+
+def large_sample(kind, n=1 << 17, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = {"normal": lambda: torch.randn(n, generator=g) * 0.05,
+         "heavy": lambda: torch.distributions.StudentT(3.0).sample((n,)),
+         "uniform": lambda: torch.rand(n, generator=g) * 2 - 1,
+         "mixture": lambda: torch.cat([torch.randn(n // 2, generator=g) * 0.01, torch.randn(n - n // 2, generator=g) + 3]),
+         "few-values": lambda: torch.randint(0, 5, (n,), generator=g).float() / 7}[kind]()
+    return x.float()
+
+
+@pytest.mark.parametrize("kind, n", [("normal", 1 << 17), ("heavy", 1 << 17), ("uniform", 1 << 17),
+                                     ("mixture", 1 << 17), ("few-values", 1 << 17), ("normal", 1 << 19)],
+                         ids=["normal", "heavy", "uniform", "mixture", "few-values", "normal-threaded"])
+@pytest.mark.parametrize("k", [2, 16, 256])
+def test_histogram_kmeans_ends_at_an_exact_lloyd_fixed_point(kind, n, k):
+    """Large inputs take the histogram path: every value must sit with its nearest centroid (ties
+    go up), every centroid must be the mean of its members, and the error must be no worse than
+    exact Lloyd on sorted values from the same start."""
+    import numpy as np
+
+    from shrinkformer.compress.lloyd import lloyd_1d
+    from shrinkformer.compress.primitives import HISTOGRAM_FROM, _lloyd_sorted
+    x = large_sample(kind, n)  # from 2**18 values on, the passes run on several threads
+    assert x.numel() >= HISTOGRAM_FROM
+    xd = x.double().numpy()
+    start = np.linspace(xd.min(), xd.max(), k)
+    c, idx = lloyd_1d(x.numpy(), start.copy())
+    assert idx.dtype == np.uint8 and idx.shape == xd.shape and np.all(np.diff(c) >= 0)
+    assert np.array_equal(idx, np.searchsorted((c[1:] + c[:-1]) / 2, xd, side="right"))
+    sizes = np.bincount(idx, minlength=k)
+    means = np.bincount(idx, weights=xd, minlength=k)[sizes > 0] / sizes[sizes > 0]
+    np.testing.assert_allclose(c[sizes > 0], means, rtol=1e-9, atol=1e-12)
+    ref_c, ref_idx = _lloyd_sorted(x.numpy(), start.copy(), 300)
+    sse = lambda c, i: float(((xd - c[i.astype(np.int64)]) ** 2).sum())  # noqa: E731
+    assert sse(c, idx) <= sse(ref_c, ref_idx) * (1 + 1e-6)
+    c2, idx2 = lloyd_1d(x.numpy(), start.copy())
+    assert np.array_equal(c, c2) and np.array_equal(idx, idx2)
+    tc, tidx = kmeans_1d(x, k)  # the public entry point takes this path and hands back tensors
+    assert tc.dtype == torch.float32 and torch.equal(tidx, torch.from_numpy(idx))
+
+
+def test_kmeans_rejects_non_finite_values():
+    x = torch.randn(1 << 17)
+    x[123] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        kmeans_1d(x, 16)

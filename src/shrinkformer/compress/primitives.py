@@ -18,27 +18,43 @@ def init_centroids(values: Tensor, k: int, init: str = "linear") -> Tensor:
     raise ValueError(f"unknown k-means init {init!r} (linear or density)")
 
 
-def kmeans_1d(values: Tensor, k: int, init: str = "linear", max_iter: int = 300) -> tuple[Tensor, Tensor]:
-    """Lloyd's algorithm in one dimension, run to convergence on sorted values.
+HISTOGRAM_FROM = 1 << 16  # from this many values on, k-means runs on a histogram (lloyd.py)
 
-    Sorting once turns every iteration into k binary searches and k prefix-sum differences
-    (O(k log n) instead of O(nk)), so iterating until the assignment stops changing is cheap, and
-    the final assignment is read off the cluster boundaries of the sorted order. NumPy does the
-    work: its SIMD sort is an order of magnitude faster than torch's on CPU, and the loop is many
-    tiny operations where NumPy's overhead is lower. Returns centroids (k,) ascending in the
-    values' dtype and the index (n,) of each value's centroid. Empty clusters keep their centroid.
+
+def kmeans_1d(values: Tensor, k: int, init: str = "linear", max_iter: int = 300) -> tuple[Tensor, Tensor]:
+    """Lloyd's algorithm in one dimension, run until the assignment stops changing.
+
+    Small inputs are sorted once, which turns each iteration into k binary searches and k
+    prefix-sum differences. Large ones (weight matrices) skip the sort: ``lloyd.lloyd_1d`` works
+    on a histogram and the few values near the cluster boundaries, in three passes over the data.
+    Both end at a fixed point of exact Lloyd. Returns centroids (k,) ascending in the values'
+    dtype and each value's centroid index (n,), uint8 when k <= 256 (index with ``.long()``).
+    Empty clusters keep their centroid.
     """
     flat = values.detach().flatten().cpu()
-    a = flat.float().numpy()
+    a = np.ascontiguousarray(flat.float().numpy())
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("k-means needs finite values (found NaN or infinity)")
+    if init == "linear":
+        start = np.linspace(lo, hi, k)
+    else:
+        start = np.sort(init_centroids(flat, k, init).numpy())
+    if a.size >= HISTOGRAM_FROM:
+        from .lloyd import lloyd_1d
+        c, index = lloyd_1d(a, start, max_iter, bounds=(lo, hi), threads=torch.get_num_threads())
+    else:
+        c, index = _lloyd_sorted(a, start, max_iter)
+    return torch.from_numpy(c).to(flat.dtype), torch.from_numpy(index)
+
+
+def _lloyd_sorted(a: np.ndarray, c: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(a)
     x = a[order]
     prefix = np.empty(x.size + 1)
     prefix[0] = 0.0
     np.cumsum(x, dtype=np.float64, out=prefix[1:])
-    if init == "linear":  # from the sorted ends: no pass over the data
-        c = np.linspace(float(x[0]), float(x[-1]), k)
-    else:
-        c = np.sort(init_centroids(flat, k, init).numpy())
+    k = c.size
     edges = np.full(k + 1, -1, dtype=np.int64)  # cluster j is x[edges[j]:edges[j + 1]]
     edges[0], edges[-1] = 0, x.size
     for _ in range(max_iter):
@@ -49,9 +65,9 @@ def kmeans_1d(values: Tensor, k: int, init: str = "linear", max_iter: int = 300)
         counts = edges[1:] - edges[:-1]
         filled = counts > 0
         c[filled] = (prefix[edges[1:]] - prefix[edges[:-1]])[filled] / counts[filled]
-    index = np.empty(x.size, dtype=np.int64)
+    index = np.empty(x.size, dtype=np.uint8 if k <= 256 else np.int64)
     index[order] = np.repeat(np.arange(k), np.diff(edges))
-    return torch.from_numpy(c).to(flat.dtype), torch.from_numpy(index)
+    return c, index
 
 
 def assign(values: Tensor, centroids: Tensor) -> Tensor:
@@ -61,7 +77,7 @@ def assign(values: Tensor, centroids: Tensor) -> Tensor:
 
 
 def within_cluster_sse(values: Tensor, centroids: Tensor, index: Tensor) -> float:
-    return float(((values.double().flatten() - centroids.double()[index.flatten()]) ** 2).sum())
+    return float(((values.double().flatten() - centroids.double()[index.flatten().long()]) ** 2).sum())
 
 
 def binarize_flex(latent: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
