@@ -65,3 +65,29 @@ def test_cache_key_follows_the_model_not_its_file(tiny_run, tmp_path):
         model.encoder.layers[0].ffn.fc1.weight[0, 0] += 1.0
     save_packed(model, cfg, tok, tmp_path / "other.sfz")
     assert fingerprint(tmp_path / "other.sfz") != fingerprint(tmp_path / "same.sfz")
+
+
+def _rows(**bleu_ratio):
+    base = {"name": "baseline", "method": "none", "status": "ok", "bleu": 40.0, "bleu_retention": 1.0,
+            "compression_ratio": 1.0, "params_compressed_share": 0.0}
+    rows = [base]
+    for name, (bleu, ratio) in bleu_ratio.items():
+        name = name.replace("_", "-")
+        method = "prune" if name.startswith("prune") else "kmeans"
+        rows.append({"name": name, "method": method, "status": "ok", "bleu": bleu, "bleu_retention": bleu / 40.0,
+                     "compression_ratio": ratio, "params_compressed_share": 0.7})
+    return rows
+
+
+def test_pruning_vs_quantization_is_judged_by_dominance():
+    from shrinkformer.experiments.report import findings, pareto
+    worse = findings(_rows(prune_30_50=(39.0, 1.5), kmeans_8bit_all=(39.5, 3.0), kmeans_1bit_all=(30.0, 12.0)))
+    text = next(f for f in worse if f.startswith("**Pruning vs quantization (prune-30-50)"))
+    assert "kmeans-8bit-all keeps 98.8% at 3.00x" in text and "pruning is worse" in text
+    better = findings(_rows(prune_30_50=(39.8, 4.0), kmeans_8bit_all=(39.5, 3.0)))
+    assert "here pruning beats that quantization setting" in next(f for f in better if "prune-30-50" in f)
+    neither = findings(_rows(prune_30_50=(39.8, 2.0), kmeans_8bit_all=(39.0, 3.0)))
+    assert "neither dominates" in next(f for f in neither if "prune-30-50" in f)
+    front = [r["name"] for r in pareto(_rows(prune_30_50=(39.0, 1.5), kmeans_8bit_all=(39.5, 3.0),
+                                             kmeans_1bit_all=(30.0, 12.0)))]
+    assert front == ["baseline", "kmeans-8bit-all", "kmeans-1bit-all"]

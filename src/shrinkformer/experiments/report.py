@@ -60,12 +60,11 @@ def findings(rows: list[dict]) -> list[str]:
     for name in ("prune-30-50", "prune-50-80"):
         pr = _row(rows, name)
         if pr and quant:
-            near = min(quant, key=lambda q: abs(q["compression_ratio"] - pr["compression_ratio"]))
-            verdict = "worse than" if pr["bleu"] < near["bleu"] else "no worse than"
-            out.append(f"**Pruning vs quantization ({name}).** {name} keeps {pct(pr):.1f}% at "
-                       f"{pr['compression_ratio']:.2f}x; the quantization row nearest in compression, {near['name']} "
-                       f"({near['compression_ratio']:.2f}x), keeps {pct(near):.1f}%: pruning is {verdict} "
-                       "quantization at a similar ratio here.")
+            out.append(f"**Pruning vs quantization ({name}).** " + _compare_at_equal_ratio(pr, quant, pct))
+    front = pareto(rows)
+    if front:
+        out.append("**Best trade-offs.** No other row has both more BLEU and a higher ratio than: " + ", ".join(
+            f"{r['name']} ({pct(r):.1f}% at {r['compression_ratio']:.1f}x)" for r in front) + ".")
     dc = _row(rows, "prune-50-80+kmeans-4bit-all")
     if dc:
         out.append(f"**Deep Compression order (prune 50→80%, then 4-bit k-means).** {pct(dc):.1f}% of the baseline "
@@ -80,6 +79,32 @@ def findings(rows: list[dict]) -> list[str]:
     if failed:
         out.append("**Failed experiments:** " + "; ".join(f"{r['name']} ({r.get('error')})" for r in failed))
     return out
+
+
+def _compare_at_equal_ratio(pr: dict, quant: list[dict], pct) -> str:
+    """Whether pruning row ``pr`` is worse than quantization at equal compression, by dominance:
+    a quantization row with a ratio at least as high and at least as much BLEU beats it outright."""
+    said = f"{pr['name']} keeps {pct(pr):.1f}% at {pr['compression_ratio']:.2f}x. "
+    better = [q for q in quant if q["compression_ratio"] >= pr["compression_ratio"] and q["bleu"] >= pr["bleu"]]
+    if better:
+        q = max(better, key=lambda q: q["compression_ratio"])
+        return said + (f"{q['name']} keeps {pct(q):.1f}% at {q['compression_ratio']:.2f}x, more BLEU at a higher "
+                       "ratio: pruning is worse than quantization at equal compression here, as the study found.")
+    worse = [q for q in quant if q["compression_ratio"] <= pr["compression_ratio"] and q["bleu"] <= pr["bleu"]]
+    if worse:
+        q = min(worse, key=lambda q: q["bleu"])
+        return said + (f"{q['name']} keeps only {pct(q):.1f}% at a ratio no higher ({q['compression_ratio']:.2f}x): "
+                       "here pruning beats that quantization setting, unlike the study.")
+    return said + "No quantization row is both better and more compressed, or both worse and less: neither dominates."
+
+
+def pareto(rows: list[dict]) -> list[dict]:
+    """Rows no other row beats on both BLEU and compression ratio, by ratio."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("bleu") is not None and r.get("bleu_retention") is not None]
+    return sorted((r for r in ok if not any(s is not r and s["bleu"] >= r["bleu"] and
+                                            s["compression_ratio"] >= r["compression_ratio"] and
+                                            (s["bleu"], s["compression_ratio"]) != (r["bleu"], r["compression_ratio"])
+                                            for s in ok)), key=lambda r: r["compression_ratio"])
 
 
 def render(result: dict[str, Any]) -> str:
