@@ -63,7 +63,8 @@ def findings(rows: list[dict]) -> list[str]:
             out.append(f"**Pruning vs quantization ({name}).** " + _compare_at_equal_ratio(pr, quant, pct))
     front = pareto(rows)
     if front:
-        out.append("**Best trade-offs.** No other row has both more BLEU and a higher ratio than: " + ", ".join(
+        out.append(f"**Best trade-offs.** Counting BLEU differences under {TIE_BLEU} as ties, no other row is at "
+                   "least as compressed with as much BLEU as: " + ", ".join(
             f"{r['name']} ({pct(r):.1f}% at {r['compression_ratio']:.1f}x)" for r in front) + ".")
     dc = _row(rows, "prune-50-80+kmeans-4bit-all")
     if dc:
@@ -81,30 +82,37 @@ def findings(rows: list[dict]) -> list[str]:
     return out
 
 
+TIE_BLEU = 0.5  # BLEU differences smaller than this count as ties in the comparisons below
+
+
 def _compare_at_equal_ratio(pr: dict, quant: list[dict], pct) -> str:
-    """Whether pruning row ``pr`` is worse than quantization at equal compression, by dominance:
-    a quantization row with a ratio at least as high and at least as much BLEU beats it outright."""
+    """Whether pruning row ``pr`` is worse than quantization at equal compression, by dominance: a
+    quantization row at least as compressed with no less BLEU (within ``TIE_BLEU``) beats it."""
     said = f"{pr['name']} keeps {pct(pr):.1f}% at {pr['compression_ratio']:.2f}x. "
-    better = [q for q in quant if q["compression_ratio"] >= pr["compression_ratio"] and q["bleu"] >= pr["bleu"]]
+    better = [q for q in quant if q["compression_ratio"] >= pr["compression_ratio"] and q["bleu"] > pr["bleu"] - TIE_BLEU]
     if better:
         q = max(better, key=lambda q: q["compression_ratio"])
-        return said + (f"{q['name']} keeps {pct(q):.1f}% at {q['compression_ratio']:.2f}x, more BLEU at a higher "
-                       "ratio: pruning is worse than quantization at equal compression here, as the study found.")
-    worse = [q for q in quant if q["compression_ratio"] <= pr["compression_ratio"] and q["bleu"] <= pr["bleu"]]
+        return said + (f"{q['name']} keeps {pct(q):.1f}% at {q['compression_ratio']:.2f}x, as much BLEU (within "
+                       f"{TIE_BLEU}) at a higher ratio: pruning is worse than quantization at equal compression here, "
+                       "as the study found.")
+    worse = [q for q in quant if q["compression_ratio"] <= pr["compression_ratio"] and q["bleu"] < pr["bleu"] - TIE_BLEU]
     if worse:
-        q = min(worse, key=lambda q: q["bleu"])
+        q = max(worse, key=lambda q: q["compression_ratio"])
         return said + (f"{q['name']} keeps only {pct(q):.1f}% at a ratio no higher ({q['compression_ratio']:.2f}x): "
-                       "here pruning beats that quantization setting, unlike the study.")
-    return said + "No quantization row is both better and more compressed, or both worse and less: neither dominates."
+                       "here pruning beats quantization at equal compression, unlike the study.")
+    return said + "No quantization row is clearly better at a higher ratio or worse at a lower one: neither dominates."
 
 
 def pareto(rows: list[dict]) -> list[dict]:
-    """Rows no other row beats on both BLEU and compression ratio, by ratio."""
+    """Rows no other row beats, by ratio: beating means a ratio at least as high with no less BLEU
+    (within ``TIE_BLEU``), and strictly more of one of them."""
     ok = [r for r in rows if r.get("status") == "ok" and r.get("bleu") is not None and r.get("bleu_retention") is not None]
-    return sorted((r for r in ok if not any(s is not r and s["bleu"] >= r["bleu"] and
-                                            s["compression_ratio"] >= r["compression_ratio"] and
-                                            (s["bleu"], s["compression_ratio"]) != (r["bleu"], r["compression_ratio"])
-                                            for s in ok)), key=lambda r: r["compression_ratio"])
+
+    def beats(s: dict, r: dict) -> bool:
+        return (s is not r and s["compression_ratio"] >= r["compression_ratio"] and s["bleu"] > r["bleu"] - TIE_BLEU
+                and (s["compression_ratio"] > r["compression_ratio"] or s["bleu"] > r["bleu"]))
+
+    return sorted((r for r in ok if not any(beats(s, r) for s in ok)), key=lambda r: r["compression_ratio"])
 
 
 def render(result: dict[str, Any]) -> str:
