@@ -171,7 +171,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     only = args.only.split(",") if args.only else None
-    result = reproduce(args.preset, args.output, args.data_dir, args.baseline, only)
+    result = reproduce(args.preset, args.output, args.data_dir, args.baseline, only, commit)
     result.update(command=args.command_line, git_commit=commit,
                   torch_version=torch.__version__, machine=machine(),
                   wall_seconds=round(time.perf_counter() - started, 1))

@@ -123,7 +123,11 @@ def render(result: dict[str, Any]) -> str:
              f"Commit {result.get('git_commit', '?')}, torch {result.get('torch_version', '?')}, "
              f"{result.get('machine', {}).get('processor', '?')} with {result.get('machine', {}).get('cpus', '?')} CPUs"
              f"{', GPU ' + result['machine']['gpu'] if result.get('machine', {}).get('gpu') else ''}; "
-             f"total wall time {result.get('wall_seconds', 0) / 60:.1f} min.", ""]
+             f"this run took {result.get('wall_seconds', 0) / 60:.1f} min, the experiments' own wall times add up "
+             f"to {sum(r.get('wall_seconds') or 0 for r in rows) / 60:.1f} min.  ",
+             "Experiments come from the cache when their configuration, preset and baseline model are unchanged; "
+             "a cached row keeps the numbers (and, where recorded, the `git_commit`) of the run that computed it.",
+             ""]
     if base:
         lines += [f"Baseline: {base['bleu']:.2f} BLEU, {base['chrf']:.2f} chrF on the test split "
                   f"(`{base.get('bleu_signature', '')}`).", ""]

@@ -89,7 +89,9 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
 
 
 def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: Path | None = None,
-              only: list[str] | None = None) -> dict[str, Any]:
+              only: list[str] | None = None, commit: str | None = None) -> dict[str, Any]:
+    """Run (or take from the cache) every experiment of the grid; ``commit`` is recorded in the
+    rows computed now (cached rows keep the commit they ran with)."""
     if preset not in SWEEP_PRESETS:
         raise UsageError(f"unknown sweep preset {preset!r} (known: {', '.join(SWEEP_PRESETS)})")
     sp = SWEEP_PRESETS[preset]
@@ -119,7 +121,7 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
         log.info("running %s", exp.name)
         try:
             row = run_experiment(exp, sp, checkpoint, data_dir, models)
-            row["status"] = "ok"
+            row.update(status="ok", git_commit=commit)
             write_text_atomic(cached, json.dumps({"key": key, "row": row}, indent=1))
         except Exception as err:  # one failure must not end the sweep
             log.error("%s failed: %s", exp.name, err)
