@@ -80,19 +80,39 @@ def test_binarize_flex_is_one_lloyd_step():
     assert not upper.any() and c[1] == 10.0
 
 
+@pytest.mark.parametrize("threshold", [0.0, 0.013, -5.0, 5.0])
+def test_binarize_flex_compiled_pass_matches_the_tensor_ops(threshold):
+    """On the CPU a compiled pass replaces the tensor ops; a float64 copy takes the tensor ops.
+    Same mask exactly, same centroids up to float32 summation order."""
+    w = torch.randn(300, 257, generator=torch.Generator().manual_seed(1)) * 0.05
+    upper, c = binarize_flex(w, torch.tensor(threshold))
+    ref_upper, ref_c = binarize_flex(w.double(), torch.tensor(threshold))
+    assert upper.dtype == torch.bool and upper.shape == w.shape and torch.equal(upper, ref_upper)
+    assert c.dtype == torch.float32
+    torch.testing.assert_close(c.double(), ref_c, rtol=1e-5, atol=1e-7)
+
+
 def large_sample(kind, n=1 << 17, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = {"normal": lambda: torch.randn(n, generator=g) * 0.05,
          "heavy": lambda: torch.distributions.StudentT(3.0).sample((n,)),
          "uniform": lambda: torch.rand(n, generator=g) * 2 - 1,
          "mixture": lambda: torch.cat([torch.randn(n // 2, generator=g) * 0.01, torch.randn(n - n // 2, generator=g) + 3]),
-         "few-values": lambda: torch.randint(0, 5, (n,), generator=g).float() / 7}[kind]()
+         "few-values": lambda: torch.randint(0, 5, (n,), generator=g).float() / 7,
+         # signed zeros, subnormals and magnitudes near the float32 limit: the bins are built from
+         # the float32 bit patterns, so these are where they could go wrong
+         "edge-values": lambda: torch.cat([torch.zeros(n // 8), -torch.zeros(n // 8),
+                                           torch.randn(n // 4, generator=g) * 1e-40,
+                                           torch.randn(n - n // 2, generator=g) * 1e-3]),
+         "huge": lambda: torch.randn(n, generator=g) * 1e37}[kind]()
     return x.float()
 
 
 @pytest.mark.parametrize("kind, n", [("normal", 1 << 17), ("heavy", 1 << 17), ("uniform", 1 << 17),
-                                     ("mixture", 1 << 17), ("few-values", 1 << 17), ("normal", 1 << 19)],
-                         ids=["normal", "heavy", "uniform", "mixture", "few-values", "normal-threaded"])
+                                     ("mixture", 1 << 17), ("few-values", 1 << 17), ("edge-values", 1 << 17),
+                                     ("huge", 1 << 17), ("normal", 1 << 19), ("uniform", 1 << 20)],
+                         ids=["normal", "heavy", "uniform", "mixture", "few-values", "edge-values", "huge",
+                              "normal-threaded", "uniform-threaded"])
 @pytest.mark.parametrize("k", [2, 16, 256])
 def test_histogram_kmeans_ends_at_an_exact_lloyd_fixed_point(kind, n, k):
     """Large inputs take the histogram path: every value must sit with its nearest centroid (ties

@@ -3,17 +3,22 @@
 In one dimension Lloyd's algorithm needs, for each cluster boundary m (the midpoint between
 neighbouring centroids), only how many values lie below m and what they sum to. A histogram answers
 that exactly for every bin wholly below m; only the bin that m falls in needs its values, sorted.
-So: one pass builds the histogram (counts and sums); Lloyd iterates on it, first splitting a
-boundary's bin by linear interpolation (nearly free, and it lands next to a fixed point), then
-exactly, with the values of the bins the boundaries visit fetched in a pass or a few; a last pass
-writes each value's cluster. A handful of passes over the data, compiled with Numba and split
-across threads, where sorting costs O(n log n) and scikit-learn a pass per iteration.
+So: one pass builds the histogram (counts and exact sums); Lloyd iterates on it, first splitting a
+boundary's bin by linear interpolation (nearly free, and it lands near a fixed point), then
+exactly, with the values of the bins around the boundaries fetched in a pass (two when Lloyd creeps
+far, as on the flat spread of freshly initialised weights); a last pass writes each value's
+cluster. Three or four passes over the data, compiled with Numba and split across threads, where
+sorting costs O(n log n) and scikit-learn a pass per iteration.
 
-A value's bin is the sum of an equal-width index and a logarithmic one (sign and top bits of the
-magnitude), so bins are fine both where a uniform spread is dense and near zero where weights
-crowd, and a few outliers cannot push every value into a handful of bins. Both indices are
-monotone in the value, so a bin below m's holds only values below m and a bin above only values
-above it. Ties go right: a value equal to m joins the upper cluster, as
+A value's bin is its sign and the top bits of its float32 magnitude: 2**m bins per octave over the
+12 octaves below max |x| (smaller magnitudes share one bin per sign). Bins are finest near zero,
+where weights crowd, and a few outliers cannot push every value into a handful of bins. Within a bin
+every magnitude has the same exponent, so the bin's sum is count * its least magnitude + (the sum of
+the low mantissa bits) * the exponent's ulp: integers, counted with one add per value (count and
+low-bit sum share an int64), exact. Bins are monotone in the value, so a bin below m's holds only
+values below m, and "bin >= b" is "x >= the least value of bin b": the passes that only need to
+know which side of a bin edge or boundary a value lies on compare floats (vectorized, 16 lanes)
+instead of computing bins. Ties go right: a value equal to m joins the upper cluster, as
 ``searchsorted(sorted_values, m)`` counts.
 """
 
@@ -27,93 +32,183 @@ import numpy as np
 _jit = numba.njit(cache=True, nogil=True)
 MAX_FETCHES = 32  # passes gathering boundary bins; Lloyd's max_iter bounds each run between them
 PARALLEL_FROM = 1 << 18  # below this many values, waking threads costs more than it saves
-LOG_OCTAVES = 16  # magnitudes below max|x| / 2**16 share one logarithmic bin
+OCTAVES = 12  # magnitudes below max|x| / 2**12 share one bin per sign
+COMPARED = 16  # up to this many clusters (or runs of bins to fetch), compare each value with every edge
+COUNT_SHIFT = 40  # packed histogram entry: count << 40 | sum of low mantissa bits
+FLUSH = 1 << 22  # values per packed histogram before it is unpacked: the low-bit sums stay < 2**40
 
 
-def _grid(lo: float, hi: float, n: int) -> tuple[float, float, int, int, int, int]:
-    """Parameters of ``_bin`` for n values in [lo, hi] (lo < hi): n / 32 equal-width bins (2048 to
-    8192) and, over the 16 octaves below max |x| on each side of zero, 32 to 256 logarithmic bins
-    per octave. Fewer bins cost less per call; more leave fewer values to sort per bin."""
-    n_linear = int(np.clip(n >> 5, 1 << 11, 1 << 13))
-    per_octave = 1 << int(np.clip(np.log2(n) - 11, 5, 8))
-    top = max(abs(lo), abs(hi))
-    u_floor = int(np.array(top * 2.0 ** -LOG_OCTAVES, dtype=np.float32).view(np.uint32))
-    shift = 23 - int(np.log2(per_octave))
-    u_top = int(np.array(top, dtype=np.float32).view(np.uint32))
-    return lo, n_linear / (hi - lo), n_linear, u_floor, shift, (u_top - u_floor) >> shift
+def _grid(lo: float, hi: float, n: int) -> tuple[int, int, int]:
+    """Parameters of ``_bin`` for n values in [lo, hi]: ``f0`` (the floor magnitude's float32 bits
+    less one bin), the shift ``s`` that keeps 23 - s mantissa bits (2**5 to 2**10 bins per octave,
+    more for more values), and ``n_g`` magnitude bins per sign. There are 2 * n_g bins."""
+    top = np.float32(max(abs(lo), abs(hi)))
+    u_top = int(np.array(top, dtype=np.float32).view(np.int32))
+    floor = max((u_top >> 23) - OCTAVES, 1) << 23  # a power of two: bins never straddle an exponent
+    s = 23 - int(np.clip(int(np.log2(max(n, 1))) - 10, 5, 10))
+    return floor - (1 << s), s, ((max(u_top, floor) - floor) >> s) + 2
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _bin(v, u, grid):
-    """The bin of value ``v`` (float64) whose float32 bits are ``u``: an equal-width index plus a
-    logarithmic one (sign and top bits of the magnitude above a floor). Both are monotone in v,
-    so their sum is, and it is fine wherever either is."""
-    lo, scale, n_lin, u_floor, shift, g_max = grid
-    linear = min(max(np.int64((np.float64(v) - lo) * scale), 0), n_lin - 1)
-    g = (max(np.int64(u) & 0x7FFFFFFF, u_floor) - u_floor) >> shift
-    return linear + g_max + g - 2 * (np.int64(u) >> 31) * g  # minus g for negative values, branch-free
+def _bin(u, f0, s, n_g):
+    """The bin of the value whose float32 bits (as int32) are ``u``: magnitude bin g (0 below the
+    floor, else 1 + the magnitude's bits above the floor, shifted), mirrored below n_g for negative
+    values. Zero of either sign lands in bin n_g, as -0.0 == 0.0."""
+    a = u & 0x7FFFFFFF
+    g = (max(a, f0) - f0) >> s
+    neg = np.int32(u < 0) & np.int32(a != 0)
+    return n_g + g - neg * (2 * g + 1)
 
 
-# The three passes below split the data into chunks, one thread each when compiled parallel. Each
-# thread works on arrays of its own (shared rows of one array stop the threads from scaling) and
-# computes bins a block at a time, a loop the compiler vectorizes.
-BLOCK = 512
-
-
-def _histogram(bits, x, grid, n_bins, n_chunks):
-    """Per-chunk counts and float64 sums of each bin."""
-    n = x.size
+@numba.njit(cache=True, nogil=True, inline="always")
+def _chunk(t, n, n_chunks):
+    """The range of values chunk t of n_chunks covers."""
     step = (n + n_chunks - 1) // n_chunks
+    return t * step, min(n, (t + 1) * step)
+
+
+# The passes split the data into chunks, one thread each when compiled parallel, each with arrays of
+# its own (shared rows of one array stop the threads from scaling). A chunk's work is a plain loop
+# over array slices, fixed trip counts inside, the shape the compiler vectorizes: the same loop
+# indexed from a chunk's start inside the parallel loop runs four times slower.
+
+@_jit
+def _histogram_chunk(bits, x, f0, s, n_g, floor_value, counts, lows, tiny):
+    """Adds the chunk's values to ``counts`` and ``lows`` (per bin) and ``tiny`` (below the floor,
+    negative and positive sums)."""
+    low_mask = (1 << s) - 1
+    packed = np.zeros(counts.size, np.int64)
+    b = np.empty(min(FLUSH, bits.size), np.int32)
+    for first in range(0, bits.size, FLUSH):
+        _bins(bits[first:first + FLUSH], f0, s, n_g, b)
+        _add_packed(b[:min(FLUSH, bits.size - first)], bits[first:first + FLUSH], low_mask, packed)
+        for j in range(counts.size):
+            counts[j] += packed[j] >> COUNT_SHIFT
+            lows[j] += packed[j] & ((1 << COUNT_SHIFT) - 1)
+            packed[j] = 0
+    tiny[0], tiny[1] = _tiny_sums(x, floor_value)
+
+
+@_jit
+def _bins(bits, f0, s, n_g, out):
+    f0, s, n_g = np.int32(f0), np.int32(s), np.int32(n_g)
+    for i in range(bits.size):
+        out[i] = _bin(bits[i], f0, s, n_g)
+
+
+@_jit
+def _add_packed(b, bits, low_mask, packed):
+    for i in range(b.size):
+        packed[b[i]] += (1 << COUNT_SHIFT) + (bits[i] & low_mask)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)  # lets the sum vectorize; float64 sums of float32 either way
+def _tiny_sums(x, floor_value):
+    below = above = 0.0
+    for i in range(x.size):
+        v = np.float64(x[i]) if abs(x[i]) < floor_value else 0.0
+        below += min(v, 0.0)
+        above += max(v, 0.0)
+    return below, above
+
+
+def _histogram(bits, x, f0, s, n_g, floor_value, n_chunks):
+    """Per-bin counts and low-mantissa-bit sums (int64), and the sums of the values below the
+    floor, negative and positive (float64): their low bits are not a bin's."""
+    n, n_bins = x.size, 2 * n_g
     counts = np.zeros((n_chunks, n_bins), np.int64)
-    sums = np.zeros((n_chunks, n_bins), np.float64)
+    lows = np.zeros((n_chunks, n_bins), np.int64)
+    tiny = np.zeros((n_chunks, 2))
     for t in numba.prange(n_chunks):
-        count, total, block = np.zeros(n_bins, np.int64), np.zeros(n_bins), np.empty(BLOCK, np.int64)
-        for s in range(t * step, min(n, (t + 1) * step), BLOCK):
-            m = min(BLOCK, n - s, (t + 1) * step - s)
-            for i in range(m):
-                block[i] = _bin(x[s + i], bits[s + i], grid)
-            for i in range(m):
-                count[block[i]] += 1
-                total[block[i]] += x[s + i]
-        counts[t], sums[t] = count, total
-    return counts, sums
+        a, b = _chunk(t, n, n_chunks)
+        _histogram_chunk(bits[a:b], x[a:b], f0, s, n_g, floor_value, counts[t], lows[t], tiny[t])
+    return counts.sum(0), lows.sum(0), tiny.sum(0)
 
 
-def _gather_bins(bits, x, grid, wanted, offsets, out):
-    """Copy the values whose bin is ``wanted`` into ``out``, chunk t from ``offsets[t]`` on. Every
-    value is written and the cursor moves only past wanted ones (no branch to mispredict), so each
-    chunk's region ends in one spare slot."""
+@_jit
+def _in_runs(x, edges, inside):
+    """``inside[i]`` = 1 where x[i] lies in a run: an odd count of ``edges`` at or below it."""
+    for i in range(x.size):
+        v, above = x[i], np.int32(0)
+        for j in range(2 * COMPARED):
+            above += np.int32(v >= edges[j])
+        inside[i] = above & 1
+    return inside.sum()  # a loop of its own: counting inside the one above stops it vectorizing
+
+
+@_jit
+def _in_bins(bits, f0, s, n_g, wanted, inside):
+    f0, s, n_g = np.int32(f0), np.int32(s), np.int32(n_g)
+    total = 0
+    for i in range(bits.size):
+        w = wanted[_bin(bits[i], f0, s, n_g)]
+        inside[i] = w
+        total += w
+    return total
+
+
+@_jit
+def _copy_inside(x, inside, out):
+    at = 0
+    for i in range(x.size):
+        if inside[i]:  # rare: the branch costs less than writing every value
+            out[at] = x[i]
+            at += 1
+
+
+def _gather(bits, x, f0, s, n_g, edges, wanted, n_chunks):
+    """The values inside the runs of bins given by ``edges`` (ascending float32, a run's least
+    value then its end, padded with +inf to 2 * COMPARED) or, if ``edges`` is empty (more runs than
+    that), those whose bin is ``wanted``. Unsorted."""
     n = x.size
-    n_chunks = offsets.size
-    step = (n + n_chunks - 1) // n_chunks
+    inside = np.empty(n, np.uint8)
+    found = np.zeros(n_chunks + 1, np.int64)
     for t in numba.prange(n_chunks):
-        at, block = offsets[t], np.empty(BLOCK, np.int64)
-        for s in range(t * step, min(n, (t + 1) * step), BLOCK):
-            m = min(BLOCK, n - s, (t + 1) * step - s)
-            for i in range(m):
-                block[i] = _bin(x[s + i], bits[s + i], grid)
-            for i in range(m):
-                out[at] = x[s + i]
-                at += wanted[block[i]]
+        a, b = _chunk(t, n, n_chunks)
+        if edges.size:
+            found[t + 1] = _in_runs(x[a:b], edges, inside[a:b])
+        else:
+            found[t + 1] = _in_bins(bits[a:b], f0, s, n_g, wanted, inside[a:b])
+    offsets = np.cumsum(found)
+    out = np.empty(offsets[-1], x.dtype)
+    for t in numba.prange(n_chunks):
+        a, b = _chunk(t, n, n_chunks)
+        _copy_inside(x[a:b], inside[a:b], out[offsets[t]:offsets[t + 1]])
+    return out
 
 
-def _assign(bits, x, grid, first, last, mids, n_chunks, index):
-    """Each value's cluster: boundaries ``first[b]`` and up lie at or above bin b, below
-    ``last[b]`` at or below it; only values in a boundary's bin are compared with it."""
+@_jit
+def _assign_compared_chunk(x, thresholds, index):
+    for i in range(x.size):
+        v, above = x[i], np.int32(0)
+        for j in range(COMPARED - 1):
+            above += np.int32(v >= thresholds[j])
+        index[i] = above
+
+
+@_jit
+def _assign_bins_chunk(bits, x, f0, s, n_g, first, last, mids, index):
+    f0, s, n_g = np.int32(f0), np.int32(s), np.int32(n_g)
+    for i in range(x.size):
+        b = _bin(bits[i], f0, s, n_g)
+        j = first[b]
+        while j < last[b] and mids[j] <= x[i]:
+            j += 1
+        index[i] = j
+
+
+def _assign(bits, x, f0, s, n_g, thresholds, first, last, mids, n_chunks, index):
+    """Each value's cluster. Up to COMPARED clusters: how many of the float32 ``thresholds`` (the
+    least float32 at or above each boundary, padded with +inf) it reaches. More: boundaries
+    ``first[b]`` and up lie at or above bin b, below ``last[b]`` at or below it, and only values in
+    a boundary's bin are compared with it."""
     n = x.size
-    step = (n + n_chunks - 1) // n_chunks
     for t in numba.prange(n_chunks):
-        block = np.empty(BLOCK, np.int64)
-        for s in range(t * step, min(n, (t + 1) * step), BLOCK):
-            m = min(BLOCK, n - s, (t + 1) * step - s)
-            for i in range(m):
-                block[i] = _bin(x[s + i], bits[s + i], grid)
-            for i in range(m):
-                b = block[i]
-                j = first[b]
-                while j < last[b] and mids[j] <= x[s + i]:
-                    j += 1
-                index[s + i] = j
+        a, b = _chunk(t, n, n_chunks)
+        if thresholds.size:
+            _assign_compared_chunk(x[a:b], thresholds, index[a:b])
+        else:
+            _assign_bins_chunk(bits[a:b], x[a:b], f0, s, n_g, first, last, mids, index[a:b])
 
 
 def _compiled(fn, parallel: bool):
@@ -124,18 +219,52 @@ def _compiled(fn, parallel: bool):
     return numba.njit(cache=True, nogil=True, parallel=parallel)(variant)
 
 
-_kernels = {parallel: tuple(_compiled(fn, parallel) for fn in (_histogram, _gather_bins, _assign))
-            for parallel in (False, True)}
+_kernels = {parallel: types.SimpleNamespace(
+    histogram=_compiled(_histogram, parallel), gather=_compiled(_gather, parallel),
+    assign=_compiled(_assign, parallel)) for parallel in (False, True)}
 
 
 @_jit
-def _boundaries(c, grid, mids, bins, scratch):
-    """Midpoints of neighbouring centroids and the bins they fall in (``scratch``: one float32)."""
-    bits = scratch.view(np.uint32)
+def _bin_table(counts_i, lows, tiny, f0, s, n_g, lo, hi):
+    """From the histogram: counts and exact sums per bin (float64), their running totals with a
+    leading 0, each bin's least value ``least`` (float32-exact; -inf and +inf at the ends, so bin b
+    holds the x with least[b] <= x < least[b + 1]) and the bin edges clipped to [lo, hi]."""
+    n_bins = 2 * n_g
+    floor = f0 + (1 << s)
+    least = np.empty(n_bins + 1)
+    sums = np.zeros(n_bins)
+    scratch = np.empty(1, np.int32)
+    as_float = scratch.view(np.float32)
+    for g in range(n_g):
+        scratch[0] = min(floor + (g << s) - 1, 0x7F7FFFFF)  # the largest magnitude in bin g
+        least[n_g - 1 - g] = -as_float[0]
+        if g:
+            scratch[0] = floor + ((g - 1) << s)  # the smallest
+            base, ulp = np.float64(as_float[0]), 2.0 ** ((scratch[0] >> 23) - 150)
+            sums[n_g + g] = counts_i[n_g + g] * base + lows[n_g + g] * ulp
+            sums[n_g - 1 - g] = -(counts_i[n_g - 1 - g] * base + lows[n_g - 1 - g] * ulp)
+            least[n_g + g] = base
+    least[n_g], least[0], least[n_bins] = 0.0, -np.inf, np.inf
+    sums[n_g - 1], sums[n_g] = tiny[0], tiny[1]
+    counts = counts_i.astype(np.float64)
+    count_below, sum_below = np.zeros(n_bins + 1), np.zeros(n_bins + 1)
+    count_below[1:], sum_below[1:] = np.cumsum(counts), np.cumsum(sums)
+    edges = np.minimum(np.maximum(least, lo), hi)
+    return counts, sums, count_below, sum_below, least, edges
+
+
+@_jit
+def _boundaries(c, least, grid, mids, bins):
+    """Midpoints of neighbouring centroids and the bins they fall in: the bin of the midpoint
+    rounded to float32, moved by one where the rounding crossed a bin edge."""
+    f0, s, n_g = grid
+    scratch = np.empty(1, np.float32)
+    bits = scratch.view(np.int32)
     for j in range(c.size - 1):
         mids[j] = (c[j] + c[j + 1]) * 0.5
-        scratch[0] = mids[j]  # rounding to float32 is monotone: the bin order still holds
-        bins[j] = _bin(mids[j], bits[0], grid)
+        scratch[0] = mids[j]
+        b = _bin(bits[0], f0, s, n_g)
+        bins[j] = b - 1 if least[b] > mids[j] else b + 1 if least[b + 1] <= mids[j] else b
 
 
 @_jit
@@ -154,16 +283,16 @@ def _update(c, below_n, below_s, min_size):
 
 
 @_jit
-def _approx_lloyd(c, grid, counts, sums, count_below, sum_below, edges, max_iter, tol):
+def _approx_lloyd(c, least, grid, edges, counts, sums, count_below, sum_below, max_iter, tol):
     """Lloyd on the histogram alone, a boundary's bin split by linear interpolation between its
     edges: nearly free, and with fine bins it ends next to a fixed point of the exact problem.
     Moves ``c``."""
     k, n_bins = c.size, counts.size
-    mids, bins, scratch = np.empty(k - 1), np.empty(k - 1, np.int64), np.empty(1, np.float32)
+    mids, bins = np.empty(k - 1), np.empty(k - 1, np.int64)
     below_n, below_s = np.zeros(k + 1), np.zeros(k + 1)
     below_n[k], below_s[k] = count_below[n_bins], sum_below[n_bins]
     for _ in range(max_iter):
-        _boundaries(c, grid, mids, bins, scratch)
+        _boundaries(c, least, grid, mids, bins)
         for j in range(k - 1):
             b = bins[j]
             width = edges[b + 1] - edges[b]
@@ -175,27 +304,33 @@ def _approx_lloyd(c, grid, counts, sums, count_below, sum_below, edges, max_iter
 
 
 @_jit
-def _exact_lloyd(c, grid, counts, sums, count_below, sum_below, start, stop, values, cumsum, wanted, max_iter):
+def _exact_lloyd(c, least, grid, counts, sums, count_below, sum_below, start, values, partial, ready, wanted,
+                 max_iter):
     """Lloyd until the assignment stops changing, exact wherever the boundary's bin was fetched:
-    ``values[start[b]:stop[b]]`` are the sorted values of bin b (``start[b] < 0`` if not fetched),
-    ``cumsum`` their running sum with a leading 0. A boundary in a bin not fetched takes the
-    bin-mean rule and marks the bin in ``wanted``. Returns True when the last iteration was exact,
-    i.e. ``c`` is a fixed point of exact Lloyd."""
+    ``values[start[b]:start[b] + counts[b]]`` are bin b's values (``start[b] < 0`` if not fetched),
+    sorted, with ``partial`` their running sums, when first needed (``ready``). A boundary in a bin
+    not fetched takes the bin-mean rule and marks the bin in ``wanted``. Returns True when the last
+    iteration was exact, i.e. ``c`` is a fixed point of exact Lloyd."""
     k, n_bins = c.size, start.size
-    mids, bins, scratch = np.empty(k - 1), np.empty(k - 1, np.int64), np.empty(1, np.float32)
+    mids, bins = np.empty(k - 1), np.empty(k - 1, np.int64)
     below_n, below_s = np.zeros(k + 1), np.zeros(k + 1)
     below_n[k], below_s[k] = count_below[n_bins], sum_below[n_bins]
     previous = np.full(k + 1, -1.0)
     for _ in range(max_iter):
-        _boundaries(c, grid, mids, bins, scratch)
+        _boundaries(c, least, grid, mids, bins)
         exact = True
         for j in range(k - 1):
             b = bins[j]
             s = start[b]
             if s >= 0:
-                i = np.searchsorted(values[s:stop[b]], mids[j])
+                e = s + np.int64(counts[b])
+                if not ready[b]:
+                    values[s:e].sort()
+                    partial[s:e] = np.cumsum(values[s:e].astype(np.float64))
+                    ready[b] = True
+                i = np.searchsorted(values[s:e], mids[j])
                 below_n[j + 1] = count_below[b] + i
-                below_s[j + 1] = sum_below[b] + cumsum[s + i] - cumsum[s]
+                below_s[j + 1] = sum_below[b] + (partial[s + i - 1] if i else 0.0)
             else:
                 exact = False
                 wanted[b] = True
@@ -209,16 +344,58 @@ def _exact_lloyd(c, grid, counts, sums, count_below, sum_below, start, stop, val
     return False
 
 
-def _edges(grid: tuple) -> np.ndarray:
-    """Where the bin index steps up, about: the linear grid's steps and the logarithmic ones on
-    either side of zero, merged (n_bins + 1 values, bounds included; for interpolation only)."""
-    lo, scale, n_lin, u_floor, shift, g_max = grid
-    linear = lo + np.arange(1, n_lin) / scale
-    mags = (u_floor + (np.arange(1, g_max + 1, dtype=np.int64) << shift)).astype(np.uint32).view(np.float32)
-    top = float(np.array(u_floor + (g_max << shift), dtype=np.uint32).view(np.float32))
-    hi = lo + n_lin / scale
-    inner = np.concatenate([linear, mags, -mags]).astype(np.float64)
-    return np.concatenate([[min(lo, -top)], np.sort(inner), [max(hi, top)]])
+@_jit
+def _plan_fetch(wanted, have, reach):
+    """The bins to fetch next: those ``wanted``, widened by ``reach`` bins either side, not yet
+    had. Returns them as flags and as runs (first bin, last bin + 1), and clears ``wanted``."""
+    n_bins = wanted.size
+    new = np.zeros(n_bins, np.uint8)
+    reach_end = -1
+    for b in range(n_bins):  # forward: up to reach bins after a wanted one
+        if wanted[b]:
+            reach_end = b + reach
+        new[b] = b <= reach_end
+    reach_start = n_bins
+    for b in range(n_bins - 1, -1, -1):  # backward: up to reach bins before
+        if wanted[b]:
+            reach_start = b - reach
+        new[b] = (new[b] | (b >= reach_start)) & (not have[b])
+        wanted[b] = False
+    runs = []
+    b = 0
+    while b < n_bins:
+        if new[b]:
+            e = b
+            while e < n_bins and new[e]:
+                e += 1
+            runs.append((b, e))
+            b = e
+        else:
+            b += 1
+    return new, runs
+
+
+@_jit
+def _layout(have, counts_i, fetched, grid):
+    """The ``fetched`` values (unsorted) laid out bin after bin: returns them, where each fetched
+    bin starts (-1 for the others), and per-value running sums and per-bin "sorted" flags for
+    ``_exact_lloyd`` to fill in for the few bins it visits (sorting all would cost more)."""
+    f0, s, n_g = grid
+    n_bins = have.size
+    start = np.full(n_bins, -1, np.int64)
+    at = 0
+    for b in range(n_bins):
+        if have[b]:
+            start[b] = at
+            at += counts_i[b]
+    cursor = start.copy()
+    laid = np.empty(fetched.size, np.float32)
+    bits = fetched.view(np.int32)
+    for i in range(fetched.size):
+        b = _bin(bits[i], f0, s, n_g)
+        laid[cursor[b]] = fetched[i]
+        cursor[b] += 1
+    return laid, start, np.empty(fetched.size), np.zeros(n_bins, np.bool_)
 
 
 def lloyd_1d(x: np.ndarray, centroids: np.ndarray, max_iter: int = 300,
@@ -237,68 +414,45 @@ def lloyd_1d(x: np.ndarray, centroids: np.ndarray, max_iter: int = 300,
             c[:] = lo if k == 1 else c
             index[:] = np.searchsorted((c[1:] + c[:-1]) * 0.5, lo, side="right")
         return c, index
-    grid = _grid(lo, hi, n)
-    n_bins = grid[2] + 2 * grid[5]
+    grid = f0, s, n_g = _grid(lo, hi, n)
     n_chunks = min(numba.get_num_threads(), threads or numba.get_num_threads()) if n >= PARALLEL_FROM else 1
-    histogram, gather_bins, assign = _kernels[n_chunks > 1]
-    bits = x.view(np.uint32)
-    chunk_counts, chunk_sums = histogram(bits, x, grid, n_bins, n_chunks)
-    counts, sums = chunk_counts.sum(0), chunk_sums.sum(0)
-    count_below = np.concatenate([[0], np.cumsum(counts)])
-    sum_below = np.concatenate([[0.0], np.cumsum(sums)])
-    counts_f, count_below_f = counts.astype(np.float64), count_below.astype(np.float64)
-    _approx_lloyd(c, grid, counts_f, sums, count_below_f, sum_below, _edges(grid), max_iter, 1e-9 * (hi - lo))
+    kernels = _kernels[n_chunks > 1]
+    bits = x.view(np.int32)
+    floor_value = np.array(f0 + (1 << s), dtype=np.int32).view(np.float32)[()]
+    counts_i, lows, tiny = kernels.histogram(bits, x, f0, s, n_g, floor_value, n_chunks)
+    counts, sums, count_below, sum_below, least, edges = _bin_table(counts_i, lows, tiny, f0, s, n_g, lo, hi)
+    _approx_lloyd(c, least, grid, edges, counts, sums, count_below, sum_below, max_iter, 1e-9 * (hi - lo))
 
-    # Then exact: fetch the bins the boundaries visit (and their neighbours) until a run of
-    # iterations converges without needing a bin it does not have. Bins follow the value order,
-    # so the fetched values sorted together lie bin after bin.
+    # Then exact: fetch the bins around the boundaries until a run of iterations converges without
+    # needing a bin it does not have. Lloyd creeps: a boundary that needed a new bin tends to need
+    # the next ones too, so each round fetches a wider neighbourhood around the bins asked for.
+    n_bins = 2 * n_g
     have, wanted = np.zeros(n_bins, dtype=np.bool_), np.zeros(n_bins, dtype=np.bool_)
-    values = np.empty(0, dtype=np.float32)
+    fetched = np.empty(0, dtype=np.float32)
     mids, mid_bins = np.empty(k - 1), np.empty(k - 1, dtype=np.int64)
-    _boundaries(c, grid, mids, mid_bins, np.empty(1, np.float32))
+    _boundaries(c, least, grid, mids, mid_bins)
     wanted[mid_bins] = True
     for round_ in range(MAX_FETCHES):
-        # Lloyd creeps: a boundary that needed a new bin tends to need the next ones too, so each
-        # round fetches a wider neighbourhood around the bins asked for.
-        new = _widen(wanted, 8 << min(2 * round_, 8)) & ~have
-        if new.any():
-            values = np.sort(np.concatenate([values, _gather(gather_bins, bits, x, grid, chunk_counts, new)]))
-            have |= new
-        wanted[:] = False
-        sizes = np.where(have, counts, 0)
-        stop = np.cumsum(sizes)
-        start = np.where(have, stop - sizes, -1)
-        cumsum = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
-        if _exact_lloyd(c, grid, counts_f, sums, count_below_f, sum_below, start, stop, values, cumsum, wanted,
+        new, runs = _plan_fetch(wanted, have, 2 << min(2 * round_, 10))
+        if runs:
+            run_edges = np.full(2 * COMPARED if len(runs) <= COMPARED else 0, np.inf, dtype=np.float32)
+            run_edges[:2 * len(runs)] = least[np.array(runs).ravel()][:run_edges.size]
+            fetched = np.concatenate([fetched, kernels.gather(bits, x, f0, s, n_g, run_edges, new, n_chunks)])
+            have |= new.astype(np.bool_)
+        values, start, partial, ready = _layout(have, counts_i, fetched, grid)
+        if _exact_lloyd(c, least, grid, counts, sums, count_below, sum_below, start, values, partial, ready, wanted,
                         max_iter):
             break
     else:  # still creeping after many fetches: finish on sorted values, which is exact too
         from .primitives import _lloyd_sorted
         return _lloyd_sorted(x, c, max_iter)
 
-    mids, mid_bins = np.empty(k - 1), np.empty(k - 1, dtype=np.int64)
-    _boundaries(c, grid, mids, mid_bins, np.empty(1, np.float32))
+    _boundaries(c, least, grid, mids, mid_bins)
+    thresholds = np.full(COMPARED - 1 if k <= COMPARED else 0, np.inf, dtype=np.float32)
+    t = mids.astype(np.float32)[:thresholds.size]  # x >= mid exactly when x >= the least float32 >= mid
+    thresholds[:t.size] = np.where(t < mids[:t.size], np.nextafter(t, np.float32(np.inf)), t)
     small = np.uint8 if k <= 256 else np.int64  # small lookup tables stay in the L1 cache
-    last = np.cumsum(np.bincount(mid_bins, minlength=n_bins)).astype(small)
-    first = (last - np.bincount(mid_bins, minlength=n_bins)).astype(small)
-    assign(bits, x, grid, first, last, mids, n_chunks, index)
+    per_bin = np.bincount(mid_bins, minlength=n_bins) if k > COMPARED else np.zeros(0, np.int64)
+    last = np.cumsum(per_bin).astype(small)
+    kernels.assign(bits, x, f0, s, n_g, thresholds, (last - per_bin).astype(small), last, mids, n_chunks, index)
     return c, index
-
-
-def _widen(flags: np.ndarray, reach: int) -> np.ndarray:
-    """``flags`` with every set entry spread to ``reach`` entries on either side."""
-    running = np.concatenate([[0], np.cumsum(flags)])
-    i = np.arange(flags.size)
-    return running[np.minimum(i + reach + 1, flags.size)] > running[np.maximum(i - reach, 0)]
-
-
-def _gather(gather_bins, bits: np.ndarray, x: np.ndarray, grid: tuple, chunk_counts: np.ndarray,
-            wanted: np.ndarray) -> np.ndarray:
-    """The values of the ``wanted`` bins (unsorted), read in one pass over the data."""
-    per_chunk = chunk_counts[:, wanted].sum(1)
-    offsets = np.concatenate([[0], np.cumsum(per_chunk + 1)[:-1]]).astype(np.int64)
-    out = np.empty(int(per_chunk.sum()) + per_chunk.size, dtype=x.dtype)
-    gather_bins(bits, x, grid, wanted.astype(np.uint8), offsets, out)
-    keep = np.ones(out.size, dtype=np.bool_)
-    keep[offsets + per_chunk] = False  # the spare slots
-    return out[keep]

@@ -85,14 +85,20 @@ def binarize_flex(latent: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
     lower, and each centroid becomes the mean of its members. Returns the upper-cluster mask and
     centroids (2,) [lower, upper]; an empty cluster sits at the threshold.
 
-    The upper cluster's sum is taken as sum(max(x - t, 0)) + t * count, which equals the sum over
-    x > t but needs no boolean gather (the slow part of ``latent[upper].sum()``): one comparison
-    and three reductions, no iterations.
+    No iterations: one comparison and three sums. On the CPU (float32) a compiled pass does all of
+    it at once (``flex_kernel``); elsewhere tensor ops do, the upper cluster's sum taken as
+    sum(max(x - t, 0)) + t * count, which equals the sum over x > t without a boolean gather.
     """
-    upper = latent > threshold
-    n, n_up, t = latent.numel(), int(torch.count_nonzero(upper)), float(threshold)
-    total = float(latent.sum())
-    up_sum = float((latent - threshold).clamp(min=0).sum()) + t * n_up
+    n, t = latent.numel(), float(threshold)
+    if latent.device.type == "cpu" and latent.dtype == torch.float32 and latent.is_contiguous():
+        from .flex_kernel import flex_sums
+        upper = torch.empty(latent.shape, dtype=torch.bool)
+        total, up_sum, n_up = flex_sums(latent.detach().numpy().reshape(-1), np.float32(t),
+                                        upper.numpy().reshape(-1))
+    else:
+        upper = latent > threshold
+        n_up, total = int(torch.count_nonzero(upper)), float(latent.sum())
+        up_sum = float((latent - threshold).clamp(min=0).sum()) + t * n_up
     lo = (total - up_sum) / (n - n_up) if n_up < n else t
     hi = up_sum / n_up if n_up else t
     return upper, torch.tensor([lo, hi], dtype=latent.dtype, device=latent.device)
