@@ -9,33 +9,69 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 MARKERS = {"kmeans": "o", "bsflex": "D", "binary-fixed": "s", "prune": "^", "prune+kmeans": "*"}
 
 
+TICKS = (1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
 def bleu_vs_compression(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    """% of baseline BLEU against the compression ratio, whole model (left) and compressed layers
+    only (right), one marker per method and a label per row placed clear of the others."""
     ok = [r for r in rows if r.get("status") == "ok" and r.get("bleu_retention") is not None and r["method"] != "none"]
-    for method, marker in MARKERS.items():
-        pts = [r for r in ok if r["method"] == method]
-        if pts:
-            ax.scatter([r["compression_ratio"] for r in pts], [100 * r["bleu_retention"] for r in pts],
-                       marker=marker, s=70, label=method, zorder=3)
-    for r in ok:
-        ax.annotate(r["name"], (r["compression_ratio"], 100 * r["bleu_retention"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=7.5)
-    ax.axhline(100, color="grey", linestyle="--", linewidth=1, label="baseline")
-    ax.set_xscale("log")
-    ax.set_xlabel("compression ratio (fp32 file / packed file, log scale)")
-    ax.set_ylabel("% of baseline BLEU")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    for ax, key, what in ((axes[0], "compression_ratio", "whole model"),
+                          (axes[1], "scope_compression_ratio", "compressed layers only")):
+        pts = [r for r in ok if r.get(key)]
+        for method, marker in MARKERS.items():
+            mine = [r for r in pts if r["method"] == method]
+            if mine:
+                ax.scatter([r[key] for r in mine], [100 * r["bleu_retention"] for r in mine],
+                           marker=marker, s=70, label=method, zorder=3)
+        ax.axhline(100, color="grey", linestyle="--", linewidth=1, label="baseline")
+        ax.set_xscale("log")
+        xs = [r[key] for r in pts] or [1.0]
+        lo, hi = min(xs) / 1.15, max(xs) * 1.6  # room on the right for the labels
+        ax.set_xlim(lo, hi)
+        ax.set_xticks([t for t in TICKS if lo <= t <= hi])
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(f"compression ratio, {what} (fp32 file / packed file, log scale)")
+        ax.grid(True, which="major", alpha=0.3)
+        fig.canvas.draw()  # label placement needs the axes' final pixel geometry
+        _label_points(ax, [(r["name"], r[key], 100 * r["bleu_retention"]) for r in pts])
+    axes[0].set_ylabel("% of baseline BLEU")
+    axes[0].legend(loc="lower left", fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=130)
     plt.close(fig)
     tmp.replace(path)
+
+
+def _label_points(ax, points: list[tuple[str, float, float]]) -> None:
+    """Name each point, top to bottom, moving a label down (then to the left) until it overlaps no
+    label placed before it, so labels keep the points' order; points at one place share a label."""
+    merged: dict[tuple[float, float], list[str]] = {}
+    for name, x, y in points:
+        merged.setdefault((round(x, 2), round(y, 1)), []).append(name)
+    placed: list[tuple[float, float, float, float]] = []
+    for (x, y), names in sorted(merged.items(), key=lambda item: -item[0][1]):
+        text = " / ".join(names)
+        px, py = ax.transData.transform((x, y)) * 72 / ax.figure.dpi  # points, as the offsets are
+        width, height = 4.3 * len(text), 9.0
+        for dx, dy in ((6, 3), (6, -11), (6, -21), (6, -31), (-6 - width, 3), (-6 - width, -11), (6, -41)):
+            box = (px + dx, py + dy, px + dx + width, py + dy + height)
+            # clear of, and below, every label beside it: those belong to higher points
+            if not any(box[0] < b[2] and b[0] < box[2] and box[3] > b[1] for b in placed):
+                break
+        placed.append(box)
+        moved = {} if (dx, dy) == (6, 3) else {"arrowprops": {"arrowstyle": "-", "color": "0.55", "lw": 0.6,
+                                                              "shrinkA": 0, "shrinkB": 4}}
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7.5, **moved)
 
 
 def attention_histograms(layers: dict[str, list], quantize: dict[str, object], k: int, path: Path) -> None:
