@@ -26,14 +26,15 @@ def kmeans_1d(values: Tensor, k: int, init: str = "linear", max_iter: int = 300)
 
     Small inputs are sorted once, which turns each iteration into k binary searches and k
     prefix-sum differences. Large ones (weight matrices) skip the sort: ``lloyd.lloyd_1d`` works
-    on a histogram and the few values near the cluster boundaries, in three passes over the data.
+    on a histogram and the few values near the cluster boundaries, in three or four passes over the
+    data.
     Both end at a fixed point of exact Lloyd. Returns centroids (k,) ascending in the values'
     dtype and each value's centroid index (n,), uint8 when k <= 256 (index with ``.long()``).
     Empty clusters keep their centroid.
     """
-    flat = values.detach().flatten().cpu()
-    a = np.ascontiguousarray(flat.float().numpy())
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    flat = values.detach().flatten().cpu().float()
+    a = np.ascontiguousarray(flat.numpy())
+    lo, hi = (float(v) for v in torch.aminmax(flat)) if a.size else (0.0, 0.0)  # one threaded pass; NaN shows
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError("k-means needs finite values (found NaN or infinity)")
     if init == "linear":
@@ -45,7 +46,7 @@ def kmeans_1d(values: Tensor, k: int, init: str = "linear", max_iter: int = 300)
         c, index = lloyd_1d(a, start, max_iter, bounds=(lo, hi), threads=torch.get_num_threads())
     else:
         c, index = _lloyd_sorted(a, start, max_iter)
-    return torch.from_numpy(c).to(flat.dtype), torch.from_numpy(index)
+    return torch.from_numpy(c).to(values.dtype), torch.from_numpy(index)
 
 
 def _lloyd_sorted(a: np.ndarray, c: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
