@@ -228,6 +228,14 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optim
                             eps=1e-9, weight_decay=cfg.train.weight_decay)
 
 
+def load_training_state(payload: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Progress:
+    """Puts a ``last.pt`` payload's weights and optimizer state into ``model`` and ``optimizer``;
+    returns where training stood."""
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    return Progress(**payload["progress"])
+
+
 def start_or_resume(cfg: RunConfig, output: Path, world: World) -> tuple[RunConfig, Tokenizer, Transformer,
                                                                         torch.optim.Optimizer, Progress]:
     """A fresh run, or the state in ``output/last.pt`` when there is one."""
@@ -240,8 +248,7 @@ def start_or_resume(cfg: RunConfig, output: Path, world: World) -> tuple[RunConf
             log.warning("%s was written with another configuration; resuming with the saved one", last)
         model.to(world.device)
         optimizer = build_optimizer(model, saved_cfg)
-        optimizer.load_state_dict(payload["optimizer"])
-        progress = Progress(**payload["progress"])
+        progress = load_training_state(payload, model, optimizer)
         log.info("resuming from %s at epoch %d, step %d", last, progress.epoch + 1, progress.step)
         return saved_cfg, tokenizer, model, optimizer, progress
 

@@ -39,7 +39,7 @@ from ..pack.format import entropy_code, fp32_size, save_packed
 from ..translate import Translator
 from .checkpoint import load_checkpoint, model_fingerprint, save_atomic
 from .distributed import World
-from .loop import Progress, Split, build_optimizer, fit, read_split
+from .loop import Progress, Split, build_optimizer, fit, load_training_state, read_split
 
 log = logging.getLogger(__name__)
 
@@ -226,10 +226,7 @@ def _fit_step(model: Transformer, tok: Tokenizer, cfg: RunConfig, train: Split, 
     optimizer, progress = build_optimizer(model, cfg), Progress()
     last = step_dir / "last.pt"
     if last.exists():
-        payload = load_checkpoint(last)
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        progress = Progress(**payload["progress"])
+        progress = load_training_state(load_checkpoint(last), model, optimizer)
         log.info("resuming this step at epoch %d, step %d", progress.epoch + 1, progress.step)
     if not progress.finished:
         progress = fit(model, tok, cfg, train, valid, step_dir, world, progress, optimizer,
