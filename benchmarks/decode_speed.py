@@ -16,7 +16,7 @@ from shrinkformer.data.batching import pad
 from shrinkformer.data.corpus import read_parallel
 from shrinkformer.model.search import SearchConfig, beam_search
 from shrinkformer.model.transformer import EOS
-from shrinkformer.train.checkpoint import load_model
+from shrinkformer.checkpoint import load_model
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     if args.checkpoint:
-        from shrinkformer.train.checkpoint import load_model
+        from shrinkformer.checkpoint import load_model
         model = load_model(args.checkpoint)[2]
     else:
         model = Transformer(dataclasses.replace(MODEL_PRESETS[args.preset], vocab_size=1000))

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from shrinkformer.train.checkpoint import load_checkpoint
+from shrinkformer.checkpoint import load_checkpoint
 
 from .conftest import TINY
 

@@ -121,8 +121,8 @@ def test_histogram_kmeans_ends_at_an_exact_lloyd_fixed_point(kind, n, k):
     exact Lloyd on sorted values from the same start."""
     import numpy as np
 
-    from shrinkformer.compress.lloyd import lloyd_1d
-    from shrinkformer.compress.primitives import HISTOGRAM_FROM, _lloyd_sorted
+    from shrinkformer.compress.lloyd import lloyd_1d, lloyd_sorted
+    from shrinkformer.compress.primitives import HISTOGRAM_FROM
     x = large_sample(kind, n)  # from 2**18 values on, the passes run on several threads
     assert x.numel() >= HISTOGRAM_FROM
     xd = x.double().numpy()
@@ -133,7 +133,7 @@ def test_histogram_kmeans_ends_at_an_exact_lloyd_fixed_point(kind, n, k):
     sizes = np.bincount(idx, minlength=k)
     means = np.bincount(idx, weights=xd, minlength=k)[sizes > 0] / sizes[sizes > 0]
     np.testing.assert_allclose(c[sizes > 0], means, rtol=1e-9, atol=1e-12)
-    ref_c, ref_idx = _lloyd_sorted(x.numpy(), start.copy(), 300)
+    ref_c, ref_idx = lloyd_sorted(x.numpy(), start.copy(), 300)
     sse = lambda c, i: float(((xd - c[i.astype(np.int64)]) ** 2).sum())  # noqa: E731
     assert sse(c, idx) <= sse(ref_c, ref_idx) * (1 + 1e-6)
     c2, idx2 = lloyd_1d(x.numpy(), start.copy())

@@ -56,7 +56,8 @@ def test_failed_experiment_is_recorded_and_the_rest_continue(multi30k, tmp_path,
 
 def test_cache_key_follows_the_model_not_its_file(tiny_run, tmp_path):
     from shrinkformer.experiments.sweep import fingerprint
-    from shrinkformer.pack.format import load_any, save_packed
+    from shrinkformer.loading import load_any
+    from shrinkformer.pack.format import save_packed
     cfg, tok, model = load_any(tiny_run / "model.pt")
     save_packed(model, cfg, tok, tmp_path / "same.sfz")
     assert fingerprint(tiny_run / "model.pt") == fingerprint(tmp_path / "same.sfz")

@@ -11,7 +11,7 @@ import torch
 from shrinkformer.cli import main
 from shrinkformer.compress import KMeansConfig, compress
 from shrinkformer.pack.format import load_packed
-from shrinkformer.train.checkpoint import load_checkpoint, load_model
+from shrinkformer.checkpoint import load_checkpoint, load_model
 from shrinkformer.translate import Translator
 
 from .conftest import run_cli

@@ -9,9 +9,10 @@ import torch
 
 from shrinkformer.config import load_config
 from shrinkformer.errors import CheckpointError, TrainingError
-from shrinkformer.train.checkpoint import load_checkpoint, load_model
+from shrinkformer.checkpoint import load_checkpoint, load_model
 from shrinkformer.train.distributed import World
-from shrinkformer.train.loop import Split, fit, inverse_sqrt, read_split, start_or_resume
+from shrinkformer.data.splits import Split, read_split
+from shrinkformer.train.loop import fit, inverse_sqrt, start_or_resume
 
 from .conftest import TINY, run_cli
 

@@ -19,7 +19,7 @@ from . import __version__
 from .config import load_config
 from .errors import ShrinkformerError, UsageError
 from .io import write_text_atomic
-from .pack.format import load_any
+from .loading import load_any
 
 log = logging.getLogger("shrinkformer")
 
@@ -116,11 +116,11 @@ def method_stages(args: argparse.Namespace) -> list:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from .train.distributed import init_world, shutdown
-    from .train.retrain import RetrainConfig, retrain
+    from .train.pipeline import compress_model
+    from .train.retrain import RetrainConfig
 
     stages = method_stages(args)  # parameters are checked before any work is done
-    rc = RetrainConfig(epochs=args.retrain_epochs, lr=args.lr, distill=args.distill,
-                       save_every_steps=args.save_every, evaluate_test=not args.no_test)
+    rc = RetrainConfig(epochs=args.retrain_epochs, lr=args.lr, distill=args.distill, save_every_steps=args.save_every)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg, tok, model = load_any(args.checkpoint)
@@ -131,24 +131,27 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if not world.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        report = retrain(model.to(world.device), tok, cfg, stages, rc, args.output, train_limit=args.train_limit,
-                         work_dir=work, world=world)
+        result = compress_model(model.to(world.device), tok, cfg, stages, rc, args.output,
+                                train_limit=args.train_limit, work_dir=work, world=world,
+                                test_splits=[] if args.no_test else None)
     finally:
         shutdown(world)
-    if not world.is_main:
+    if result is None:  # not the main process
         return 0
+    report = result.to_dict()
     report.update(method=args.method, command=args.command_line,
                   checkpoint=str(args.checkpoint), output=str(args.output), torch_version=torch.__version__,
                   world_size=world.size)
     if args.report:
         write_json_atomic(report, args.report)
-    print(f"{len(report['modules'])} modules ({report['params_compressed_share']:.1%} of parameters); "
-          f"packed {report['packed_bytes']:,} bytes, {report['compression_ratio']:.2f}x the fp32 model "
-          f"({report['scope_compression_ratio']:.2f}x on the compressed scope); with Huffman coding "
-          f"{report['huffman_packed_bytes']:,} bytes, {report['huffman_compression_ratio']:.2f}x "
-          f"({report['huffman_scope_compression_ratio']:.2f}x on the scope): {report['huffman_file']}")
-    if "bleu" in report:
-        print(f"{report['test_split']}: BLEU {report['bleu']:.2f}, chrF {report['chrf']:.2f}")
+    s = result.sizes
+    print(f"{len(result.outcome.modules)} modules ({result.outcome.share:.1%} of parameters); "
+          f"packed {s.packed_file_bytes:,} bytes, {s.compression_ratio:.2f}x the fp32 file, "
+          f"{s.model_compression_ratio:.2f}x its parameters ({s.scope_compression_ratio:.2f}x on the compressed "
+          f"scope); with Huffman coding {s.huffman_file_bytes:,} bytes, {s.huffman_compression_ratio:.2f}x "
+          f"({s.huffman_scope_compression_ratio:.2f}x on the scope): {result.huffman_file}")
+    for split, r in result.tests.items():
+        print(f"{split}: BLEU {r.scores.bleu:.2f}, chrF {r.scores.chrf:.2f}")
     return 0
 
 
@@ -187,7 +190,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_attention(args: argparse.Namespace) -> int:
     from .experiments.attention import analyse, quantizer, render, search_for
     from .experiments.plots import attention_histograms
-    from .train.loop import read_split
+    from .data.splits import read_split
 
     started = time.perf_counter()
     if args.threads:
@@ -253,7 +256,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.corpus import read_lines
     from .evaluate.bleu import score
-    from .train.loop import read_split
+    from .data.splits import read_split
 
     if args.hypotheses:
         if not args.references:

@@ -55,15 +55,18 @@ def compress(model: nn.Module, config: Any, scope: str | Iterable[str] = "all", 
     pruned modules are quantized at their surviving positions only (Deep Compression's order).
     """
     if type(config) not in METHODS:
-        raise TypeError(f"no compression method for {type(config).__name__}; known: "
+        raise TypeError(  # a programming error, not a user's: configs come from the registryf"no compression method for {type(config).__name__}; known: "
                         f"{', '.join(t.__name__ for t in METHODS)}")
     scopes = [scope] if isinstance(scope, str) else list(scope)
     existing = codecs(model)
     targets = select(model, scopes, include, exclude)
     build = METHODS[type(config)]
+    where = {"scopes": scopes, "include": list(include), "exclude": list(exclude)}
     for name, module in targets.items():
-        mask = getattr(existing.get(name), "mask", None)
-        codec = build(config, module.weight.detach(), mask)
+        before = existing.get(name)
+        codec = build(config, module.weight.detach(), getattr(before, "mask", None))
+        # What made this layer, in order (pruning, then k-means): the packed file records it.
+        codec.made_by = [*getattr(before, "made_by", []), {"config": config.to_dict(), **where}]
         replace_module(model, name, wrap(module, codec))
     if isinstance(config, PruneConfig) and config.scope == "global":
         set_sparsity([codecs(model)[n] for n in targets], config.schedule[0], "global")

@@ -10,6 +10,7 @@ Every codec packs into one of two encodings, which is all the packed file knows 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -19,12 +20,33 @@ from torch import Tensor, nn
 from .primitives import pack_bits, pack_mask, unpack_bits, unpack_mask
 
 
+class MethodConfig:
+    """What every method's frozen config dataclass shares: a method name, and a plain dict (the
+    cache keys, the packed file's per-layer record and the reports all use it, never ``repr``)."""
+
+    method: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+
+
+def config_from_dict(values: dict[str, Any]) -> MethodConfig:
+    """The config that ``to_dict`` described."""
+    values = dict(values)
+    name = values.pop("method", None)
+    by_name = {t.method: t for t in METHODS}
+    if name not in by_name:
+        raise ValueError(f"unknown compression method {name!r} (known: {', '.join(by_name)})")
+    return by_name[name](**values)
+
+
 class Codec(nn.Module):
     method: ClassVar[str]
 
     def __init__(self, shape: torch.Size) -> None:
         super().__init__()
         self.shape = torch.Size(shape)
+        self.made_by: list[dict[str, Any]] = []  # each compression applied: method config and scope
 
     def forward(self) -> Tensor:  # the dense weight, shape self.shape
         raise NotImplementedError

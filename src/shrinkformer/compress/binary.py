@@ -11,18 +11,19 @@ a boolean comparison and two masked means, with no clustering iterations.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError
-from .base import CodebookCodec, Codec, register
+from .base import CodebookCodec, Codec, MethodConfig, register
 from .primitives import binarize_flex, kmeans_1d
 
 
 @dataclass(frozen=True)
-class BinaryConfig:
+class BinaryConfig(MethodConfig):
+    method: ClassVar[str] = "binary"
     centroids: str = "flex"  # "flex" (BS-Flex) or "fixed"
 
     def __post_init__(self) -> None:

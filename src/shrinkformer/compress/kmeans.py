@@ -5,16 +5,18 @@ each centroid with the summed gradient of its members."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
 from ..errors import UsageError
-from .base import CodebookCodec, register
+from .base import CodebookCodec, MethodConfig, register
 from .primitives import kmeans_1d
 
 
 @dataclass(frozen=True)
-class KMeansConfig:
+class KMeansConfig(MethodConfig):
+    method: ClassVar[str] = "kmeans"
     bits: int = 4
     init: str = "linear"  # or "density"
 

@@ -459,8 +459,7 @@ def lloyd_1d(x: np.ndarray, centroids: np.ndarray, max_iter: int = 300,
         if _exact_lloyd(c, least, grid, counts, sums, count_below, sum_below, start, values, cumsum, wanted, max_iter):
             break
     else:  # still creeping after many fetches: finish on sorted values, which is exact too
-        from .primitives import _lloyd_sorted
-        return _lloyd_sorted(x, c, max_iter)
+        return lloyd_sorted(x, c, max_iter)
 
     _boundaries(c, least, grid, mids, mid_bins)
     thresholds = np.full(COMPARED - 1 if k <= COMPARED else 0, np.inf, dtype=np.float32)
@@ -470,4 +469,27 @@ def lloyd_1d(x: np.ndarray, centroids: np.ndarray, max_iter: int = 300,
     per_bin = np.bincount(mid_bins, minlength=n_bins) if k > COMPARED else np.zeros(0, np.int64)
     last = np.cumsum(per_bin).astype(small)
     kernels.assign(bits, x, f0, s, n_g, thresholds, (last - per_bin).astype(small), last, mids, n_chunks, index)
+    return c, index
+
+
+def lloyd_sorted(a: np.ndarray, c: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Lloyd on the sorted values with prefix sums: the reference, and the path for small layers."""
+    order = np.argsort(a)
+    x = a[order]
+    prefix = np.empty(x.size + 1)
+    prefix[0] = 0.0
+    np.cumsum(x, dtype=np.float64, out=prefix[1:])
+    k = c.size
+    edges = np.full(k + 1, -1, dtype=np.int64)  # cluster j is x[edges[j]:edges[j + 1]]
+    edges[0], edges[-1] = 0, x.size
+    for _ in range(max_iter):
+        bounds = x.searchsorted((c[1:] + c[:-1]) * 0.5)
+        if (bounds == edges[1:-1]).all():
+            break
+        edges[1:-1] = bounds
+        counts = edges[1:] - edges[:-1]
+        filled = counts > 0
+        c[filled] = (prefix[edges[1:]] - prefix[edges[:-1]])[filled] / counts[filled]
+    index = np.empty(x.size, dtype=np.uint8 if k <= 256 else np.int64)
+    index[order] = np.repeat(np.arange(k), np.diff(edges))
     return c, index

@@ -41,34 +41,12 @@ def kmeans_1d(values: Tensor, k: int, init: str = "linear", max_iter: int = 300)
         start = np.linspace(lo, hi, k)
     else:
         start = np.sort(init_centroids(flat, k, init).numpy())
+    from .lloyd import lloyd_1d, lloyd_sorted  # Numba: imported (and compiled) on first use
     if a.size >= HISTOGRAM_FROM:
-        from .lloyd import lloyd_1d
         c, index = lloyd_1d(a, start, max_iter, bounds=(lo, hi), threads=torch.get_num_threads())
     else:
-        c, index = _lloyd_sorted(a, start, max_iter)
+        c, index = lloyd_sorted(a, start, max_iter)
     return torch.from_numpy(c).to(values.dtype), torch.from_numpy(index)
-
-
-def _lloyd_sorted(a: np.ndarray, c: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(a)
-    x = a[order]
-    prefix = np.empty(x.size + 1)
-    prefix[0] = 0.0
-    np.cumsum(x, dtype=np.float64, out=prefix[1:])
-    k = c.size
-    edges = np.full(k + 1, -1, dtype=np.int64)  # cluster j is x[edges[j]:edges[j + 1]]
-    edges[0], edges[-1] = 0, x.size
-    for _ in range(max_iter):
-        bounds = x.searchsorted((c[1:] + c[:-1]) * 0.5)
-        if (bounds == edges[1:-1]).all():
-            break
-        edges[1:-1] = bounds
-        counts = edges[1:] - edges[:-1]
-        filled = counts > 0
-        c[filled] = (prefix[edges[1:]] - prefix[edges[:-1]])[filled] / counts[filled]
-    index = np.empty(x.size, dtype=np.uint8 if k <= 256 else np.int64)
-    index[order] = np.repeat(np.arange(k), np.diff(edges))
-    return c, index
 
 
 def assign(values: Tensor, centroids: Tensor) -> Tensor:

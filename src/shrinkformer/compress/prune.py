@@ -4,17 +4,19 @@ with the mask held, raise the share along a schedule. Per layer, or globally acr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from ..errors import UsageError
-from .base import SparseCodec, register
+from .base import MethodConfig, SparseCodec, register
 from .primitives import global_magnitude_masks, magnitude_mask
 
 
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(MethodConfig):
+    method: ClassVar[str] = "prune"
     start: float = 0.5
     end: float = 0.5
     steps: int = 1  # pruning rounds from start to end, each followed by retraining

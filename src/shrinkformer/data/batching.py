@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..model.transformer import BOS, EOS, PAD
+from ..special_tokens import BOS, EOS, PAD
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
-from ..model.transformer import BOS, EOS, PAD, UNK
+from ..special_tokens import BOS, EOS, PAD, UNK
 
 log = logging.getLogger(__name__)
 

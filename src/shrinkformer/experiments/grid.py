@@ -1,4 +1,4 @@
-"""The experiments of the study, and the ones it lacked, as data."""
+"""The experiments of the study, and the ones it lacked, as data; and the presets that run them."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..compress import BinaryConfig, KMeansConfig, PruneConfig
+from ..compress.base import MethodConfig
 
 
 @dataclass(frozen=True)
@@ -13,16 +14,20 @@ class Experiment:
     name: str
     method: str
     scope: str
-    stages: tuple[tuple[Any, str], ...] = ()  # (method config, scope) applied in order
+    stages: tuple[tuple[MethodConfig | None, str], ...] = ()  # (method config, scope) in order; None: retrain only
     distill: float = 0.0
     in_study: bool = False
     bits: int | None = None
     sparsity: float | None = None
 
+    @property
+    def retrains(self) -> bool:
+        return bool(self.stages)
+
     def spec(self) -> dict[str, Any]:
         """Everything that determines the result, for the cache key."""
-        return {"name": self.name, "stages": [[type(c).__name__, repr(c), s] for c, s in self.stages],
-                "distill": self.distill}
+        return {"name": self.name, "distill": self.distill,
+                "stages": [[None if c is None else c.to_dict(), s] for c, s in self.stages]}
 
 
 def kmeans(bits: int, scope: str, in_study: bool = False) -> Experiment:
@@ -37,12 +42,19 @@ def binary(kind: str, scope: str, in_study: bool = False, distill: float = 0.0) 
 
 
 def prune(start: int, end: int, steps: int, in_study: bool = False) -> Experiment:
-    return Experiment(f"prune-{start}-{end}", "prune", "all", ((PruneConfig(start / 100, end / 100, steps), "all"),),
+    name = f"prune-{start}-{end}" if start != end else f"prune-{end}"
+    return Experiment(name, "prune", "all", ((PruneConfig(start / 100, end / 100, steps), "all"),),
                       in_study=in_study, sparsity=end / 100)
 
 
+BASELINE = Experiment("baseline", "none", "-", in_study=True)
+# The baseline retrained as every single-stage row is, without compression: retention against it
+# separates what compression costs from what two more epochs of training give.
+CONTROL = Experiment("control", "none", "-", ((None, "all"),))
+
 GRID: list[Experiment] = [
-    Experiment("baseline", "none", "-", in_study=True),
+    BASELINE,
+    CONTROL,
     kmeans(4, "all", True),
     kmeans(1, "all", True),
     kmeans(1, "self-attention", True),
@@ -61,6 +73,11 @@ GRID: list[Experiment] = [
     binary("flex", "all", distill=0.5),
 ]
 
+# Rows that only some presets run.
+EXTRA: list[Experiment] = [prune(50, 50, 1)]
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in GRID + EXTRA}
+
 # The study's own WMT En-De figures (shared/study/README.md, from the poster), shown beside ours.
 STUDY_WMT = {
     "baseline": (28.09, 100.0), "kmeans-4bit-all": (27.65, 98.43), "kmeans-1bit-all": (12.07, 42.96),
@@ -71,22 +88,38 @@ STUDY_WMT = {
 
 @dataclass
 class SweepPreset:
-    """What ``reproduce --preset`` trains and how it retrains."""
+    """What ``reproduce --preset`` runs, from which baseline, and how it retrains and scores."""
 
     name: str
-    train_config: str  # a config preset name or a YAML file under configs/
+    train_config: str  # a config preset name or a YAML file under configs/, for training the baseline
     overrides: list[str] = field(default_factory=list)
+    rows: tuple[str, ...] = tuple(e.name for e in GRID)
+    baseline: str | None = None  # a trained model to start from instead of training one
     retrain_epochs: int = 2
     retrain_lr: float = 3e-4
     train_limit: int | None = None  # retrain on the first N pairs only
+    valid_limit: int | None = None  # validation sentences decoded while retraining (None: the model's setting)
+    test_splits: tuple[str, ...] | None = None  # None: the model's test split
     test_limit: int | None = None
+
+    @property
+    def experiments(self) -> list[Experiment]:
+        return [EXPERIMENTS[n] for n in self.rows]
 
 
 SWEEP_PRESETS = {
-    # The whole grid in minutes on a CPU: a tiny model on a few thousand sentences.
+    # The whole grid in minutes on a CPU: a tiny model on a few thousand sentences. For the tests;
+    # its numbers are noise.
     "smoke": SweepPreset("smoke", "tiny", ["data.train_limit=3000", "data.valid_limit=100", "train.max_epochs=4",
                                            "train.save_every_steps=0", "decode.beam_size=2"],
                          retrain_epochs=1, retrain_lr=1e-3, train_limit=3000, test_limit=200),
-    "multi30k": SweepPreset("multi30k", "configs/multi30k-small.yaml", retrain_epochs=2),
+    # The study's message in minutes: the committed trained baseline, a few representative rows with
+    # short retraining, scored on the full test_2016_flickr.
+    "quick": SweepPreset("quick", "configs/multi30k-small.yaml",
+                         rows=("baseline", "control", "kmeans-4bit-all", "bsflex-self-attention", "prune-50"),
+                         baseline="results/multi30k/models/baseline.sfz", retrain_epochs=1, train_limit=4000,
+                         valid_limit=100),
+    "multi30k": SweepPreset("multi30k", "configs/multi30k-small.yaml", retrain_epochs=2,
+                            test_splits=("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")),
     "wmt14": SweepPreset("wmt14", "base", ["data.dataset=wmt14"], retrain_epochs=1, retrain_lr=2e-4),
 }

@@ -1,39 +1,42 @@
-"""``reproduce``: train the baseline, run every experiment of the grid against it, cache each result
-under a key of its full configuration, and hand the rows to the report.
+"""``reproduce``: train the baseline (or take one), run every experiment of the preset against it,
+cache each result under a key of its full configuration, and hand the rows to the report.
 
 An interrupted or extended sweep continues where it stopped; a finished one re-renders at once. An
-experiment that fails is recorded with its error and the others go on.
+experiment that fails is recorded with its error and the others go on. Each row keeps its
+translations of every test split (``hypotheses/``), so significance tests can be run on them later.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
 import time
 import traceback
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from ..checkpoint import load_checkpoint, model_fingerprint
 from ..config import load_config
 from ..errors import UsageError
-from ..io import write_text_atomic
-from ..evaluate.bleu import score
-from ..pack.format import fp32_size, load_any, save_packed
-from ..train.checkpoint import model_fingerprint
-from ..train.loop import read_split, train
-from ..train.retrain import RetrainConfig, Stage, retrain
-from ..translate import Translator
-from .grid import GRID, SWEEP_PRESETS, Experiment, SweepPreset
+from ..io import atomic_write, write_text_atomic
+from ..loading import load_any
+from ..pack.format import write_packed
+from ..pack.sizes import ModelSizes
+from ..train.loop import train
+from ..train.pipeline import SplitResult, compress_model, score_splits
+from ..train.retrain import RetrainConfig, Stage
+from .grid import EXPERIMENTS, SWEEP_PRESETS, Experiment, SweepPreset
 
 log = logging.getLogger(__name__)
 
-ROW_FIELDS = ["name", "method", "scope", "bits", "sparsity", "bleu", "chrf", "bleu_retention",
-              "params_compressed_share", "packed_bytes", "compression_ratio", "scope_compression_ratio",
-              "huffman_compression_ratio", "huffman_scope_compression_ratio", "retrain_seconds", "status", "error"]
+ROW_FIELDS = ["name", "method", "scope", "bits", "sparsity", "bleu", "chrf", "bleu_retention", "control_retention",
+              "params_compressed_share", "packed_bytes", "compression_ratio", "model_compression_ratio",
+              "scope_compression_ratio", "huffman_compression_ratio", "huffman_scope_compression_ratio",
+              "tokenizer_bytes", "retrain_seconds", "status", "error"]
 
 
 def fingerprint(checkpoint: Path) -> str:
@@ -44,73 +47,122 @@ def fingerprint(checkpoint: Path) -> str:
 def baseline_checkpoint(sp: SweepPreset, output: Path, data_dir: str | None, baseline: Path | None) -> Path:
     if baseline is not None:
         return baseline
+    if sp.baseline is not None:
+        if not Path(sp.baseline).exists():
+            raise UsageError(f"preset {sp.name} starts from the trained model {sp.baseline}, which is not here "
+                             "(run from the repository root, or pass --baseline MODEL)")
+        return Path(sp.baseline)
     run = output / "baseline"
     if not (run / "model.pt").exists() or (run / "last.pt").exists() and not _finished(run):
         path = Path(sp.train_config)
         is_file = path.suffix in (".yaml", ".yml")
-        overrides = sp.overrides + ([f"data.data_dir={data_dir}"] if data_dir else [])
-        cfg = load_config(None if is_file else sp.train_config, path if is_file else None, overrides)
+        cfg = load_config(None if is_file else sp.train_config, path if is_file else None, sp.overrides)
+        if data_dir:
+            cfg.data.data_dir = data_dir
         log.info("training the baseline into %s", run)
         train(cfg, run)
     return run / "model.pt"
 
 
 def _finished(run: Path) -> bool:
-    from ..train.checkpoint import load_checkpoint
     return bool(load_checkpoint(run / "last.pt")["progress"].get("finished"))
 
 
+def hypotheses_path(output: Path, name: str, split: str) -> Path:
+    return output / "hypotheses" / f"{name}.{split}.txt.gz"
+
+
+def save_hypotheses(output: Path, name: str, tests: dict[str, SplitResult]) -> None:
+    for split, result in tests.items():
+        # mtime=0: the same translations give the same bytes, so a re-run does not churn git.
+        data = gzip.compress(("\n".join(result.hypotheses) + "\n").encode("utf-8"), mtime=0)
+        with atomic_write(hypotheses_path(output, name, split)) as f:
+            f.write(data)
+
+
+def load_hypotheses(output: Path, name: str, split: str) -> list[str] | None:
+    path = hypotheses_path(output, name, split)
+    if not path.exists():
+        return None
+    return gzip.decompress(path.read_bytes()).decode("utf-8").splitlines()
+
+
+def _row_scores(tests: dict[str, SplitResult]) -> dict[str, Any]:
+    first = next(iter(tests.values()))
+    return {"test_split": first.split, "bleu": first.scores.bleu, "chrf": first.scores.chrf,
+            "bleu_signature": first.scores.bleu_signature,
+            "tests": {k: {"bleu": r.scores.bleu, "chrf": r.scores.chrf, "sentences": r.scores.sentences}
+                      for k, r in tests.items()}}
+
+
 def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir: str | None,
-                   models: Path) -> dict[str, Any]:
+                   output: Path) -> dict[str, Any]:
     cfg, tok, model = load_any(checkpoint)
     if data_dir:
         cfg.data.data_dir = data_dir
+    if sp.valid_limit is not None:
+        cfg.data.valid_limit = sp.valid_limit
+    splits = list(sp.test_splits or [cfg.data.test_split])
     row: dict[str, Any] = {"name": exp.name, "method": exp.method, "scope": exp.scope, "bits": exp.bits,
                            "sparsity": exp.sparsity}
-    out = models / f"{exp.name}.sfz"
-    if not exp.stages:  # the baseline, packed uncompressed
+    out = output / "models" / f"{exp.name}.sfz"
+    if not exp.retrains:  # the baseline, packed uncompressed
         started = time.perf_counter()
-        test = read_split(cfg, cfg.data.test_split, sp.test_limit)
-        s = score(Translator(model, tok, cfg.decode).translate(test.source), test.target)
-        packed = save_packed(model, cfg, tok, out)
-        row.update(bleu=s.bleu, chrf=s.chrf, params_compressed_share=0.0, packed_bytes=packed,
-                   compression_ratio=round(fp32_size(model, tok) / packed, 3), scope_compression_ratio=None,
-                   retrain_seconds=0.0, wall_seconds=round(time.perf_counter() - started, 1),
-                   bleu_signature=s.bleu_signature)
+        tests = score_splits(model, tok, cfg, splits, sp.test_limit)
+        sizes = ModelSizes.measure(model, tok, write_packed(model, cfg, tok, out))
+        row.update(_row_scores(tests), params_compressed_share=0.0, packed_bytes=sizes.packed_file_bytes,
+                   tokenizer_bytes=sizes.tokenizer_bytes, sizes=sizes.to_dict(),
+                   **{k: v for k, v in sizes.to_dict().items() if k.endswith("_ratio")},
+                   retrain_seconds=0.0, wall_seconds=round(time.perf_counter() - started, 1))
+        save_hypotheses(output, exp.name, tests)
         return row
-    rc = RetrainConfig(epochs=sp.retrain_epochs, lr=sp.retrain_lr, distill=exp.distill, test_limit=sp.test_limit)
-    report = retrain(model, tok, cfg, [Stage(c, [scope]) for c, scope in exp.stages], rc, out, sp.train_limit,
-                     work_dir=out.with_name(out.name + ".work"))
-    row.update({k: report[k] for k in ("bleu", "chrf", "params_compressed_share", "packed_bytes", "compression_ratio",
-                                       "scope_compression_ratio", "huffman_compression_ratio",
-                                       "huffman_scope_compression_ratio", "retrain_seconds", "wall_seconds",
-                                       "history", "bleu_signature")})
+    rc = RetrainConfig(epochs=sp.retrain_epochs, lr=sp.retrain_lr, distill=exp.distill)
+    result = compress_model(model, tok, cfg, [Stage(c, [scope]) for c, scope in exp.stages], rc, out,
+                            sp.train_limit, work_dir=out.with_name(out.name + ".work"), test_splits=splits,
+                            test_limit=sp.test_limit)
+    assert result is not None  # a sweep runs in one process
+    d = result.to_dict()
+    row.update(_row_scores(result.tests), params_compressed_share=d["params_compressed_share"],
+               packed_bytes=d["packed_bytes"], tokenizer_bytes=result.sizes.tokenizer_bytes, sizes=d["sizes"],
+               **{k: v for k, v in d.items() if k.endswith("_ratio")}, history=d["history"],
+               retrain_seconds=d["retrain_seconds"], wall_seconds=d["wall_seconds"])
+    save_hypotheses(output, exp.name, result.tests)
     return row
+
+
+# The preset settings a row's numbers depend on. Named one by one: a new preset field (or a new
+# row) must not invalidate hours of cached rows unless it changes what they compute.
+KEYED_SETTINGS = ("train_config", "overrides", "retrain_epochs", "retrain_lr", "train_limit", "valid_limit",
+                  "test_splits", "test_limit")
+
+
+def cache_key(exp: Experiment, sp: SweepPreset, base_hash: str) -> str:
+    settings = {k: getattr(sp, k) for k in KEYED_SETTINGS}
+    return hashlib.sha256(json.dumps({"experiment": exp.spec(), "preset": settings, "baseline": base_hash},
+                                     sort_keys=True).encode()).hexdigest()[:16]
 
 
 def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: Path | None = None,
               only: list[str] | None = None, commit: str | None = None) -> dict[str, Any]:
-    """Run (or take from the cache) every experiment of the grid; ``commit`` is recorded in the
+    """Run (or take from the cache) every experiment of the preset; ``commit`` is recorded in the
     rows computed now (cached rows keep the commit they ran with)."""
     if preset not in SWEEP_PRESETS:
         raise UsageError(f"unknown sweep preset {preset!r} (known: {', '.join(SWEEP_PRESETS)})")
     sp = SWEEP_PRESETS[preset]
-    grid = [e for e in GRID if only is None or e.name in only or e.name == "baseline"]
-    unknown = set(only or []) - {e.name for e in GRID}
+    unknown = sorted(set(only or []) - set(EXPERIMENTS))
     if unknown:
-        raise UsageError(f"unknown experiment {sorted(unknown)[0]!r} (known: {', '.join(e.name for e in GRID)})")
+        raise UsageError(f"unknown experiment {unknown[0]!r} (known: {', '.join(EXPERIMENTS)})")
+    names = list(sp.rows) + [n for n in only or [] if n not in sp.rows]
+    grid = [EXPERIMENTS[n] for n in names if only is None or n in only or n in ("baseline", "control")]
     started = time.perf_counter()
-    cache, models = output / "cache", output / "models"
-    cache.mkdir(parents=True, exist_ok=True)
-    models.mkdir(parents=True, exist_ok=True)
+    cache = output / "cache"
     checkpoint = baseline_checkpoint(sp, output, data_dir, baseline)
     base_hash = fingerprint(checkpoint)
     rows = []
     bar = tqdm(grid, desc="experiments", unit="exp", disable=None)
     for exp in bar:
         bar.set_postfix_str(exp.name)
-        key = hashlib.sha256(json.dumps({"experiment": exp.spec(), "preset": asdict(sp), "baseline": base_hash},
-                                        sort_keys=True).encode()).hexdigest()[:16]
+        key = cache_key(exp, sp, base_hash)
         cached = cache / f"{exp.name}.json"
         if cached.exists():
             entry = json.loads(cached.read_text())
@@ -120,7 +172,7 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
                 continue
         log.info("running %s", exp.name)
         try:
-            row = run_experiment(exp, sp, checkpoint, data_dir, models)
+            row = run_experiment(exp, sp, checkpoint, data_dir, output)
             row.update(status="ok", git_commit=commit)
             write_text_atomic(cached, json.dumps({"key": key, "row": row}, indent=1))
         except Exception as err:  # one failure must not end the sweep
@@ -129,9 +181,21 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
             row = {"name": exp.name, "method": exp.method, "scope": exp.scope, "status": "failed",
                    "error": f"{type(err).__name__}: {err}"}
         rows.append(row)
-    base = next((r for r in rows if r["name"] == "baseline" and r.get("bleu") is not None), None)
-    for r in rows:
-        if base and r.get("bleu") is not None:
-            r["bleu_retention"] = round(r["bleu"] / base["bleu"], 4) if base["bleu"] else None
+    add_retention(rows)
     return {"preset": preset, "rows": rows, "baseline_checkpoint": str(checkpoint),
+            "test_splits": list(sp.test_splits) if sp.test_splits else None,
             "sweep_seconds": round(time.perf_counter() - started, 1)}
+
+
+def add_retention(rows: list[dict[str, Any]]) -> None:
+    """BLEU as a share of the baseline's and of the control's, on the primary split and on each."""
+    ok = {r["name"]: r for r in rows if r.get("status") == "ok" and r.get("bleu") is not None}
+    for ref_name, key in (("baseline", "bleu_retention"), ("control", "control_retention")):
+        ref = ok.get(ref_name)
+        for r in ok.values():
+            if ref and ref["bleu"]:
+                r[key] = round(r["bleu"] / ref["bleu"], 4)
+                for split, t in r.get("tests", {}).items():
+                    ref_t = ref.get("tests", {}).get(split)
+                    if ref_t and ref_t["bleu"]:
+                        t[key] = round(t["bleu"] / ref_t["bleu"], 4)

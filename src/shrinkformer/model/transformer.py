@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..special_tokens import BOS, EOS, PAD, UNK  # noqa: F401 (re-exported for model users)
 from .config import ModelConfig
-
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 # Per decoder layer: "self_k"/"self_v" grow by one position each step, "cross_k"/"cross_v" are
 # computed from the encoder output once.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ def pack_model(model: nn.Module, huffman: bool = False) -> tuple[dict[str, torch
         if huffman:
             entropy_code(parts, meta, codec.shape.numel())
         kind = "embedding" if isinstance(model.get_submodule(name), CompressedEmbedding) else "linear"
-        layers[name] = {"shape": list(codec.shape), "kind": kind, **meta}
+        layers[name] = {"shape": list(codec.shape), "kind": kind, **meta, "made_by": codec.made_by}
         tensors.update({f"{name}.{k}": v.contiguous() for k, v in parts.items()})
     for key, value in model.state_dict().items():
         if not any(key.startswith(f"{name}.codec.") for name in compressed):
@@ -95,11 +96,23 @@ def pack_model(model: nn.Module, huffman: bool = False) -> tuple[dict[str, torch
     return tensors, layers
 
 
-def save_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path: Path,
-                extra: dict[str, Any] | None = None, huffman: bool = False) -> int:
-    """Write atomically; returns the file size in bytes. ``huffman`` adds Deep Compression's
-    entropy stage to indices and sparse positions."""
+@dataclass(frozen=True)
+class PackedFile:
+    """What ``write_packed`` wrote: the file's size and where its bytes went."""
+
+    path: Path
+    file_bytes: int
+    layer_bytes: dict[str, int]  # each compressed layer's tensors (indices, codebook, mask, values)
+    tokenizer_bytes: int
+
+
+def write_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path: Path,
+                 extra: dict[str, Any] | None = None, huffman: bool = False) -> PackedFile:
+    """Write atomically. ``huffman`` adds Deep Compression's entropy stage to indices and sparse
+    positions."""
     tensors, layers = pack_model(model, huffman)
+    layer_bytes = {name: sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith(f"{name}.")
+                             and k[len(name) + 1:] in CODEC_FIELDS) for name in layers}
     tensors["__tokenizer__"] = torch.frombuffer(bytearray(tokenizer.model_proto), dtype=torch.uint8)
     meta = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(cfg.to_dict()),
             "layers": json.dumps(layers), "extra": json.dumps(extra or {})}
@@ -107,7 +120,13 @@ def save_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path: 
     data = st_save(tensors, metadata=meta)
     with atomic_write(path) as f:
         f.write(data)
-    return len(data)
+    return PackedFile(Path(path), len(data), layer_bytes, tensors["__tokenizer__"].numel())
+
+
+def save_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path: Path,
+                extra: dict[str, Any] | None = None, huffman: bool = False) -> int:
+    """``write_packed``, returning the file size in bytes."""
+    return write_packed(model, cfg, tokenizer, path, extra, huffman).file_bytes
 
 
 def _header(data: bytes, path: Path) -> dict[str, str]:
@@ -153,6 +172,7 @@ def load_packed(path: str | Path) -> tuple[RunConfig, Tokenizer, Transformer, di
                 tensors.pop(f"{name}.{k}")
             entropy_decode(parts, layer)
             codec = ENCODINGS[layer["encoding"]].unpack(shape, parts, layer)
+            codec.made_by = layer.get("made_by", [])  # absent in files written before it was recorded
             replace_module(model, name, wrap(model.get_submodule(name), codec))
         state = model.state_dict()
         dense = {k: v.to(state[k].dtype) for k, v in tensors.items()}
@@ -184,11 +204,3 @@ def fp32_size(model: nn.Module, tokenizer: Tokenizer | None = None) -> int:
     if tokenizer is not None:
         state["__tokenizer__"] = torch.frombuffer(bytearray(tokenizer.model_proto), dtype=torch.uint8)
     return len(st_save(state))
-
-
-def load_any(path: str | Path) -> tuple[RunConfig, Tokenizer, Transformer]:
-    """A training checkpoint (.pt) or a packed model (.sfz), in eval mode."""
-    from ..train.checkpoint import load_model
-
-    path = Path(path)
-    return load_packed(path)[:3] if path.suffix == ".sfz" else load_model(path)

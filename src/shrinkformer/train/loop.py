@@ -24,15 +24,14 @@ from tqdm import tqdm
 
 from ..config import RunConfig
 from ..data.batching import collate, token_batches
-from ..data.corpus import Parallel, read_parallel
-from ..data.datasets import resolve_data_dir
+from ..data.splits import Split, read_split
 from ..data.tokenizer import Tokenizer
 from ..errors import TrainingError
 from ..evaluate.bleu import Scores, score
 from ..model.search import SearchConfig
 from ..model.transformer import PAD, Transformer
 from ..translate import Translator
-from .checkpoint import average_checkpoints, load_checkpoint, make_checkpoint, restore, save_atomic
+from ..checkpoint import average_checkpoints, load_checkpoint, make_checkpoint, restore, save_atomic
 from .distributed import World
 
 log = logging.getLogger(__name__)
@@ -53,24 +52,6 @@ class Progress:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-@dataclass
-class Split:
-    raw: Parallel
-    src: list[list[int]]
-    tgt: list[list[int]]
-
-    @classmethod
-    def encode(cls, raw: Parallel, tokenizer: Tokenizer, max_tokens: int | None = None) -> "Split":
-        src, tgt = tokenizer.encode(raw.source), tokenizer.encode(raw.target)
-        if max_tokens is not None:
-            keep = [i for i in range(len(src)) if len(src[i]) < max_tokens and len(tgt[i]) < max_tokens]
-            if len(keep) < len(src):
-                log.info("dropped %d training pairs longer than %d tokens", len(src) - len(keep), max_tokens)
-            raw = Parallel([raw.source[i] for i in keep], [raw.target[i] for i in keep])
-            src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
-        return cls(raw, src, tgt)
-
-
 def inverse_sqrt(step: int, peak: float, warmup: int) -> float:
     """Linear warm-up to ``peak`` over ``warmup`` steps, then decay with 1/sqrt(step)."""
     step = max(step, 1)
@@ -79,12 +60,6 @@ def inverse_sqrt(step: int, peak: float, warmup: int) -> float:
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1)
-
-
-def read_split(cfg: RunConfig, split: str, limit: int | None = None) -> Parallel:
-    d = cfg.data
-    data_dir = resolve_data_dir(d.dataset, d.data_dir, [split], (d.src_lang, d.tgt_lang))
-    return read_parallel(data_dir, split, d.src_lang, d.tgt_lang, limit)
 
 
 def validate(model: Transformer, tokenizer: Tokenizer, valid: Split, search: SearchConfig,

@@ -1,14 +1,17 @@
-"""Compress a trained model and retrain it with the compression in the loop.
+"""Compress a trained model and retrain it with the compression in the loop, resumably.
 
 Pruning follows its schedule (prune, retrain, raise the sparsity, retrain ...); a quantizer given
-after pruning then clusters the survivors and retrains once more (Deep Compression's order).
+after pruning then clusters the survivors and retrains once more (Deep Compression's order). Each of
+those is a *step*; a stage without a method (the control) is one step of retraining alone.
 
-Each of those steps is resumable. A work directory holds ``state.pt`` (the model after the last
-finished step, with the history so far), the input of each later stage, and the training loop's
-own ``last.pt`` inside the step in progress; a killed run started again with the same work
-directory replays the compression structure, loads the saved state and continues, ending with the
+A work directory holds ``state.pt`` (how many steps are done, the model after the last of them and
+the history so far), the input of each later stage, and the training loop's own ``last.pt`` inside
+the step in progress. A killed run started again with the same work directory *replays* the
+compression structure of the finished steps, loads the saved weights and continues, ending with the
 same weights as an uninterrupted run. Under torchrun every process compresses identically
 (clustering is deterministic) and the training loop runs data parallel.
+
+Packing the result and scoring it is the pipeline's job (``pipeline.py``), not this module's.
 """
 
 from __future__ import annotations
@@ -21,25 +24,25 @@ import json
 import logging
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from ..compress import PruneConfig, codecs, compress, set_sparsity
+from ..checkpoint import load_checkpoint, model_fingerprint, save_atomic
+from ..compress import PruneConfig, codecs, compress, count_params, set_sparsity
+from ..compress.base import Codec, MethodConfig
 from ..config import RunConfig
+from ..data.splits import Split, read_split
 from ..data.tokenizer import Tokenizer
 from ..errors import CheckpointError, UsageError
 from ..evaluate.bleu import score
 from ..io import write_text_atomic
 from ..model.transformer import Transformer
-from ..pack.format import entropy_code, fp32_size, save_packed
 from ..translate import Translator
-from .checkpoint import load_checkpoint, model_fingerprint, save_atomic
 from .distributed import World
-from .loop import Progress, Split, build_optimizer, fit, load_training_state, read_split
+from .loop import Progress, build_optimizer, fit, load_training_state
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,6 @@ class RetrainConfig:
     distill: float = 0.0  # weight of the KL term to the uncompressed model (0 = off)
     temperature: float = 1.0
     save_every_steps: int = 200  # a killed retraining loses at most this many optimizer steps
-    evaluate_test: bool = True
-    test_limit: int | None = None  # score only the first N test sentences
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -66,9 +67,10 @@ class RetrainConfig:
 
 @dataclass
 class Stage:
-    """One compression applied to the model: a method config and where."""
+    """One compression applied to the model: a method config and where. ``config=None`` compresses
+    nothing: the stage only retrains (the control that separates compression from extra training)."""
 
-    config: Any
+    config: MethodConfig | None
     scopes: list[str] = field(default_factory=lambda: ["all"])
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
@@ -76,6 +78,43 @@ class Stage:
     @property
     def schedule(self) -> list[float | None]:
         return list(self.config.schedule) if isinstance(self.config, PruneConfig) else [None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": None if self.config is None else self.config.to_dict(), "scopes": self.scopes,
+                "include": self.include, "exclude": self.exclude}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One compression step of a stage, followed by retraining."""
+
+    stage: int
+    position: int  # within the stage: 0 compresses, later ones raise the pruning sparsity
+    sparsity: float | None
+
+    def name(self, stages: list[Stage]) -> str:
+        config = stages[self.stage].config
+        base = "Retrain" if config is None else type(config).__name__
+        return base + (f"@{self.sparsity:.2f}" if self.sparsity is not None else "")
+
+
+def plan(stages: list[Stage]) -> list[Step]:
+    return [Step(si, k, sparsity) for si, stage in enumerate(stages) for k, sparsity in enumerate(stage.schedule)]
+
+
+@dataclass
+class RetrainOutcome:
+    """What retraining did; the model itself was changed in place."""
+
+    modules: list[str]  # the compressed modules, in model order
+    compressed_params: int
+    total_params: int
+    history: list[dict[str, Any]]  # validation BLEU before, after each compression, after each retraining
+    retrain_seconds: float
+
+    @property
+    def share(self) -> float:
+        return self.compressed_params / max(self.total_params, 1)
 
 
 def valid_bleu(model: Transformer, tok: Tokenizer, cfg: RunConfig, split: Split, world: World) -> float | None:
@@ -90,15 +129,14 @@ def valid_bleu(model: Transformer, tok: Tokenizer, cfg: RunConfig, split: Split,
 def run_key(model: torch.nn.Module, tok: Tokenizer, cfg: RunConfig, stages: list[Stage], rc: RetrainConfig,
             train_limit: int | None) -> str:
     """What a work directory belongs to: the starting model and everything that shapes retraining."""
-    settings = {k: v for k, v in dataclasses.asdict(rc).items() if k not in ("evaluate_test", "test_limit")}
-    spec = {"stages": [repr(s) for s in stages], "retrain": settings, "train_limit": train_limit,
+    spec = {"stages": [s.to_dict() for s in stages], "retrain": dataclasses.asdict(rc), "train_limit": train_limit,
             "data": dataclasses.asdict(cfg.data), "model": model_fingerprint(cfg, tok, model)}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
 def work_directory(path: Path | None) -> Iterator[Path]:
-    """``path`` (kept until the run succeeds, so a killed run can resume), or a throwaway one."""
+    """``path`` (kept until the caller removes it, so a killed run can resume), or a throwaway one."""
     if path is None:
         with tempfile.TemporaryDirectory(prefix="shrinkformer-retrain-") as tmp:
             yield Path(tmp)
@@ -122,100 +160,98 @@ def read_state(work: Path, key: str) -> dict[str, Any] | None:
     return state
 
 
+class _Compressor:
+    """Applies steps to the model, remembering what it compressed (set_sparsity needs the codecs)."""
+
+    def __init__(self, model: Transformer, stages: list[Stage]) -> None:
+        self.model, self.stages = model, stages
+        self.modules: list[str] = []
+        self.compressed_params = 0
+        self._stage_codecs: list[Codec] = []
+
+    def apply(self, step: Step) -> None:
+        stage = self.stages[step.stage]
+        if stage.config is None:
+            return
+        if step.position == 0:
+            report = compress(self.model, stage.config, stage.scopes, stage.include, stage.exclude)
+            self.modules = list(dict.fromkeys(self.modules + report.modules))
+            self.compressed_params = sum(c.shape.numel() for c in codecs(self.model).values())
+            self._stage_codecs = [codecs(self.model)[n] for n in report.modules]
+        else:
+            set_sparsity(self._stage_codecs, step.sparsity, stage.config.scope)
+
+
 def retrain(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Stage], rc: RetrainConfig,
-            output: Path, train_limit: int | None = None, work_dir: Path | None = None,
-            world: World = World()) -> dict[str, Any]:
-    """Compress ``model`` in place stage by stage, retraining after each step; write the packed
-    file to ``output`` and return the report (on the main process; the others return {})."""
-    started = time.perf_counter()
+            train_limit: int | None = None, work_dir: Path | None = None, world: World = World()) -> RetrainOutcome:
+    """Compress ``model`` in place step by step, retraining after each; resumes from ``work_dir``."""
     run_cfg = copy.deepcopy(cfg)
     run_cfg.train = dataclasses.replace(cfg.train, max_epochs=rc.epochs, lr=rc.lr, warmup_steps=rc.warmup_steps,
                                         patience=10**6, average_last=1, save_every_steps=rc.save_every_steps,
                                         max_minutes=None)
+    key = run_key(model, tok, cfg, stages, rc, train_limit)
+    steps = plan(stages)
     train = Split.encode(read_split(cfg, cfg.data.train_split, train_limit), tok, cfg.data.max_tokens_per_sentence)
     valid = Split.encode(read_split(cfg, cfg.data.valid_split, cfg.data.valid_limit), tok)
     teacher = copy.deepcopy(model).eval() if rc.distill > 0 else None
-    key = run_key(model, tok, cfg, stages, rc, train_limit)
-    steps = [(si, k, sparsity) for si, stage in enumerate(stages) for k, sparsity in enumerate(stage.schedule)]
+    compressor = _Compressor(model, stages)
+    total_params = count_params(model)
 
     with work_directory(work_dir) as work:
         state = read_state(work, key)
         if state is None:
-            state = {"key": key, "done": 0, "retrain_seconds": 0.0, "report": {},
+            state = {"key": key, "done": 0, "retrain_seconds": 0.0,
                      "history": [{"stage": "uncompressed", "valid_bleu": valid_bleu(model, tok, cfg, valid, world)}]}
         else:
             log.info("resuming the retraining in %s: %d of %d steps done", work, state["done"], len(steps))
-        history, report = state["history"], state["report"]
-        resumed_done = state["done"]
-        for j, (si, k, sparsity) in enumerate(steps):
-            stage = stages[si]
-            # Rebuild the structure of finished steps; their weights come from the saved state. A
-            # quantizer after pruning must see the pruned model its stage began from (its masks
-            # decide how many indices there are), hence the per-stage inputs.
-            if j == state["done"] and j > 0:
-                model.load_state_dict(state["model"])
-            elif k == 0 and si > 0 and j < state["done"]:
-                model.load_state_dict(torch.load(work / f"stage{si}.pt", map_location="cpu", weights_only=True))
-            if k == 0:
-                r = compress(model, stage.config, stage.scopes, stage.include, stage.exclude)
-                report.update(modules=r.modules, compressed_params=r.compressed_params,
-                              total_params=r.total_params, params_compressed_share=round(r.share, 4))
-                stage_codecs = [codecs(model)[n] for n in r.modules]
-            else:
-                set_sparsity(stage_codecs, sparsity, stage.config.scope)
-            if j < state["done"]:
-                continue
-            name = type(stage.config).__name__ + (f"@{sparsity:.2f}" if sparsity is not None else "")
+            _replay(model, compressor, steps, state, work)
+        for j in range(state["done"], len(steps)):
+            step, name = steps[j], steps[j].name(stages)
+            compressor.apply(step)
             step_dir = work / f"step{j}"
-            entry_path = step_dir / "compressed.json"
-            if entry_path.exists():
-                history.append(json.loads(entry_path.read_text()))
-            else:
-                history.append({"stage": name, "when": "compressed", "valid_bleu": valid_bleu(model, tok, cfg, valid, world)})
-                if world.is_main:
-                    step_dir.mkdir(parents=True, exist_ok=True)
-                    write_text_atomic(entry_path, json.dumps(history[-1]))
+            state["history"].append(_compressed_entry(step_dir, name, model, tok, cfg, valid, world))
             if rc.epochs:
-                seconds = _fit_step(model, tok, run_cfg, train, valid, step_dir, world, teacher, rc)
-                state["retrain_seconds"] += seconds
-                history.append({"stage": name, "when": "retrained", "valid_bleu": valid_bleu(model, tok, cfg, valid, world)})
+                state["retrain_seconds"] += _fit_step(model, tok, run_cfg, train, valid, step_dir, world, teacher, rc)
+                state["history"].append({"stage": name, "when": "retrained",
+                                         "valid_bleu": valid_bleu(model, tok, cfg, valid, world)})
             if world.is_main:
-                log.info("%s: validation BLEU %.2f", name, history[-1]["valid_bleu"])
+                log.info("%s: validation BLEU %.2f", name, state["history"][-1]["valid_bleu"])
                 snapshot = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                if j + 1 < len(steps) and steps[j + 1][1] == 0:
-                    save_atomic(snapshot, work / f"stage{steps[j + 1][0]}.pt")
+                if j + 1 < len(steps) and steps[j + 1].position == 0:
+                    save_atomic(snapshot, work / f"stage{steps[j + 1].stage}.pt")  # what the next stage starts from
                 state.update(done=j + 1, model=snapshot)
                 save_atomic(state, work / "state.pt")
                 shutil.rmtree(step_dir, ignore_errors=True)
             world.barrier()
-        if resumed_done == len(steps) and steps:  # killed after the last step, before the packed file
-            model.load_state_dict(state["model"])
-        retrain_seconds = state["retrain_seconds"]
+    return RetrainOutcome(compressor.modules, compressor.compressed_params, total_params, state["history"],
+                          round(state["retrain_seconds"], 1))
 
-    if not world.is_main:
-        return {}
-    model.eval()
-    packed = save_packed(model, cfg, tok, output, extra={"history": history})
-    # Deep Compression's third stage, reported separately from a real file beside the plain one.
-    huffman_path = output.with_name(f"{output.stem}.huffman{output.suffix}")
-    huffman = save_packed(model, cfg, tok, huffman_path, extra={"history": history}, huffman=True)
-    dense = fp32_size(model, tok)
-    scope_fp32 = 4 * sum(c.shape.numel() for c in codecs(model).values())
-    scope_packed, scope_huffman = _scope_bytes(model), _scope_bytes(model, huffman=True)
-    report.update(history=history, packed_bytes=packed, fp32_bytes=dense,
-                  compression_ratio=round(dense / packed, 3), scope_fp32_bytes=scope_fp32,
-                  scope_packed_bytes=scope_packed, scope_compression_ratio=round(scope_fp32 / max(scope_packed, 1), 3),
-                  huffman_file=str(huffman_path), huffman_packed_bytes=huffman,
-                  huffman_compression_ratio=round(dense / huffman, 3), scope_huffman_bytes=scope_huffman,
-                  huffman_scope_compression_ratio=round(scope_fp32 / max(scope_huffman, 1), 3),
-                  retrain_seconds=round(retrain_seconds, 1), wall_seconds=round(time.perf_counter() - started, 1))
-    if rc.evaluate_test:
-        test = read_split(cfg, cfg.data.test_split, rc.test_limit)
-        s = score(Translator(model, tok, cfg.decode, device=world.device).translate(test.source), test.target)
-        report.update(test_split=cfg.data.test_split, bleu=s.bleu, chrf=s.chrf, bleu_signature=s.bleu_signature)
-    if work_dir is not None:
-        shutil.rmtree(work_dir, ignore_errors=True)  # the packed file now holds everything
-    return report
+
+def _replay(model: Transformer, compressor: _Compressor, steps: list[Step], state: dict[str, Any],
+            work: Path) -> None:
+    """Rebuild the compressed structure of the finished steps, then load their saved weights. A
+    quantizer after pruning must see the pruned model its stage began from (its masks decide how
+    many indices there are), hence the per-stage inputs."""
+    for step in steps[:state["done"]]:
+        if step.position == 0 and step.stage > 0:
+            model.load_state_dict(torch.load(work / f"stage{step.stage}.pt", map_location="cpu", weights_only=True))
+        compressor.apply(step)
+    if state["done"]:
+        model.load_state_dict(state["model"])
+
+
+def _compressed_entry(step_dir: Path, name: str, model: Transformer, tok: Tokenizer, cfg: RunConfig, valid: Split,
+                      world: World) -> dict[str, Any]:
+    """Validation BLEU right after compressing, kept in the step's directory so a resumed step
+    does not decode again."""
+    path = step_dir / "compressed.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    entry = {"stage": name, "when": "compressed", "valid_bleu": valid_bleu(model, tok, cfg, valid, world)}
+    if world.is_main:
+        step_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(entry))
+    return entry
 
 
 def _fit_step(model: Transformer, tok: Tokenizer, cfg: RunConfig, train: Split, valid: Split, step_dir: Path,
@@ -232,14 +268,3 @@ def _fit_step(model: Transformer, tok: Tokenizer, cfg: RunConfig, train: Split, 
         progress = fit(model, tok, cfg, train, valid, step_dir, world, progress, optimizer,
                        teacher=teacher, distill=rc.distill, temperature=rc.temperature)
     return progress.wall_seconds
-
-
-def _scope_bytes(model: torch.nn.Module, huffman: bool = False) -> int:
-    """Bytes of the compressed layers' tensors (without file headers)."""
-    total = 0
-    for codec in codecs(model).values():
-        tensors, meta = codec.pack()
-        if huffman:
-            entropy_code(tensors, meta, codec.shape.numel())
-        total += sum(t.numel() * t.element_size() for t in tensors.values())
-    return total

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from ..config import RunConfig, config_from_dict
-from ..data.tokenizer import Tokenizer
-from ..errors import CheckpointError, ShrinkformerError
-from ..io import atomic_write
-from ..model.transformer import Transformer
+from .config import RunConfig, config_from_dict
+from .data.tokenizer import Tokenizer
+from .errors import CheckpointError, ShrinkformerError
+from .io import atomic_write
+from .model.transformer import Transformer
 
 FORMAT, VERSION = "shrinkformer-checkpoint", 1
 
