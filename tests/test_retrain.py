@@ -27,6 +27,9 @@ def test_compress_retrain_pack_and_translate(tiny_run, multi30k, tmp_path, capsy
     r = json.loads(report.read_text())
     assert r["packed_bytes"] == out.stat().st_size
     assert r["compression_ratio"] == pytest.approx(r["fp32_bytes"] / r["packed_bytes"], rel=1e-3)
+    sizes = r["sizes"]
+    assert sizes["model_compression_ratio"] == pytest.approx(
+        4 * sizes["params"] / (out.stat().st_size - sizes["tokenizer_bytes"]), rel=1e-3)
     assert [h["stage"] for h in r["history"]][1:] == ["PruneConfig@0.30"] * 2 + ["PruneConfig@0.50"] * 2 + ["KMeansConfig"] * 2
     assert 0 < r["params_compressed_share"] < 1 and "bleu" in r
     capsys.readouterr()
@@ -159,16 +162,18 @@ def test_run_killed_after_its_last_step_packs_the_retrained_model(tiny_run, mult
     """All steps done, the packed file not yet written: the resumed run must rebuild the k-means
     stage from the pruned model it began from (globally pruned layers change their survivor counts
     while retraining) and pack the saved weights, without retraining."""
+    import shrinkformer.train.pipeline as pipeline
     import shrinkformer.train.retrain as retrain_module
     from shrinkformer.compress import PruneConfig
-    from shrinkformer.train.retrain import RetrainConfig, Stage, retrain
+    from shrinkformer.train.pipeline import compress_model
+    from shrinkformer.train.retrain import RetrainConfig, Stage
 
     def run(out, work=None):
         cfg, tok, model = load_model(tiny_run / "model.pt")
         cfg.data.data_dir = str(multi30k)
         stages = [Stage(PruneConfig(0.3, 0.5, 2, scope="global")), Stage(KMeansConfig(3))]
-        return retrain(model, tok, cfg, stages, RetrainConfig(epochs=1, evaluate_test=False), out,
-                       train_limit=200, work_dir=work)
+        return compress_model(model, tok, cfg, stages, RetrainConfig(epochs=1), out, train_limit=200,
+                              work_dir=work, test_splits=[])
 
     straight = run(tmp_path / "straight.sfz")
     work = tmp_path / "work"
@@ -177,13 +182,76 @@ def test_run_killed_after_its_last_step_packs_the_retrained_model(tiny_run, mult
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(retrain_module, "save_packed", crash)
+        m.setattr(pipeline, "write_packed", crash)
         with pytest.raises(KeyboardInterrupt):
             run(tmp_path / "resumed.sfz", work)
     assert torch.load(work / "state.pt", weights_only=True)["done"] == 3 and (work / "stage1.pt").exists()
     with monkeypatch.context() as m:
         m.setattr(retrain_module, "fit", lambda *a, **k: pytest.fail("finished steps must not retrain"))
         resumed = run(tmp_path / "resumed.sfz", work)
-    assert resumed["history"] == straight["history"]
+    assert resumed.outcome.history == straight.outcome.history and resumed.outcome.modules == straight.outcome.modules
+    assert resumed.sizes == straight.sizes and not work.exists()
     (a, meta_a), (b, meta_b) = (packed_contents(tmp_path / f"{n}.sfz") for n in ("straight", "resumed"))
     assert meta_a == meta_b and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_control_stage_retrains_without_compressing(tiny_run, multi30k, tmp_path):
+    from shrinkformer.compress import codecs
+    from shrinkformer.train.pipeline import compress_model
+    from shrinkformer.train.retrain import RetrainConfig, Stage
+
+    cfg, tok, model = load_model(tiny_run / "model.pt")
+    cfg.data.data_dir = str(multi30k)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = compress_model(model, tok, cfg, [Stage(None)], RetrainConfig(epochs=1), tmp_path / "c.sfz",
+                            train_limit=200, test_splits=["test_2016_flickr", "test_2017_mscoco"])
+    assert not codecs(model) and result.outcome.modules == [] and result.outcome.compressed_params == 0
+    assert [h.get("when") for h in result.outcome.history] == [None, "compressed", "retrained"]
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items()), "it must have trained"
+    assert list(result.tests) == ["test_2016_flickr", "test_2017_mscoco"]
+    assert [len(r.hypotheses) for r in result.tests.values()] == [1000, 461]
+    assert result.sizes.scope_params == 0 and result.sizes.scope_compression_ratio is None
+
+
+def test_packed_layers_record_the_method_and_scope_that_made_them(tiny_run, multi30k, tmp_path):
+    out = tmp_path / "m.sfz"
+    assert main(["-q", "compress", str(tiny_run / "model.pt"), "--method", "prune+kmeans", "--sparsity", "0.5",
+                 "--bits", "2", "--scope", "ffn", "--exclude", "decoder.*", "--retrain-epochs", "0", "--no-test",
+                 "--data-dir", str(multi30k), "-o", str(out)]) == 0
+    _, meta = packed_contents(out)
+    layers = json.loads(meta["layers"])
+    assert sorted(layers) == ["encoder.layers.0.ffn.fc1", "encoder.layers.0.ffn.fc2", "encoder.layers.1.ffn.fc1",
+                              "encoder.layers.1.ffn.fc2"]
+    made_by = layers["encoder.layers.0.ffn.fc1"]["made_by"]
+    assert [m["config"] for m in made_by] == [
+        {"method": "prune", "start": 0.5, "end": 0.5, "steps": 1, "scope": "layer"},
+        {"method": "kmeans", "bits": 2, "init": "linear"}]
+    assert made_by[0]["scopes"] == ["ffn"] and made_by[0]["exclude"] == ["decoder.*"]
+    _, _, model = load_packed(out)[:3]  # and it survives loading
+    assert model.encoder.layers[0].ffn.fc1.codec.made_by == made_by
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "bsflex", "--bits", "2"], "--bits does not apply to --method bsflex"),
+    (["--method", "kmeans", "--sparsity", "0.5"], "--sparsity does not apply to --method kmeans"),
+    (["--method", "prune", "--init", "density"], "--init does not apply to --method prune"),
+    (["--method", "kmeans", "--include", "encoder.nothing.*"], "--include 'encoder.nothing.*' matches no module"),
+    (["--method", "kmeans", "--scope", "ffn", "--exclude", "decoder.nothing"],
+     "--exclude 'decoder.nothing' matches no module"),
+], ids=["bits-bsflex", "sparsity-kmeans", "init-prune", "include-nothing", "exclude-nothing"])
+def test_options_that_do_not_apply_or_match_nothing_are_errors(tiny_run, multi30k, tmp_path, args, message):
+    out = tmp_path / "m.sfz"
+    result = run_cli("compress", str(tiny_run / "model.pt"), *args, "--retrain-epochs", "1", "--no-test",
+                     "--data-dir", str(multi30k), "-o", str(out))
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "m.sfz.work").exists()
+
+
+def test_compress_failing_before_any_work_leaves_no_work_directory(tiny_run, tmp_path):
+    out = tmp_path / "m.sfz"
+    result = run_cli("compress", str(tiny_run / "model.pt"), "--method", "kmeans", "--no-test",
+                     "--data-dir", str(tmp_path / "no-such-corpus"), "-o", str(out))
+    assert result.returncode == 1 and "no-such-corpus" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "m.sfz.work").exists()

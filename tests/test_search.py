@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 import torch
 
+from shrinkformer.errors import UsageError
 from shrinkformer.model import MODEL_PRESETS, SearchConfig, Transformer, beam_search
 from shrinkformer.model.transformer import BOS, EOS, PAD
 
@@ -63,5 +64,5 @@ def test_max_length_is_respected(model):
 
 
 def test_beam_size_must_be_positive():
-    with pytest.raises(ValueError, match="beam_size must be >= 1"):
+    with pytest.raises(UsageError, match="beam size must be >= 1"):
         SearchConfig(beam_size=0)

@@ -18,7 +18,7 @@ import torch
 from . import __version__
 from .config import load_config
 from .errors import ShrinkformerError, UsageError
-from .io import write_text_atomic
+from .io import atomic_write, check_writable, write_text_atomic
 from .loading import load_any
 
 log = logging.getLogger("shrinkformer")
@@ -44,16 +44,17 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML file with model/data/train/decode sections")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set train.lr=5e-4 (repeatable)")
-    p.add_argument("--data-dir", help="directory of {split}.{lang}[.gz] files (else $SHRINKFORMER_DATA, "
-                                      "else the dataset is downloaded)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train.distributed import init_world, shutdown
     from .train.loop import train
 
-    overrides = list(args.overrides) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
-    cfg = load_config(args.preset, args.config, overrides)
+    cfg = load_config(args.preset, args.config, args.overrides)
+    if args.data_dir:  # a path, taken as given (an override would read it as YAML: "#" starts a comment)
+        cfg.data.data_dir = args.data_dir
+    check_writable(args.output, directory=True)
     world = init_world()
     if not world.is_main:
         logging.getLogger().setLevel(logging.WARNING)
@@ -98,17 +99,35 @@ def parse_sparsity(text: str) -> tuple[float, float]:
     return parts[0], parts[-1]
 
 
+# Which method options each --method takes: an option given to a method it does not apply to is an
+# error, not silently ignored.
+METHOD_OPTIONS = {
+    "kmeans": ("bits", "init"),
+    "binary-fixed": (),
+    "bsflex": (),
+    "prune": ("sparsity", "steps", "prune_scope"),
+    "prune+kmeans": ("bits", "init", "sparsity", "steps", "prune_scope"),
+}
+METHOD_DEFAULTS = {"bits": 4, "init": "linear", "sparsity": "0.5", "steps": 1, "prune_scope": "layer"}
+
+
 def method_stages(args: argparse.Namespace) -> list:
     from .compress import BinaryConfig, KMeansConfig, PruneConfig
     from .train.retrain import Stage
 
+    allowed = METHOD_OPTIONS[args.method]
+    for name in METHOD_DEFAULTS:
+        if getattr(args, name) is not None and name not in allowed:
+            raise UsageError(f"--{name.replace('_', '-')} does not apply to --method {args.method}")
+    opt = {name: default if getattr(args, name) is None else getattr(args, name)
+           for name, default in METHOD_DEFAULTS.items()}
     where = dict(scopes=args.scope or ([] if args.include else ["all"]), include=args.include, exclude=args.exclude)
     stages = []
     if args.method.startswith("prune"):
-        start, end = parse_sparsity(args.sparsity)
-        stages.append(Stage(PruneConfig(start, end, args.steps, args.prune_scope), **where))
+        start, end = parse_sparsity(opt["sparsity"])
+        stages.append(Stage(PruneConfig(start, end, opt["steps"], opt["prune_scope"]), **where))
     if args.method in ("kmeans", "prune+kmeans"):
-        stages.append(Stage(KMeansConfig(args.bits, args.init), **where))
+        stages.append(Stage(KMeansConfig(opt["bits"], opt["init"]), **where))
     elif args.method in ("binary-fixed", "bsflex"):
         stages.append(Stage(BinaryConfig("fixed" if args.method == "binary-fixed" else "flex"), **where))
     return stages
@@ -119,8 +138,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from .train.pipeline import compress_model
     from .train.retrain import RetrainConfig
 
-    stages = method_stages(args)  # parameters are checked before any work is done
+    stages = method_stages(args)  # parameters and outputs are checked before any work is done
     rc = RetrainConfig(epochs=args.retrain_epochs, lr=args.lr, distill=args.distill, save_every_steps=args.save_every)
+    for path in (args.output, args.report):
+        if path is not None:
+            check_writable(path)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg, tok, model = load_any(args.checkpoint)
@@ -171,6 +193,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiments.sweep import reproduce
 
     started, commit = time.perf_counter(), git_commit()  # the code that runs, even if HEAD moves meanwhile
+    check_writable(args.output, directory=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     only = args.only.split(",") if args.only else None
@@ -198,6 +221,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     ks = sorted({int(k) for k in args.k.split(",")})
     if not ks or min(ks) < 2 or max(ks) > 256:
         raise UsageError(f"--k values must be in 2..256, got {args.k}")
+    check_writable(args.output, directory=True)
     cfg, tok, model = load_any(args.checkpoint)
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
@@ -222,34 +246,37 @@ def cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_decode_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", type=Path, help="model checkpoint (model.pt)")
+DATA_DIR_HELP = "directory of {split}.{lang}[.gz] files (else $SHRINKFORMER_DATA, else the dataset is downloaded)"
+THREADS_HELP = "torch intra-op threads (default: torch's choice)"
+
+
+def add_decode_args(p: argparse.ArgumentParser, checkpoint_optional: bool = False) -> None:
+    p.add_argument("checkpoint", type=Path, nargs="?" if checkpoint_optional else None,
+                   help="model: a checkpoint (model.pt) or a packed .sfz")
     p.add_argument("--beam", type=int, help="beam size (default: the model's, 5); 1 is greedy")
-    p.add_argument("--length-penalty", type=float)
-    p.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
+    p.add_argument("--length-penalty", type=float, help="score = log p / length ** this (default: the model's, 1.0)")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
+    if args.output:
+        check_writable(args.output)
     _, translator = _translator(args)
     source = open(args.input, encoding="utf-8") if args.input else sys.stdin
-    # A named output file appears only once complete; stdout streams line by line.
-    tmp = args.output.with_name(f".{args.output.name}.tmp") if args.output else None
-    out = open(tmp, "w", encoding="utf-8") if tmp else sys.stdout
     try:
-        for line in translator.stream(source, chunk=args.batch_size):
-            out.write(line + "\n")
-            out.flush()
-        if tmp:
-            out.close()
-            os.replace(tmp, args.output)
+        if args.output:  # a named output file appears only once complete
+            with atomic_write(args.output) as out:
+                for line in translator.stream(source, chunk=args.batch_size):
+                    out.write((line + "\n").encode("utf-8"))
+        else:  # stdout streams line by line
+            for line in translator.stream(source, chunk=args.batch_size):
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
     except UnicodeDecodeError as err:
         raise ShrinkformerError(f"{args.input or 'stdin'}: invalid UTF-8 ({err.reason})") from None
     finally:
         if args.input:
             source.close()
-        if tmp:
-            out.close()
-            tmp.unlink(missing_ok=True)
     return 0
 
 
@@ -304,22 +331,31 @@ def build_parser() -> argparse.ArgumentParser:
                                    "size is the real compression ratio. A killed run continues where it "
                                    "stopped when started again; run under torchrun for data parallel retraining.")
     p.add_argument("checkpoint", type=Path, help="trained model (model.pt)")
-    p.add_argument("--method", required=True, choices=METHOD_NAMES)
-    p.add_argument("--bits", type=int, default=4, help="k-means bits, 1..8 (default 4)")
-    p.add_argument("--init", default="linear", choices=("linear", "density"), help="k-means initialisation")
+    p.add_argument("--method", required=True, choices=METHOD_NAMES,
+                   help="kmeans (Deep Compression), binary-fixed (the original 1-bit scheme), bsflex (BS-Flex), "
+                        "prune (iterative magnitude pruning), prune+kmeans (prune, then quantize the survivors)")
+    p.add_argument("--bits", type=int, help="kmeans, prune+kmeans: bits per weight, 1..8 (default 4)")
+    p.add_argument("--init", choices=("linear", "density"), help="kmeans, prune+kmeans: initial centroids "
+                   "(default linear)")
     p.add_argument("--scope", action="append", help="all, self-attention, encoder-self-attention, "
                    "decoder-self-attention, cross-attention, attention, ffn, embeddings (repeatable)")
-    p.add_argument("--include", action="append", default=[], metavar="PATTERN", help="module name glob")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="module name glob")
-    p.add_argument("--sparsity", default="0.5", help="pruning: S, or START:END with --steps")
-    p.add_argument("--steps", type=int, default=1, help="pruning rounds from START to END")
-    p.add_argument("--prune-scope", default="layer", choices=("layer", "global"))
-    p.add_argument("--retrain-epochs", type=int, default=2)
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="also compress modules whose name matches this glob, added to --scope (without --scope: "
+                        "only these); each pattern must match some module (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave out modules whose name matches this glob, whatever --scope and --include chose; "
+                        "each pattern must match some module (repeatable)")
+    p.add_argument("--sparsity", help="prune, prune+kmeans: S, or START:END with --steps (default 0.5)")
+    p.add_argument("--steps", type=int, help="prune, prune+kmeans: pruning rounds from START to END (default 1)")
+    p.add_argument("--prune-scope", choices=("layer", "global"),
+                   help="prune, prune+kmeans: the same share per layer, or the smallest weights across the scope "
+                        "(default layer)")
+    p.add_argument("--retrain-epochs", type=int, default=2, help="retraining epochs after each step (default 2)")
     p.add_argument("--lr", type=float, default=3e-4, help="retraining peak learning rate")
     p.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the uncompressed model")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--train-limit", type=int, help="retrain on the first N pairs only")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--no-test", action="store_true", help="skip scoring the test split")
     p.add_argument("--save-every", type=int, default=200, metavar="STEPS",
                    help="snapshot retraining every STEPS optimizer steps (default 200; 0: at epoch ends only)")
@@ -333,12 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train the baseline (or take --baseline), run every experiment of the study "
                                    "and the ones it lacked, cached per experiment, and write results.json, "
                                    "results.csv, report.md and bleu_vs_compression.png.")
-    p.add_argument("--preset", default="smoke", help="smoke (minutes on a CPU), multi30k, wmt14")
-    p.add_argument("--output", "-o", type=Path, required=True)
-    p.add_argument("--data-dir")
-    p.add_argument("--baseline", type=Path, help="use this trained model.pt instead of training one")
-    p.add_argument("--only", help="comma-separated experiment names (the baseline always runs)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--preset", default="quick", help="quick (the study's message in minutes, from the committed "
+                   "Multi30k baseline), multi30k (the whole study, hours on a CPU), smoke (a tiny model, for tests), "
+                   "wmt14 (default quick)")
+    p.add_argument("--output", "-o", type=Path, required=True, help="directory for results, report, plot, models")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--baseline", type=Path, help="start from this trained model (.pt or .sfz) instead of the "
+                                                 "preset's")
+    p.add_argument("--only", help="comma-separated experiment names (the baseline and control always run)")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("attention", help="quantize self-attention probabilities and measure what changes",
@@ -347,26 +386,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and max difference per layer and head, and BLEU when decoding with the quantized "
                                    "attention in place. Writes attention.json, attention.md, attention_hist.png.")
     p.add_argument("checkpoint", type=Path, help="model.pt or a packed .sfz")
-    p.add_argument("--output", "-o", type=Path, required=True)
-    p.add_argument("--data-dir")
+    p.add_argument("--output", "-o", type=Path, required=True, help="directory for attention.json/.md and the plot")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--sentences", type=int, default=200, help="validation sentences to record attention on")
     p.add_argument("--split", help="split decoded for BLEU (default: the model's test split)")
     p.add_argument("--test-sentences", type=int, help="decode only the first N sentences of that split")
     p.add_argument("--k", default="2,4,8,16,32", help="numbers of distinct values to try")
-    p.add_argument("--beam", type=int)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--beam", type=int, help="beam size for the BLEU decodes (default: the model's)")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("evaluate", help="sacreBLEU and chrF of a model on a split, or of files",
                        description="Score a checkpoint on a split, or a hypothesis file against references.")
-    p.add_argument("checkpoint", type=Path, nargs="?")
-    p.add_argument("--beam", type=int)
-    p.add_argument("--length-penalty", type=float)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--data-dir")
-    p.add_argument("--split", help="default: the model's test split")
-    p.add_argument("--hypotheses", type=Path)
-    p.add_argument("--references", type=Path)
+    add_decode_args(p, checkpoint_optional=True)
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--split", help="split to translate and score (default: the model's test split)")
+    p.add_argument("--hypotheses", type=Path, help="score this file of translations instead of a model")
+    p.add_argument("--references", type=Path, help="reference translations for --hypotheses")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.set_defaults(func=cmd_evaluate)
     return parser
@@ -383,9 +419,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShrinkformerError as err:
         print(f"shrinkformer: error: {err}", file=sys.stderr)
         return err.exit_code
-    except ValueError as err:  # invalid parameters caught by config dataclasses
-        print(f"shrinkformer: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("shrinkformer: interrupted", file=sys.stderr)
         return 130

@@ -130,7 +130,7 @@ def _update(obj: Any, values: dict[str, Any], where: str) -> Any:
         changes[key] = _update(current, value, name) if dataclasses.is_dataclass(current) else _coerce(value, hints[key], name)
     try:
         return dataclasses.replace(obj, **changes)
-    except ValueError as err:
+    except (ValueError, UsageError) as err:
         raise UsageError(f"{where or 'config'}: {err}") from None
 
 

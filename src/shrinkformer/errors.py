@@ -23,3 +23,7 @@ class CheckpointError(ShrinkformerError):
 
 class TrainingError(ShrinkformerError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+class OutputError(ShrinkformerError):
+    """An output that cannot be written: a parent that is a file, no permission, a full disk."""

@@ -1,13 +1,22 @@
 """Writing files so that a reader, or a run resumed after SIGKILL, sees the old file or the new one,
-never half of one."""
+never half of one; and saying in one line why an output cannot be written.
+
+Missing parent directories are created, for every output of every command. A target that exists
+and is not a regular file (``/dev/null``, ``/dev/full``, a FIFO) is written in place: replacing a
+device node with a file is never what a user meant.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+from .errors import OutputError
 
 
 def _umask() -> int:
@@ -16,19 +25,98 @@ def _umask() -> int:
     return mask
 
 
+def _special(path: Path) -> bool:
+    try:
+        return not stat.S_ISREG(path.stat().st_mode) and not path.is_dir()
+    except OSError:
+        return False
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or type(err).__name__
+
+
+def ensure_parent(path: Path) -> None:
+    """Create ``path``'s directory; a one-line error when that cannot be done."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"cannot write {path}: a parent of it is a file, not a directory") from None
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {_reason(err)}") from None
+
+
+def check_writable(path: Path, directory: bool = False) -> None:
+    """Fail now, before hours of work, if ``path`` (a file, or with ``directory`` a directory) cannot
+    be written: a parent that is a file, a read-only directory, a full disk."""
+    path = Path(path)
+    if directory:
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"cannot write into {path}: it is a file, not a directory")
+        target_dir = path
+    else:
+        if path.is_dir():
+            raise OutputError(f"cannot write {path}: it is a directory")
+        if _special(path):
+            return
+        target_dir = path.parent
+    ensure_parent(target_dir / "x")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=".shrinkformer-probe.")
+        try:
+            os.write(fd, b"\0")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {_reason(err)}") from None
+
+
+# Errors that can only mean the output could not be stored, wherever in the block they surface
+# (a buffered write fails when the buffer spills). Other errors raised inside the block are the
+# caller's (a failed download, say) and pass through unchanged.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
+@contextlib.contextmanager
+def _body(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:
+        if err.errno in STORAGE_ERRNOS:
+            raise OutputError(f"cannot write {path}: {_reason(err)}") from None
+        raise
+
+
 @contextlib.contextmanager
 def atomic_write(path: Path) -> Iterator[BinaryIO]:
     """A binary file to fill; it replaces ``path`` only when the block ends without an error."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if _special(path):
+        try:
+            f = open(path, "wb")
+        except OSError as err:
+            raise OutputError(f"cannot write {path}: {_reason(err)}") from None
+        with f, _body(path):
+            yield f
+            f.flush()
+        return
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a directory")
+    ensure_parent(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {_reason(err)}") from None
+    try:
+        with os.fdopen(fd, "wb") as f, _body(path):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; these are ordinary files
-        os.replace(tmp, path)
+        with _body(path):
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; these are ordinary files
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

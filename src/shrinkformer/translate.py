@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from itertools import islice
 from typing import Iterable, Iterator, Sequence
 
@@ -13,10 +14,23 @@ from .model.search import SearchConfig, beam_search
 from .model.transformer import EOS, Transformer
 
 
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout, BS-Flex centroids held) while translating; each module's own mode
+    back afterwards, so translating in the middle of training changes nothing."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 class Translator:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, search: SearchConfig = SearchConfig(),
                  batch_sentences: int = 64, device: str | torch.device = "cpu") -> None:
-        self.model, self.tokenizer, self.search = model.to(device).eval(), tokenizer, search
+        self.model, self.tokenizer, self.search = model.to(device), tokenizer, search
         self.batch_sentences, self.device = batch_sentences, device
         # Longest source the positional table allows once the target budget is added.
         self.max_source = max(1, model.cfg.max_positions // 2 - 1)
@@ -24,11 +38,12 @@ class Translator:
     def translate_ids(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # similar lengths batch well
         out: list[list[int]] = [[] for _ in sources]
-        for start in range(0, len(order), self.batch_sentences):
-            chunk = order[start:start + self.batch_sentences]
-            src = pad([list(sources[i][: self.max_source]) + [EOS] for i in chunk]).to(self.device)
-            for i, hyp in zip(chunk, beam_search(self.model, src, self.search)):
-                out[i] = hyp
+        with evaluating(self.model):
+            for start in range(0, len(order), self.batch_sentences):
+                chunk = order[start:start + self.batch_sentences]
+                src = pad([list(sources[i][: self.max_source]) + [EOS] for i in chunk]).to(self.device)
+                for i, hyp in zip(chunk, beam_search(self.model, src, self.search)):
+                    out[i] = hyp
         return out
 
     def translate(self, lines: Sequence[str]) -> list[str]:

@@ -42,20 +42,33 @@ def eligible(model: nn.Module) -> dict[str, nn.Module]:
 
 def select(model: nn.Module, scopes: Iterable[str] = ("all",), include: Iterable[str] = (),
            exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
-    """Modules matching any scope or include pattern and no exclude pattern, in model order."""
+    """Modules matching any scope or include pattern and no exclude pattern, in model order.
+
+    ``include`` adds to the scopes (with no scope, it is the whole selection); ``exclude`` removes
+    from both. A pattern that matches no module at all is an error, whatever the scopes chose: a
+    typo must not silently compress (or spare) the wrong layers."""
     scopes, include, exclude = list(scopes), list(include), list(exclude)
     unknown = [s for s in scopes if s not in ROLES]
     if unknown:
         raise UsageError(f"unknown scope {unknown[0]!r} (known: {', '.join(ROLES)}; or --include PATTERN)")
+    candidates = eligible(model)
+    for flag, patterns in (("--include", include), ("--exclude", exclude)):
+        for p in patterns:
+            if not any(fnmatch.fnmatchcase(name, p) for name in candidates):
+                raise UsageError(f"{flag} {p!r} matches no module; modules: {_listing(candidates)}")
     chosen = {}
-    for name, module in eligible(model).items():
+    for name, module in candidates.items():
         is_embedding = isinstance(module, nn.Embedding) or type(module).__name__ == "CompressedEmbedding"
         by_role = any(ROLES[s](name) and (is_embedding == (s == "embeddings")) for s in scopes)
         by_pattern = any(fnmatch.fnmatchcase(name, p) for p in include)
         if (by_role or by_pattern) and not any(fnmatch.fnmatchcase(name, p) for p in exclude):
             chosen[name] = module
     if not chosen:
-        names = list(eligible(model))
-        shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
-        raise UsageError(f"scope {'+'.join(scopes + include) or 'none'} matches no module; modules: {shown}")
+        raise UsageError(f"scope {'+'.join(scopes + include) or 'none'} matches no module; modules: "
+                         f"{_listing(candidates)}")
     return chosen
+
+
+def _listing(modules: dict[str, nn.Module]) -> str:
+    names = list(modules)
+    return ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")

@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from ..errors import DataError, UsageError
+from ..io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,6 @@ def resolve_data_dir(dataset: str, data_dir: str | Path | None, splits: list[str
     return download_multi30k(cache_root() / "multi30k", [n for n in needed if n in MULTI30K_SHA256])
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_multi30k(dest: Path, names: list[str], base_url: str | None = None) -> Path:
     base_url = base_url or os.environ.get("SHRINKFORMER_MULTI30K_URL", MULTI30K_URL)
     dest.mkdir(parents=True, exist_ok=True)
@@ -81,21 +73,18 @@ def download_multi30k(dest: Path, names: list[str], base_url: str | None = None)
             continue
         url = f"{base_url.rstrip('/')}/{name}"
         log.info("downloading %s", url)
-        fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=f".{name}.", suffix=".part")
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-                while block := response.read(1 << 20):
-                    out.write(block)
-            got = sha256(tmp)
-            if got != MULTI30K_SHA256[name]:
-                raise DataError(f"checksum mismatch for {url}: expected sha256 {MULTI30K_SHA256[name]}, "
-                                f"got {got}; nothing was cached, try again")
-            os.replace(tmp, target)
+            with atomic_write(target) as out:  # nothing is cached unless the whole file checks out
+                digest = hashlib.sha256()
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    while block := response.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+                if digest.hexdigest() != MULTI30K_SHA256[name]:
+                    raise DataError(f"checksum mismatch for {url}: expected sha256 {MULTI30K_SHA256[name]}, "
+                                    f"got {digest.hexdigest()}; nothing was cached, try again")
         except (urllib.error.URLError, OSError) as err:
             raise DataError(f"cannot download {url}: {err}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -114,9 +103,7 @@ def prepare_wmt14(dest: Path, splits: list[str], langs: tuple[str, str]) -> Path
             raise UsageError(f"wmt14 has splits {', '.join(hf_split)}, not {split!r}")
         rows = datasets.load_dataset("wmt14", "de-en", split=hf_split[split])
         for lang in langs:
-            part = dest / f".{split}.{lang}.part"
-            with part.open("w", encoding="utf-8") as f:
+            with atomic_write(dest / f"{split}.{lang}") as f:
                 for row in rows:
-                    f.write(row["translation"][lang].replace("\n", " ").strip() + "\n")
-            os.replace(part, dest / f"{split}.{lang}")
+                    f.write((row["translation"][lang].replace("\n", " ").strip() + "\n").encode("utf-8"))
     return dest

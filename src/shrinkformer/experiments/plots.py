@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
+from ..io import atomic_write  # noqa: E402
+
 MARKERS = {"kmeans": "o", "bsflex": "D", "binary-fixed": "s", "prune": "^", "prune+kmeans": "*"}
 
 
@@ -46,10 +48,13 @@ def bleu_vs_compression(rows: list[dict[str, Any]], path: Path, title: str) -> N
     axes[0].legend(loc="lower left", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=130)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=130)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def _label_points(ax, points: list[tuple[str, float, float]]) -> None:
@@ -93,7 +98,4 @@ def attention_histograms(layers: dict[str, list], quantize: dict[str, object], k
         ax.legend()
     axes[0].set_ylabel("count (log scale)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    tmp.replace(path)
+    _save(fig, path)

@@ -1,5 +1,6 @@
-"""results.json, results.csv and report.md from the sweep's rows. Every figure comes from the rows;
-the findings are sentences built from them."""
+"""results.json, results.csv and report.md from the sweep's rows and its significance tests. Every
+figure comes from the rows; every comparison the findings state carries its paired bootstrap test,
+and a difference is called one only where the test says so (p < 0.05)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from .grid import GRID, STUDY_WMT
+from ..evaluate.significance import ALPHA, RESAMPLES
 from ..io import write_text_atomic
+from .comparisons import QUANTIZERS, find
+from .grid import EXPERIMENTS, STUDY_WMT
 from .sweep import ROW_FIELDS
 
 
-def _fmt(x: Any, spec: str = ".2f") -> str:
-    return "–" if x is None else format(x, spec)
+def _fmt(x: Any, spec: str = ".2f", suffix: str = "") -> str:
+    return "–" if x is None else format(x, spec) + suffix
 
 
 def write_results(result: dict[str, Any], output: Path) -> None:
@@ -34,90 +37,169 @@ def _row(rows: list[dict], name: str) -> dict | None:
     return r if r and r.get("status") == "ok" else None
 
 
-def findings(rows: list[dict]) -> list[str]:
+def _p(c: dict) -> str:
+    return "p < 0.001" if c["p_value"] < 0.001 else f"p = {c['p_value']:.3f}"
+
+
+def _cell(c: dict | None) -> str:
+    """A table cell: the BLEU difference, starred when significant, with its p-value."""
+    if c is None:
+        return "–"
+    return f"{c['delta']:+.2f}{'*' if c['significant'] else ''} ({c['p_value']:.3f})"
+
+
+def summary(comps: list[dict], a: str, b: str, splits: Sequence[str], what: str | None = None) -> str:
+    """How ``b`` compares with ``a`` across the test splits, in words that follow the tests."""
+    found = [(s, c) for s in splits if (c := find(comps, a, b, s))]
+    if not found:
+        return "(no significance test: translations were not kept for this row)"
+    what = what or f"{b} vs {a}"
+    better = [s for s, c in found if c["significant"] and c["delta"] > 0]
+    worse = [s for s, c in found if c["significant"] and c["delta"] < 0]
+    figures = "; ".join(f"{c['delta']:+.2f} BLEU on {s} ({_p(c)})" for s, c in found)
+    n = len(found)
+    if not better and not worse:
+        verdict = (f"no significant difference on {'any of the ' + str(n) + ' test sets' if n > 1 else 'the test set'}")
+    else:
+        parts = []
+        if better:
+            parts.append(f"significantly higher on {_count(better, n)}")
+        if worse:
+            parts.append(f"significantly lower on {_count(worse, n)}")
+        verdict = " and ".join(parts)
+    return f"{what}: {figures} — {verdict}"
+
+
+def _count(splits: list[str], n: int) -> str:
+    if len(splits) == n:
+        return "all " + str(n) + " test sets" if n > 1 else "the test set"
+    return f"{len(splits)} of {n} ({', '.join(splits)})"
+
+
+def _sig(comps: list[dict], a: str, b: str, splits: Sequence[str]) -> tuple[int, int, int]:
+    """(significantly higher, significantly lower, tested) counts of b against a."""
+    found = [c for s in splits if (c := find(comps, a, b, s))]
+    return (sum(c["significant"] and c["delta"] > 0 for c in found),
+            sum(c["significant"] and c["delta"] < 0 for c in found), len(found))
+
+
+def findings(rows: list[dict], comps: list[dict], splits: Sequence[str]) -> list[str]:
     out = []
     pct = lambda r: 100 * r["bleu_retention"]  # noqa: E731
+    base, control = _row(rows, "baseline"), _row(rows, "control")
+    if base and control:
+        out.append("**Compression or more training?** The control (the baseline retrained as the compressed rows "
+                   f"are, without compression) keeps {pct(control):.1f}% of the baseline. "
+                   + summary(comps, "baseline", "control", splits, "Control vs baseline") + ". Retention against "
+                   "the control is what compression itself costs.")
+        above = [r for r in rows if r.get("status") == "ok" and r["name"] not in ("baseline", "control")
+                 and r.get("bleu_retention", 0) > 1]
+        if above:
+            out.append("**Rows above 100% of the baseline.** " + " ".join(
+                f"{r['name']} ({pct(r):.1f}% of the baseline, {100 * r['control_retention']:.1f}% of the control): "
+                + summary(comps, "baseline", r["name"], splits, "vs baseline") + "; "
+                + summary(comps, "control", r["name"], splits, "vs control") + "." for r in above))
     k4, k1 = _row(rows, "kmeans-4bit-all"), _row(rows, "kmeans-1bit-all")
-    if k4 and k1:
-        out.append(f"**k-means quantization.** At 4 bits on every Linear layer the model keeps {pct(k4):.1f}% of the "
-                   f"baseline BLEU at {k4['compression_ratio']:.1f}x (whole model); at 1 bit it keeps {pct(k1):.1f}% "
-                   f"at {k1['compression_ratio']:.1f}x. " + ("The study saw the same collapse at 1 bit (43%)."
-                                                             if pct(k1) < 60 else "Unlike the study (43%), 1-bit "
-                                                             "k-means with retraining holds up here."))
+    for r in (k4, k1):
+        if r:
+            out.append(f"**k-means, {r['bits']} bit(s), every Linear layer.** {pct(r):.1f}% of the baseline at "
+                       f"{r['compression_ratio']:.2f}x (file), {_fmt(r.get('scope_compression_ratio'), '.1f')}x on the "
+                       f"compressed layers. " + summary(comps, "baseline", r["name"], splits, "Against the baseline")
+                       + "." + (" The study saw 1-bit k-means collapse to 43%." if r is k1 else ""))
     for scope in ("self-attention", "all"):
         flex, fixed = _row(rows, f"bsflex-{scope}"), _row(rows, f"binary-fixed-{scope}")
         if flex and fixed:
-            verdict = "at least as good as" if flex["bleu"] >= fixed["bleu"] else "worse than"
-            out.append(f"**BS-Flex vs fixed binarization ({scope}).** BS-Flex reaches {flex['bleu']:.2f} BLEU "
-                       f"({pct(flex):.1f}%), fixed centroids {fixed['bleu']:.2f} ({pct(fixed):.1f}%): BS-Flex is "
-                       f"{verdict} the original scheme here.")
+            hi, lo, n = _sig(comps, fixed["name"], flex["name"], splits)
+            verdict = ("BS-Flex is significantly better than fixed binarization" if hi and not lo else
+                       "BS-Flex is significantly worse than fixed binarization" if lo and not hi else
+                       "the tests do not separate BS-Flex from fixed binarization" if not hi and not lo else
+                       "the two schemes trade places across the test sets")
+            out.append(f"**BS-Flex vs fixed binarization ({scope}).** {flex['bleu']:.2f} vs {fixed['bleu']:.2f} BLEU "
+                       f"on {splits[0] if splits else 'the test split'}. "
+                       + summary(comps, fixed["name"], flex["name"], splits, "BS-Flex minus fixed") + f": {verdict}.")
     km1sa, flexsa = _row(rows, "kmeans-1bit-self-attention"), _row(rows, "bsflex-self-attention")
-    if km1sa and flexsa:
-        out.append(f"**Binarizing self-attention only.** 1-bit k-means keeps {pct(km1sa):.1f}% and BS-Flex "
-                   f"{pct(flexsa):.1f}% of the baseline with {100 * flexsa['params_compressed_share']:.0f}% of the "
-                   "parameters at one bit each.")
-    quant = [r for r in rows if r.get("status") == "ok" and r["method"] in ("kmeans", "bsflex", "binary-fixed")]
-    for name in ("prune-30-50", "prune-50-80"):
-        pr = _row(rows, name)
-        if pr and quant:
-            out.append(f"**Pruning vs quantization ({name}).** " + _compare_at_equal_ratio(pr, quant, pct))
+    if km1sa or flexsa:
+        some = [r for r in (km1sa, flexsa) if r]
+        out.append("**Binarizing self-attention only.** " + " ".join(
+            f"{r['name']} keeps {pct(r):.1f}% with {100 * r['params_compressed_share']:.0f}% of the parameters at one "
+            "bit each; " + summary(comps, "baseline", r["name"], splits, "against the baseline") + "." for r in some))
+    for pr in (r for r in rows if r.get("status") == "ok" and r["method"] == "prune"):
+        out.append(f"**Pruning vs quantization ({pr['name']}).** " + _prune_vs_quant(pr, rows, comps, splits, pct))
     front = pareto(rows)
     if front:
-        out.append(f"**Best trade-offs.** Counting BLEU differences under {TIE_BLEU} as ties, no other row is at "
-                   "least as compressed with as much BLEU as: " + ", ".join(
-            f"{r['name']} ({pct(r):.1f}% at {r['compression_ratio']:.1f}x)" for r in front) + ".")
+        out.append("**Best trade-offs (by the measured figures).** No other row is at least as compressed with at "
+                   "least as much BLEU as: " + ", ".join(
+                       f"{r['name']} ({pct(r):.1f}% at {r['compression_ratio']:.2f}x)" for r in front)
+                   + ". Their differences from the baseline are tested in the tables above.")
     dc = _row(rows, "prune-50-80+kmeans-4bit-all")
     if dc:
         out.append(f"**Deep Compression order (prune 50→80%, then 4-bit k-means).** {pct(dc):.1f}% of the baseline "
-                   f"at {dc['compression_ratio']:.1f}x for the whole model and {_fmt(dc['scope_compression_ratio'], '.1f')}x "
-                   f"on the compressed layers ({_fmt(dc.get('huffman_scope_compression_ratio'), '.1f')}x with Huffman "
-                   "coding).")
+                   f"at {dc['compression_ratio']:.2f}x for the file, {_fmt(dc.get('model_compression_ratio'))}x for the "
+                   f"parameters and {_fmt(dc.get('scope_compression_ratio'), '.1f')}x on the compressed layers "
+                   f"({_fmt(dc.get('huffman_scope_compression_ratio'), '.1f')}x with Huffman coding). "
+                   + summary(comps, "baseline", dc["name"], splits, "Against the baseline") + ".")
     d, nd = _row(rows, "bsflex-all-distill"), _row(rows, "bsflex-all")
     if d and nd:
+        hi, lo, n = _sig(comps, nd["name"], d["name"], splits)
+        verdict = ("distillation helps" if hi and not lo else "distillation hurts" if lo and not hi else
+                   "no significant effect of distillation" if not hi and not lo else "mixed effects")
         out.append(f"**Distillation.** BS-Flex on every layer keeps {pct(nd):.1f}% without and {pct(d):.1f}% with "
-                   "distillation from the baseline.")
+                   "distillation from the baseline. " + summary(comps, nd["name"], d["name"], splits,
+                                                                "With minus without") + f": {verdict}.")
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:
         out.append("**Failed experiments:** " + "; ".join(f"{r['name']} ({r.get('error')})" for r in failed))
     return out
 
 
-TIE_BLEU = 0.5  # BLEU differences smaller than this count as ties in the comparisons below
-
-
-def _compare_at_equal_ratio(pr: dict, quant: list[dict], pct) -> str:
-    """Whether pruning row ``pr`` is worse than quantization at equal compression, by dominance: a
-    quantization row at least as compressed with no less BLEU (within ``TIE_BLEU``) beats it."""
+def _prune_vs_quant(pr: dict, rows: list[dict], comps: list[dict], splits: Sequence[str], pct) -> str:
+    """Quantization rows at least as compressed as pruning row ``pr``, each tested against it."""
     said = f"{pr['name']} keeps {pct(pr):.1f}% at {pr['compression_ratio']:.2f}x. "
-    better = [q for q in quant if q["compression_ratio"] >= pr["compression_ratio"] and q["bleu"] > pr["bleu"] - TIE_BLEU]
+    quant = sorted((q for q in rows if q.get("status") == "ok" and q["method"] in QUANTIZERS
+                    and q["compression_ratio"] >= pr["compression_ratio"]), key=lambda q: q["compression_ratio"])
+    tested = [(q, _sig(comps, pr["name"], q["name"], splits)) for q in quant]
+    tested = [(q, s) for q, s in tested if s[2]]
+    if not tested:
+        return said + "No quantization row at a ratio at least as high was tested against it."
+    not_worse = [q for q, (hi, lo, n) in tested if not lo]
+    better = [q for q, (hi, lo, n) in tested if hi and not lo]
+    lines = [said]
     if better:
         q = max(better, key=lambda q: q["compression_ratio"])
-        return said + (f"{q['name']} keeps {pct(q):.1f}% at {q['compression_ratio']:.2f}x, as much BLEU (within "
-                       f"{TIE_BLEU}) at a higher ratio: pruning is worse than quantization at equal compression here, "
-                       "as the study found.")
-    worse = [q for q in quant if q["compression_ratio"] <= pr["compression_ratio"] and q["bleu"] < pr["bleu"] - TIE_BLEU]
-    if worse:
-        q = max(worse, key=lambda q: q["compression_ratio"])
-        return said + (f"{q['name']} keeps only {pct(q):.1f}% at a ratio no higher ({q['compression_ratio']:.2f}x): "
-                       "here pruning beats quantization at equal compression, unlike the study.")
-    return said + "No quantization row is clearly better at a higher ratio or worse at a lower one: neither dominates."
+        lines.append(f"{q['name']} ({q['compression_ratio']:.2f}x) is significantly better on at least one test set "
+                     f"and worse on none ({summary(comps, pr['name'], q['name'], splits, 'minus pruning')}): "
+                     "pruning is worse than quantization at equal compression here, as the study found.")
+    elif not_worse:
+        q = max(not_worse, key=lambda q: q["compression_ratio"])
+        lines.append(f"{q['name']} reaches {q['compression_ratio']:.2f}x with no significantly lower BLEU on any test "
+                     f"set ({summary(comps, pr['name'], q['name'], splits, 'minus pruning')}): quantization matches "
+                     "pruning at a higher compression ratio; no significant difference in BLEU either way.")
+    else:
+        q = tested[0][0]
+        lines.append(f"Every quantization row at a ratio at least as high is significantly worse on some test set "
+                     f"(closest: {summary(comps, pr['name'], q['name'], splits, q['name'] + ' minus pruning')}): "
+                     "here pruning keeps more BLEU, unlike the study.")
+    return " ".join(lines)
 
 
 def pareto(rows: list[dict]) -> list[dict]:
-    """Rows no other row beats, by ratio: beating means a ratio at least as high with no less BLEU
-    (within ``TIE_BLEU``), and strictly more of one of them."""
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("bleu") is not None and r.get("bleu_retention") is not None]
+    """Rows no other row beats on the measured figures: a ratio at least as high with at least as
+    much BLEU, and strictly more of one of them."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("bleu") is not None and r.get("bleu_retention") is not None
+          and r["name"] != "control"]
 
     def beats(s: dict, r: dict) -> bool:
-        return (s is not r and s["compression_ratio"] >= r["compression_ratio"] and s["bleu"] > r["bleu"] - TIE_BLEU
+        return (s is not r and s["compression_ratio"] >= r["compression_ratio"] and s["bleu"] >= r["bleu"]
                 and (s["compression_ratio"] > r["compression_ratio"] or s["bleu"] > r["bleu"]))
 
     return sorted((r for r in ok if not any(beats(s, r) for s in ok)), key=lambda r: r["compression_ratio"])
 
 
 def render(result: dict[str, Any]) -> str:
-    rows = result["rows"]
+    rows, comps = result["rows"], result.get("comparisons", [])
     base = _row(rows, "baseline")
+    splits = result.get("test_splits") or ([base["test_split"]] if base and base.get("test_split") else [])
+    primary = splits[0] if splits else "the test split"
     lines = [f"# Compressing a Transformer: preset `{result['preset']}`", "",
              f"Command: `{result.get('command', '')}`  ",
              f"Commit {result.get('git_commit', '?')}, torch {result.get('torch_version', '?')}, "
@@ -126,30 +208,52 @@ def render(result: dict[str, Any]) -> str:
              f"this run took {result.get('wall_seconds', 0) / 60:.1f} min, the experiments' own wall times add up "
              f"to {sum(r.get('wall_seconds') or 0 for r in rows) / 60:.1f} min.  ",
              "Experiments come from the cache when their configuration, preset and baseline model are unchanged; "
-             "a cached row keeps the numbers (and, where recorded, the `git_commit`) of the run that computed it.",
-             ""]
+             "a cached row keeps the numbers (and the `git_commit`) of the run that computed it.", ""]
     if base:
-        lines += [f"Baseline: {base['bleu']:.2f} BLEU, {base['chrf']:.2f} chrF on the test split "
+        lines += [f"Baseline: {base['bleu']:.2f} BLEU, {base['chrf']:.2f} chrF on {primary} "
                   f"(`{base.get('bleu_signature', '')}`).", ""]
-    lines += ["| experiment | in study | BLEU | % of baseline | ratio (model) | ratio (scope) | ratio (scope, Huffman) "
-              "| compressed params | study WMT BLEU | study % |", "|---|---|---|---|---|---|---|---|---|---|"]
-    in_study = {e.name: e.in_study for e in GRID}
+    lines += [f"Significance: sacreBLEU's paired bootstrap resampling, {RESAMPLES} resamples, seed 12345; a "
+              f"difference marked * has p < {ALPHA}. Cells give the BLEU difference and its p-value.", "",
+              f"## Results on {primary}", "",
+              "| experiment | in study | BLEU | vs baseline | % of baseline | vs control | % of control | ratio (file) "
+              "| ratio (parameters) | ratio (scope) | ratio (scope, Huffman) | compressed params | study WMT BLEU "
+              "| study % |", "|---" * 14 + "|"]
     for r in rows:
+        exp = EXPERIMENTS.get(r["name"])
         study = STUDY_WMT.get(r["name"], (None, None))
+        in_study = "yes" if exp and exp.in_study else ""
         if r.get("status") != "ok":
-            lines.append(f"| {r['name']} | {'yes' if in_study.get(r['name']) else ''} | failed | | | | | | | |")
+            lines.append(f"| {r['name']} | {in_study} | failed |" + " |" * 11)
             continue
-        lines.append(f"| {r['name']} | {'yes' if in_study.get(r['name']) else ''} | {r['bleu']:.2f} | "
-                     f"{_fmt(100 * r['bleu_retention'] if r.get('bleu_retention') is not None else None, '.1f')} | "
-                     f"{r['compression_ratio']:.2f}x | {_fmt(r.get('scope_compression_ratio'), '.1f')}"
-                     f"{'x' if r.get('scope_compression_ratio') else ''} | "
-                     f"{_fmt(r.get('huffman_scope_compression_ratio'), '.1f')}"
-                     f"{'x' if r.get('huffman_scope_compression_ratio') else ''} | "
-                     f"{100 * r['params_compressed_share']:.1f}% | {_fmt(study[0])} | {_fmt(study[1], '.1f')} |")
-    lines += ["", "Ratios are fp32 file size / packed file size, measured on the files written "
-              "(`models/*.sfz`); the scope ratio counts only the compressed layers, and the Huffman column adds Deep "
-              "Compression's entropy stage (`models/*.huffman.sfz`). The study's figures are WMT "
-              "En–De with Transformer base, shown for comparison, not reproduced by this run.", "",
-              "![BLEU vs compression](bleu_vs_compression.png)", "", "## Findings", ""]
-    lines += [f + "\n" for f in findings(rows)]
+        lines.append(
+            f"| {r['name']} | {in_study} | {r['bleu']:.2f} | {_cell(find(comps, 'baseline', r['name'], primary))} | "
+            f"{_fmt(100 * r['bleu_retention'] if r.get('bleu_retention') is not None else None, '.1f')} | "
+            f"{_cell(find(comps, 'control', r['name'], primary))} | "
+            f"{_fmt(100 * r['control_retention'] if r.get('control_retention') is not None else None, '.1f')} | "
+            f"{_fmt(r.get('compression_ratio'), '.2f', 'x')} | {_fmt(r.get('model_compression_ratio'), '.2f', 'x')} | "
+            f"{_fmt(r.get('scope_compression_ratio'), '.1f', 'x')} | "
+            f"{_fmt(r.get('huffman_scope_compression_ratio'), '.1f', 'x')} | "
+            f"{100 * r['params_compressed_share']:.1f}% | {_fmt(study[0])} | {_fmt(study[1], '.1f')} |")
+    lines += ["", "Ratios: *file* is the fp32 safetensors file over the packed file (`models/*.sfz`), both holding "
+              "the tokenizer; *parameters* is 4 bytes per parameter over the packed file without its tokenizer "
+              f"({_fmt(base.get('tokenizer_bytes') if base else None, ',d')} bytes); *scope* counts only the "
+              "compressed layers, and the Huffman column adds Deep Compression's entropy stage "
+              "(`models/*.huffman.sfz`). The study's figures are WMT En–De with Transformer base, shown for "
+              "comparison, not reproduced by this run.", ""]
+    if len(splits) > 1:
+        lines += ["## Every test set", "",
+                  "| experiment | " + " | ".join(f"{s} BLEU | vs baseline | vs control" for s in splits) + " |",
+                  "|---" * (1 + 3 * len(splits)) + "|"]
+        for r in rows:
+            if r.get("status") != "ok":
+                continue
+            cells = []
+            for s in splits:
+                t = r.get("tests", {}).get(s)
+                cells += [_fmt(t["bleu"] if t else None), _cell(find(comps, "baseline", r["name"], s)),
+                          _cell(find(comps, "control", r["name"], s))]
+            lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["![BLEU vs compression](bleu_vs_compression.png)", "", "## Findings", ""]
+    lines += [f + "\n" for f in findings(rows, comps, splits)]
     return "\n".join(lines)

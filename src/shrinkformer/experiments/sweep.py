@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, model_fingerprint
 from ..config import load_config
+from ..data.splits import read_split
 from ..errors import UsageError
 from ..io import atomic_write, write_text_atomic
 from ..loading import load_any
@@ -29,6 +30,7 @@ from ..pack.sizes import ModelSizes
 from ..train.loop import train
 from ..train.pipeline import SplitResult, compress_model, score_splits
 from ..train.retrain import RetrainConfig, Stage
+from .comparisons import compare
 from .grid import EXPERIMENTS, SWEEP_PRESETS, Experiment, SweepPreset
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,8 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
     if not exp.retrains:  # the baseline, packed uncompressed
         started = time.perf_counter()
         tests = score_splits(model, tok, cfg, splits, sp.test_limit)
+        if out.exists() and out.resolve() == checkpoint.resolve():  # never write over the model being read
+            out = out.with_name(f"{out.stem}.repacked{out.suffix}")
         sizes = ModelSizes.measure(model, tok, write_packed(model, cfg, tok, out))
         row.update(_row_scores(tests), params_compressed_share=0.0, packed_bytes=sizes.packed_file_bytes,
                    tokenizer_bytes=sizes.tokenizer_bytes, sizes=sizes.to_dict(),
@@ -157,7 +161,11 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
     started = time.perf_counter()
     cache = output / "cache"
     checkpoint = baseline_checkpoint(sp, output, data_dir, baseline)
-    base_hash = fingerprint(checkpoint)
+    cfg, tok, model = load_any(checkpoint)
+    base_hash = model_fingerprint(cfg, tok, model)
+    del model
+    if data_dir:
+        cfg.data.data_dir = data_dir
     rows = []
     bar = tqdm(grid, desc="experiments", unit="exp", disable=None)
     for exp in bar:
@@ -182,8 +190,12 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
                    "error": f"{type(err).__name__}: {err}"}
         rows.append(row)
     add_retention(rows)
-    return {"preset": preset, "rows": rows, "baseline_checkpoint": str(checkpoint),
-            "test_splits": list(sp.test_splits) if sp.test_splits else None,
+    splits = list(sp.test_splits or [cfg.data.test_split])
+    log.info("paired bootstrap tests on %s", ", ".join(splits))
+    comparisons = compare(rows, splits, lambda split: read_split(cfg, split, sp.test_limit).target,
+                          lambda name, split: load_hypotheses(output, name, split))
+    return {"preset": preset, "rows": rows, "baseline_checkpoint": str(checkpoint), "test_splits": splits,
+            "comparisons": [c.to_dict() for c in comparisons],
             "sweep_seconds": round(time.perf_counter() - started, 1)}
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UsageError
+
 
 @dataclass
 class ModelConfig:
@@ -24,13 +26,13 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+            raise UsageError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         for name in ("d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff", "vocab_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+                raise UsageError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+                raise UsageError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 MODEL_PRESETS: dict[str, ModelConfig] = {

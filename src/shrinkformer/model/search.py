@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import UsageError
 from .transformer import BOS, EOS, PAD, LayerCache, Transformer
 
 
@@ -26,7 +27,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+            raise UsageError(f"beam size must be >= 1, got {self.beam_size}")
 
 
 @torch.no_grad()

@@ -88,18 +88,69 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, target
     return F.kl_div(s, t, log_target=True, reduction="sum") * temperature ** 2
 
 
+@dataclass
+class _Trainer:
+    """What one training run needs at every step: the model (wrapped for data parallel when there
+    are several processes), its optimizer, and the distillation teacher if any."""
+
+    model: Transformer
+    optimizer: torch.optim.Optimizer
+    cfg: RunConfig
+    world: World
+    teacher: torch.nn.Module | None = None
+    distill: float = 0.0
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.ddp = DistributedDataParallel(self.model) if self.world.size > 1 else None
+        self.amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.world.device.type == "cuda")
+
+    def step(self, train: Split, group: list[list[int]], progress: Progress) -> tuple[float, int]:
+        """One optimizer step over the micro-batches ``group``; returns (summed loss, target tokens)."""
+        t = self.cfg.train
+        torch.manual_seed(step_seed(t.seed, progress.step, self.world.rank))
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = inverse_sqrt(progress.step + 1, t.lr, t.warmup_steps)
+        micro = [collate([train.src[i] for i in idx], [train.tgt[i] for i in idx], idx) for idx in group]
+        step_tokens = sum(b.target_tokens for b in micro)
+        loss_sum = 0.0
+        for j, b in enumerate(micro):
+            b = b.to(self.world.device)
+            sync = self.ddp is None or j == len(micro) - 1  # all-reduce gradients once, after the last
+            with self.amp, (self.ddp.no_sync() if not sync else contextlib.nullcontext()):
+                loss = self.loss(b)
+                (loss / step_tokens).backward()
+            loss_sum += float(loss.detach())
+        if not math.isfinite(loss_sum):
+            raise TrainingError(f"loss became {loss_sum} at step {progress.step + 1} (epoch {progress.epoch + 1}); "
+                                "lower train.lr or raise train.warmup_steps")
+        if t.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum, step_tokens
+
+    def loss(self, b: Any) -> torch.Tensor:
+        """Summed label-smoothed cross-entropy, mixed with the distillation term when there is a teacher."""
+        logits, _ = (self.ddp or self.model)(b.src, b.tgt_in)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), b.tgt_out.flatten(), ignore_index=PAD,
+                               label_smoothing=self.cfg.train.label_smoothing, reduction="sum")
+        if self.teacher is not None and self.distill > 0:
+            with torch.no_grad():
+                teacher_logits, _ = self.teacher(b.src, b.tgt_in)
+            loss = (1 - self.distill) * loss + self.distill * distillation_loss(logits, teacher_logits, b.tgt_out,
+                                                                                self.temperature)
+        return loss
+
+
 def fit(model: Transformer, tokenizer: Tokenizer, cfg: RunConfig, train: Split, valid: Split,
         output: Path, world: World, progress: Progress, optimizer: torch.optim.Optimizer,
         teacher: torch.nn.Module | None = None, distill: float = 0.0, temperature: float = 1.0) -> Progress:
     """The epoch loop, from wherever ``progress`` says the run is. With a ``teacher``, the loss is
     (1 - distill) * label-smoothed cross-entropy + distill * KL to the teacher's distribution."""
     t = cfg.train
-    ddp = DistributedDataParallel(model) if world.size > 1 else None
-    net = ddp or model
+    trainer = _Trainer(model, optimizer, cfg, world, teacher, distill, temperature)
     lengths = [max(len(s), len(tg)) + 1 for s, tg in zip(train.src, train.tgt)]
-    valid_search = SearchConfig(beam_size=t.valid_beam_size, length_penalty=cfg.decode.length_penalty,
-                                max_len_a=cfg.decode.max_len_a, max_len_b=cfg.decode.max_len_b)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=world.device.type == "cuda")
 
     def checkpoint(**extra: Any) -> dict[str, Any]:
         return make_checkpoint(cfg, tokenizer, model, optimizer=optimizer.state_dict(),
@@ -116,34 +167,7 @@ def fit(model: Transformer, tokenizer: Tokenizer, cfg: RunConfig, train: Split, 
         wall_start = time.perf_counter()
         epoch_start, epoch_tokens = wall_start, 0
         while progress.batch < len(steps):
-            group = steps[progress.batch]
-            torch.manual_seed(step_seed(t.seed, progress.step, world.rank))
-            for param_group in optimizer.param_groups:
-                param_group["lr"] = inverse_sqrt(progress.step + 1, t.lr, t.warmup_steps)
-            micro = [collate([train.src[i] for i in idx], [train.tgt[i] for i in idx], idx) for idx in group]
-            step_tokens = sum(b.target_tokens for b in micro)
-            loss_sum = 0.0
-            for j, b in enumerate(micro):
-                b = b.to(world.device)
-                sync = ddp is None or j == len(micro) - 1
-                with amp, (ddp.no_sync() if not sync else contextlib.nullcontext()):
-                    logits, _ = net(b.src, b.tgt_in)
-                    loss = F.cross_entropy(logits.flatten(0, 1).float(), b.tgt_out.flatten(), ignore_index=PAD,
-                                           label_smoothing=t.label_smoothing, reduction="sum")
-                    if teacher is not None and distill > 0:
-                        with torch.no_grad():
-                            teacher_logits, _ = teacher(b.src, b.tgt_in)
-                        loss = (1 - distill) * loss + distill * distillation_loss(
-                            logits, teacher_logits, b.tgt_out, temperature)
-                    (loss / step_tokens).backward()
-                loss_sum += float(loss.detach())
-            if not math.isfinite(loss_sum):
-                raise TrainingError(f"loss became {loss_sum} at step {progress.step + 1} (epoch {progress.epoch + 1}); "
-                                    "lower train.lr or raise train.warmup_steps")
-            if t.clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss_sum, step_tokens = trainer.step(train, steps[progress.batch], progress)
             progress.step += 1
             progress.batch += 1
             progress.target_tokens += step_tokens * world.size
@@ -164,28 +188,7 @@ def fit(model: Transformer, tokenizer: Tokenizer, cfg: RunConfig, train: Split, 
                     save_atomic(checkpoint(), output / "last.pt")
         bar.close()
         progress.train_seconds += time.perf_counter() - epoch_start
-
-        valid_nll, valid_scores = validate(model, tokenizer, valid, valid_search, t.batch_tokens, world.device)
-        improved = valid_scores.bleu > progress.best_bleu
-        if improved:
-            progress.best_bleu, progress.best_epoch, progress.bad_epochs = valid_scores.bleu, progress.epoch, 0
-        else:
-            progress.bad_epochs += 1
-        progress.history.append({"epoch": progress.epoch + 1, "step": progress.step, "valid_nll": round(valid_nll, 4),
-                                 "valid_bleu": valid_scores.bleu, "train_seconds": round(progress.train_seconds, 1)})
-        log.info("epoch %d: valid nll %.3f, BLEU %.2f%s", progress.epoch + 1, valid_nll, valid_scores.bleu,
-                 " (best)" if improved else f" (best {progress.best_bleu:.2f} at epoch {progress.best_epoch + 1})")
-        progress.wall_seconds += time.perf_counter() - wall_start
-        epoch_seconds = progress.wall_seconds - progress.history[-2]["wall_seconds"] if len(progress.history) > 1 \
-            else progress.wall_seconds
-        progress.history[-1]["wall_seconds"] = round(progress.wall_seconds, 1)
-        progress.epoch, progress.batch = progress.epoch + 1, 0
-        if progress.bad_epochs >= t.patience:
-            log.info("no better validation BLEU for %d epochs: stopping", t.patience)
-            progress.finished = True
-        elif t.max_minutes is not None and progress.wall_seconds + epoch_seconds > t.max_minutes * 60:
-            log.info("another epoch would pass the %.0f-minute budget: stopping", t.max_minutes)
-            progress.finished = True
+        improved = _end_epoch(model, tokenizer, cfg, valid, progress, world, wall_start)
         if world.is_main:
             save_atomic(make_checkpoint(cfg, tokenizer, model), output / f"epoch{progress.epoch:03d}.pt")
             for old in sorted(output.glob("epoch*.pt"))[:-max(t.average_last, 1)]:
@@ -196,6 +199,37 @@ def fit(model: Transformer, tokenizer: Tokenizer, cfg: RunConfig, train: Split, 
         world.barrier()
     progress.finished = True
     return progress
+
+
+def _end_epoch(model: Transformer, tokenizer: Tokenizer, cfg: RunConfig, valid: Split, progress: Progress,
+               world: World, wall_start: float) -> bool:
+    """Validate, record the epoch, and decide whether training stops (patience or time budget);
+    returns whether validation BLEU improved. ``progress`` moves to the next epoch."""
+    t = cfg.train
+    valid_search = SearchConfig(beam_size=t.valid_beam_size, length_penalty=cfg.decode.length_penalty,
+                                max_len_a=cfg.decode.max_len_a, max_len_b=cfg.decode.max_len_b)
+    valid_nll, valid_scores = validate(model, tokenizer, valid, valid_search, t.batch_tokens, world.device)
+    improved = valid_scores.bleu > progress.best_bleu
+    if improved:
+        progress.best_bleu, progress.best_epoch, progress.bad_epochs = valid_scores.bleu, progress.epoch, 0
+    else:
+        progress.bad_epochs += 1
+    progress.history.append({"epoch": progress.epoch + 1, "step": progress.step, "valid_nll": round(valid_nll, 4),
+                             "valid_bleu": valid_scores.bleu, "train_seconds": round(progress.train_seconds, 1)})
+    log.info("epoch %d: valid nll %.3f, BLEU %.2f%s", progress.epoch + 1, valid_nll, valid_scores.bleu,
+             " (best)" if improved else f" (best {progress.best_bleu:.2f} at epoch {progress.best_epoch + 1})")
+    progress.wall_seconds += time.perf_counter() - wall_start
+    epoch_seconds = progress.wall_seconds - progress.history[-2]["wall_seconds"] if len(progress.history) > 1 \
+        else progress.wall_seconds
+    progress.history[-1]["wall_seconds"] = round(progress.wall_seconds, 1)
+    progress.epoch, progress.batch = progress.epoch + 1, 0
+    if progress.bad_epochs >= t.patience:
+        log.info("no better validation BLEU for %d epochs: stopping", t.patience)
+        progress.finished = True
+    elif t.max_minutes is not None and progress.wall_seconds + epoch_seconds > t.max_minutes * 60:
+        log.info("another epoch would pass the %.0f-minute budget: stopping", t.max_minutes)
+        progress.finished = True
+    return improved
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:

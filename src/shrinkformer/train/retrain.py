@@ -31,7 +31,7 @@ from typing import Any, Iterator
 import torch
 
 from ..checkpoint import load_checkpoint, model_fingerprint, save_atomic
-from ..compress import PruneConfig, codecs, compress, count_params, set_sparsity
+from ..compress import PruneConfig, codecs, compress, count_params, select, set_sparsity
 from ..compress.base import Codec, MethodConfig
 from ..config import RunConfig
 from ..data.splits import Split, read_split
@@ -136,13 +136,20 @@ def run_key(model: torch.nn.Module, tok: Tokenizer, cfg: RunConfig, stages: list
 
 @contextlib.contextmanager
 def work_directory(path: Path | None) -> Iterator[Path]:
-    """``path`` (kept until the caller removes it, so a killed run can resume), or a throwaway one."""
+    """``path`` (kept until the caller removes it, so a killed run can resume), or a throwaway one.
+    A run that fails before saving anything to resume from leaves no directory behind."""
     if path is None:
         with tempfile.TemporaryDirectory(prefix="shrinkformer-retrain-") as tmp:
             yield Path(tmp)
         return
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
-    yield path
+    try:
+        yield path
+    except BaseException:
+        if created and not any(p.name in ("state.pt", "last.pt") for p in path.rglob("*.pt")):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def read_state(work: Path, key: str) -> dict[str, Any] | None:
@@ -189,6 +196,9 @@ def retrain(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Sta
     run_cfg.train = dataclasses.replace(cfg.train, max_epochs=rc.epochs, lr=rc.lr, warmup_steps=rc.warmup_steps,
                                         patience=10**6, average_last=1, save_every_steps=rc.save_every_steps,
                                         max_minutes=None)
+    for stage in stages:  # a scope that matches nothing fails here, before any data is read or written
+        if stage.config is not None:
+            select(model, stage.scopes, stage.include, stage.exclude)
     key = run_key(model, tok, cfg, stages, rc, train_limit)
     steps = plan(stages)
     train = Split.encode(read_split(cfg, cfg.data.train_split, train_limit), tok, cfg.data.max_tokens_per_sentence)

@@ -1,0 +1,54 @@
+"""Which comparisons the report states, each tested with paired bootstrap resampling on every test
+split, from the translations the sweep kept.
+
+Stated comparisons: every row against the baseline and against the control; BS-Flex against fixed
+binarization on the same scope; each pruning row against every quantization row that is at least
+as compressed; distillation against none.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from ..evaluate.significance import Comparison, paired_bootstrap
+
+QUANTIZERS = ("kmeans", "bsflex", "binary-fixed")
+
+
+def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(reference, system) pairs the report states, beyond "every row against baseline and control"."""
+    ok = {r["name"]: r for r in rows if r.get("status") == "ok"}
+    out = []
+    for scope in ("self-attention", "all"):
+        if f"binary-fixed-{scope}" in ok and f"bsflex-{scope}" in ok:
+            out.append((f"binary-fixed-{scope}", f"bsflex-{scope}"))
+    for p in (r for r in ok.values() if r["method"] == "prune"):
+        for q in ok.values():
+            if q["method"] in QUANTIZERS and q["compression_ratio"] >= p["compression_ratio"]:
+                out.append((p["name"], q["name"]))
+    if "bsflex-all" in ok and "bsflex-all-distill" in ok:
+        out.append(("bsflex-all", "bsflex-all-distill"))
+    return out
+
+
+def compare(rows: list[dict[str, Any]], splits: Sequence[str], references: Callable[[str], list[str]],
+            hypotheses: Callable[[str, str], list[str] | None]) -> list[Comparison]:
+    """Every stated comparison on every split whose translations are there (rows cached before
+    translations were kept have none, and are left out rather than guessed)."""
+    names = [r["name"] for r in rows if r.get("status") == "ok"]
+    out: list[Comparison] = []
+    for split in splits:
+        refs = references(split)
+        hyps = {n: h for n in names if (h := hypotheses(n, split)) is not None}
+        for ref in ("baseline", "control"):
+            if ref in hyps:
+                others = [(n, hyps[n]) for n in names if n != ref and n in hyps]
+                out += paired_bootstrap((ref, hyps[ref]), others, refs, split)
+        for a, b in pairs(rows):
+            if a in hyps and b in hyps:
+                out += paired_bootstrap((a, hyps[a]), [(b, hyps[b])], refs, split)
+    return out
+
+
+def find(comparisons: list[dict[str, Any]], a: str, b: str, split: str) -> dict[str, Any] | None:
+    return next((c for c in comparisons if c["a"] == a and c["b"] == b and c["split"] == split), None)
