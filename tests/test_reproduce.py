@@ -5,7 +5,9 @@ import json
 import time
 
 from shrinkformer.cli import main
-from shrinkformer.experiments.grid import GRID
+from shrinkformer.experiments.grid import SWEEP_PRESETS
+
+SMOKE = [e.name for e in SWEEP_PRESETS["smoke"].experiments]
 
 
 def test_smoke_sweep_writes_everything_and_rerenders_from_cache(multi30k, tmp_path):
@@ -14,17 +16,27 @@ def test_smoke_sweep_writes_everything_and_rerenders_from_cache(multi30k, tmp_pa
     assert main(args) == 0
     result = json.loads((out / "results.json").read_text())
     rows = {r["name"]: r for r in result["rows"]}
-    assert list(rows) == [e.name for e in GRID] and all(r["status"] == "ok" for r in rows.values())
-    assert rows["baseline"]["bleu_retention"] == 1.0
+    assert list(rows) == SMOKE and all(r["status"] == "ok" for r in rows.values())
+    assert rows["baseline"]["bleu_retention"] == 1.0 and rows["control"]["control_retention"] == 1.0
+    assert rows["kmeans-4bit-all"]["control_retention"] == round(rows["kmeans-4bit-all"]["bleu"]
+                                                                 / rows["control"]["bleu"], 4)
     for name, r in rows.items():
         assert r["packed_bytes"] == (out / "models" / f"{name}.sfz").stat().st_size
     # Bit widths and sparsity show in the sizes: fewer bits, smaller files.
     assert rows["kmeans-1bit-all"]["packed_bytes"] < rows["kmeans-4bit-all"]["packed_bytes"] < rows["kmeans-8bit-all"]["packed_bytes"]
     assert rows["prune-50-80+kmeans-4bit-all"]["scope_compression_ratio"] > rows["kmeans-4bit-all"]["scope_compression_ratio"]
     with open(out / "results.csv") as f:
-        assert len(list(csv.DictReader(f))) == len(GRID)
+        assert len(list(csv.DictReader(f))) == len(SMOKE)
+    # Every row's translations are kept, and every row is tested against the baseline and the control.
+    comps = result["comparisons"]
+    for name in SMOKE:
+        assert (out / "hypotheses" / f"{name}.test_2016_flickr.txt.gz").exists()
+        if name != "baseline":
+            assert any(c["a"] == "baseline" and c["b"] == name and 0 < c["p_value"] <= 1 for c in comps)
+    assert any(c["a"] == "binary-fixed-all" and c["b"] == "bsflex-all" for c in comps)
     report = (out / "report.md").read_text()
     assert "| kmeans-4bit-all | yes |" in report and "## Findings" in report and "BS-Flex" in report
+    assert "paired bootstrap" in report and "vs control" in report
     assert (out / "bleu_vs_compression.png").stat().st_size > 10_000
 
     started = time.perf_counter()  # a finished sweep re-renders from its cache
@@ -80,18 +92,40 @@ def _rows(**bleu_ratio):
     return rows
 
 
-def test_pruning_vs_quantization_is_judged_by_dominance():
-    from shrinkformer.experiments.report import findings, pareto
-    worse = findings(_rows(prune_30_50=(39.0, 1.5), kmeans_8bit_all=(39.5, 3.0), kmeans_1bit_all=(30.0, 12.0)))
-    text = next(f for f in worse if f.startswith("**Pruning vs quantization (prune-30-50)"))
-    assert "kmeans-8bit-all keeps 98.8% at 3.00x" in text and "pruning is worse" in text
-    tie = findings(_rows(prune_30_50=(39.8, 1.5), kmeans_4bit_all=(39.5, 2.7)))  # 0.3 BLEU apart: a tie
-    assert "kmeans-4bit-all keeps 98.8% at 2.70x" in next(f for f in tie if "prune-30-50" in f)
-    better = findings(_rows(prune_30_50=(39.8, 4.0), kmeans_8bit_all=(39.0, 3.0)))
-    assert "kmeans-8bit-all keeps only 97.5% at a ratio no higher (3.00x): here pruning beats" in next(
-        f for f in better if "prune-30-50" in f)
-    neither = findings(_rows(prune_30_50=(39.8, 2.0), kmeans_8bit_all=(38.0, 3.0)))
-    assert "neither dominates" in next(f for f in neither if "prune-30-50" in f)
-    front = [r["name"] for r in pareto(_rows(prune_30_50=(39.0, 1.5), kmeans_8bit_all=(39.5, 3.0),
-                                             kmeans_1bit_all=(30.0, 12.0)))]
-    assert front == ["baseline", "kmeans-8bit-all", "kmeans-1bit-all"]
+def _comp(a, b, delta, p, split="t"):
+    return {"a": a, "b": b, "split": split, "delta": delta, "p_value": p, "significant": p < 0.05}
+
+
+def test_pruning_vs_quantization_follows_the_significance_tests():
+    from shrinkformer.experiments.report import findings
+    rows = _rows(prune_30_50=(39.0, 1.5), kmeans_8bit_all=(39.5, 3.0), kmeans_1bit_all=(30.0, 12.0))
+    prune = lambda comps: next(f for f in findings(rows, comps, ["t"]) if f.startswith("**Pruning"))  # noqa: E731
+    better = prune([_comp("prune-30-50", "kmeans-8bit-all", 0.5, 0.01), _comp("prune-30-50", "kmeans-1bit-all", -9, 0.001)])
+    assert "kmeans-8bit-all (3.00x) is significantly better" in better and "pruning is worse" in better
+    same = prune([_comp("prune-30-50", "kmeans-8bit-all", 0.5, 0.2), _comp("prune-30-50", "kmeans-1bit-all", -9, 0.001)])
+    assert "no significant difference in BLEU either way" in same and "+0.50 BLEU on t (p = 0.200)" in same
+    worse = prune([_comp("prune-30-50", "kmeans-8bit-all", -0.5, 0.01), _comp("prune-30-50", "kmeans-1bit-all", -9, 0.001)])
+    assert "pruning keeps more BLEU, unlike the study" in worse
+    untested = prune([])
+    assert "No quantization row at a ratio at least as high was tested" in untested
+
+
+def test_a_difference_is_called_one_only_where_the_test_says_so():
+    from shrinkformer.experiments.report import summary
+    comps = [_comp("a", "b", 0.4, 0.30, "x"), _comp("a", "b", -0.9, 0.01, "y"), _comp("a", "b", 0.1, 0.70, "z")]
+    text = summary(comps, "a", "b", ["x", "y", "z"])
+    assert "+0.40 BLEU on x (p = 0.300)" in text and text.endswith("significantly lower on 1 of 3 (y)")
+    assert summary(comps[:1] + comps[2:], "a", "b", ["x", "z"]).endswith("no significant difference on any of the 2 test sets")
+    assert "no significance test" in summary(comps, "a", "c", ["x"])
+
+
+def test_paired_bootstrap_is_sacrebleus_and_deterministic():
+    from shrinkformer.evaluate.significance import paired_bootstrap
+    refs = [f"a small dog number {i} runs in the park" for i in range(200)]
+    good = list(refs)
+    bad = [r if i % 3 else "a cat sleeps" for i, r in enumerate(refs)]
+    first = paired_bootstrap(("good", good), [("bad", bad), ("same", list(good))], refs, "t")
+    assert first == paired_bootstrap(("good", good), [("bad", bad), ("same", list(good))], refs, "t")
+    bad_c, same_c = first
+    assert bad_c.delta < 0 and bad_c.significant and bad_c.p_value <= 0.01
+    assert same_c.delta == 0 and same_c.p_value == 1.0 and not same_c.significant

@@ -197,16 +197,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     only = args.only.split(",") if args.only else None
-    result = reproduce(args.preset, args.output, args.data_dir, args.baseline, only, commit)
+    result = reproduce(args.preset, args.output, args.data_dir, args.baseline, only, commit, args.cached)
     result.update(command=args.command_line, git_commit=commit,
                   torch_version=torch.__version__, machine=machine(),
                   wall_seconds=round(time.perf_counter() - started, 1))
     bleu_vs_compression(result["rows"], args.output / "bleu_vs_compression.png",
                         f"BLEU vs compression ({args.preset})")
     write_results(result, args.output)
-    failed = [r["name"] for r in result["rows"] if r.get("status") != "ok"]
-    print(f"{len(result['rows'])} experiments ({len(failed)} failed{': ' + ', '.join(failed) if failed else ''}); "
-          f"report: {args.output / 'report.md'}")
+    failed = [r["name"] for r in result["rows"] if r.get("status") == "failed"]
+    pending = [r["name"] for r in result["rows"] if r.get("status") == "pending"]
+    print(f"{len(result['rows'])} experiments ({len(failed)} failed{': ' + ', '.join(failed) if failed else ''}"
+          f"{f'; {len(pending)} not run yet' if pending else ''}); report: {args.output / 'report.md'}")
     return 1 if failed else 0
 
 
@@ -378,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "preset's")
     p.add_argument("--only", help="comma-separated experiment names (the baseline and control always run)")
     p.add_argument("--threads", type=int, help=THREADS_HELP)
+    p.add_argument("--cached", action="store_true", help="run nothing: report the rows already cached and list "
+                                                         "the rest as not run yet (e.g. while a sweep runs elsewhere)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("attention", help="quantize self-attention probabilities and measure what changes",

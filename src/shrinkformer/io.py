@@ -38,8 +38,12 @@ def _reason(err: OSError) -> str:
 
 def ensure_parent(path: Path) -> None:
     """Create ``path``'s directory; a one-line error when that cannot be done."""
+    _make_dir(path.parent, path)
+
+
+def _make_dir(directory: Path, path: Path) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise OutputError(f"cannot write {path}: a parent of it is a file, not a directory") from None
     except OSError as err:
@@ -60,7 +64,7 @@ def check_writable(path: Path, directory: bool = False) -> None:
         if _special(path):
             return
         target_dir = path.parent
-    ensure_parent(target_dir / "x")
+    _make_dir(target_dir, path)
     try:
         fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=".shrinkformer-probe.")
         try:
@@ -95,7 +99,7 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
     path = Path(path)
     if _special(path):
         try:
-            f = open(path, "wb")
+            f = open(path, "wb", buffering=0)  # unbuffered: a failed write must not fail again at close
         except OSError as err:
             raise OutputError(f"cannot write {path}: {_reason(err)}") from None
         with f, _body(path):

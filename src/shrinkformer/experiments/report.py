@@ -102,7 +102,9 @@ def findings(rows: list[dict], comps: list[dict], splits: Sequence[str]) -> list
     k4, k1 = _row(rows, "kmeans-4bit-all"), _row(rows, "kmeans-1bit-all")
     for r in (k4, k1):
         if r:
-            out.append(f"**k-means, {r['bits']} bit(s), every Linear layer.** {pct(r):.1f}% of the baseline at "
+            bits = r.get("bits") or EXPERIMENTS[r["name"]].bits
+            out.append(f"**k-means, {bits} bit{'s' if bits != 1 else ''}, every Linear layer.** {pct(r):.1f}% of the "
+                       "baseline at "
                        f"{r['compression_ratio']:.2f}x (file), {_fmt(r.get('scope_compression_ratio'), '.1f')}x on the "
                        f"compressed layers. " + summary(comps, "baseline", r["name"], splits, "Against the baseline")
                        + "." + (" The study saw 1-bit k-means collapse to 43%." if r is k1 else ""))
@@ -146,9 +148,13 @@ def findings(rows: list[dict], comps: list[dict], splits: Sequence[str]) -> list
         out.append(f"**Distillation.** BS-Flex on every layer keeps {pct(nd):.1f}% without and {pct(d):.1f}% with "
                    "distillation from the baseline. " + summary(comps, nd["name"], d["name"], splits,
                                                                 "With minus without") + f": {verdict}.")
-    failed = [r for r in rows if r.get("status") != "ok"]
+    failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         out.append("**Failed experiments:** " + "; ".join(f"{r['name']} ({r.get('error')})" for r in failed))
+    pending = [r["name"] for r in rows if r.get("status") == "pending"]
+    if pending:
+        out.append(f"**Not run yet** ({len(pending)} rows; the findings above cover the rows that have run): "
+                   + ", ".join(pending) + ".")
     return out
 
 
@@ -223,7 +229,8 @@ def render(result: dict[str, Any]) -> str:
         study = STUDY_WMT.get(r["name"], (None, None))
         in_study = "yes" if exp and exp.in_study else ""
         if r.get("status") != "ok":
-            lines.append(f"| {r['name']} | {in_study} | failed |" + " |" * 11)
+            status = "not run yet" if r.get("status") == "pending" else "failed"
+            lines.append(f"| {r['name']} | {in_study} | {status} |" + " |" * 11)
             continue
         lines.append(
             f"| {r['name']} | {in_study} | {r['bleu']:.2f} | {_cell(find(comps, 'baseline', r['name'], primary))} | "

@@ -147,9 +147,10 @@ def cache_key(exp: Experiment, sp: SweepPreset, base_hash: str) -> str:
 
 
 def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: Path | None = None,
-              only: list[str] | None = None, commit: str | None = None) -> dict[str, Any]:
+              only: list[str] | None = None, commit: str | None = None, cached_only: bool = False) -> dict[str, Any]:
     """Run (or take from the cache) every experiment of the preset; ``commit`` is recorded in the
-    rows computed now (cached rows keep the commit they ran with)."""
+    rows computed now (cached rows keep the commit they ran with). ``cached_only``: run nothing,
+    report the cached rows and list the others as pending (a sweep still running elsewhere)."""
     if preset not in SWEEP_PRESETS:
         raise UsageError(f"unknown sweep preset {preset!r} (known: {', '.join(SWEEP_PRESETS)})")
     sp = SWEEP_PRESETS[preset]
@@ -178,6 +179,9 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
                 rows.append(entry["row"])
                 log.info("%s: cached", exp.name)
                 continue
+        if cached_only:
+            rows.append({"name": exp.name, "method": exp.method, "scope": exp.scope, "status": "pending"})
+            continue
         log.info("running %s", exp.name)
         try:
             row = run_experiment(exp, sp, checkpoint, data_dir, output)
