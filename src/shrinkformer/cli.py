@@ -202,7 +202,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                   torch_version=torch.__version__, machine=machine(),
                   wall_seconds=round(time.perf_counter() - started, 1))
     bleu_vs_compression(result["rows"], args.output / "bleu_vs_compression.png",
-                        f"BLEU vs compression ({args.preset})")
+                        f"BLEU vs compression ({args.preset})", result["comparisons"])
     write_results(result, args.output)
     failed = [r["name"] for r in result["rows"] if r.get("status") == "failed"]
     pending = [r["name"] for r in result["rows"] if r.get("status") == "pending"]

@@ -97,6 +97,7 @@ class SweepPreset:
     baseline: str | None = None  # a trained model to start from instead of training one
     retrain_epochs: int = 2
     retrain_lr: float = 3e-4
+    retrain_warmup: int | None = None  # warm-up steps of each retraining (None: RetrainConfig's default)
     train_limit: int | None = None  # retrain on the first N pairs only
     valid_limit: int | None = None  # validation sentences decoded while retraining (None: the model's setting)
     test_splits: tuple[str, ...] | None = None  # None: the model's test split
@@ -117,7 +118,7 @@ SWEEP_PRESETS = {
     # short retraining, scored on the full test_2016_flickr.
     "quick": SweepPreset("quick", "configs/multi30k-small.yaml",
                          rows=("baseline", "control", "kmeans-4bit-all", "bsflex-self-attention", "prune-50"),
-                         baseline="results/multi30k/models/baseline.sfz", retrain_epochs=1, train_limit=4000,
+                         baseline="results/multi30k/models/baseline.sfz", retrain_epochs=1, retrain_lr=1e-4, train_limit=4000,
                          valid_limit=100),
     "multi30k": SweepPreset("multi30k", "configs/multi30k-small.yaml", retrain_epochs=2,
                             test_splits=("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")),

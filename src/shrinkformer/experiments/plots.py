@@ -19,10 +19,16 @@ MARKERS = {"kmeans": "o", "bsflex": "D", "binary-fixed": "s", "prune": "^", "pru
 TICKS = (1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
-def bleu_vs_compression(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+def bleu_vs_compression(rows: list[dict[str, Any]], path: Path, title: str,
+                        comparisons: list[dict[str, Any]] | None = None) -> None:
     """% of baseline BLEU against the compression ratio, whole model (left) and compressed layers
-    only (right), one marker per method and a label per row placed clear of the others."""
+    only (right), one marker per method and a label per row placed clear of the others; error bars
+    are the 95% bootstrap intervals of each row's BLEU, the dotted line the control."""
     ok = [r for r in rows if r.get("status") == "ok" and r.get("bleu_retention") is not None and r["method"] != "none"]
+    base = next((r for r in rows if r["name"] == "baseline" and r.get("status") == "ok"), None)
+    control = next((r for r in rows if r["name"] == "control" and r.get("status") == "ok"), None)
+    half = {c["b"]: c["ci_b"] for c in comparisons or [] if c["a"] == "baseline"
+            and base is not None and c["split"] == base.get("test_split")}
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
     for ax, key, what in ((axes[0], "compression_ratio", "whole model"),
                           (axes[1], "scope_compression_ratio", "compressed layers only")):
@@ -30,9 +36,16 @@ def bleu_vs_compression(rows: list[dict[str, Any]], path: Path, title: str) -> N
         for method, marker in MARKERS.items():
             mine = [r for r in pts if r["method"] == method]
             if mine:
-                ax.scatter([r[key] for r in mine], [100 * r["bleu_retention"] for r in mine],
-                           marker=marker, s=70, label=method, zorder=3)
+                points = ax.scatter([r[key] for r in mine], [100 * r["bleu_retention"] for r in mine],
+                                    marker=marker, s=70, label=method, zorder=3)
+                if base and any(r["name"] in half for r in mine):
+                    ax.errorbar([r[key] for r in mine], [100 * r["bleu_retention"] for r in mine],
+                                yerr=[100 * half.get(r["name"], 0) / base["bleu"] for r in mine], fmt="none",
+                                ecolor=points.get_facecolor()[0], elinewidth=1, capsize=3, zorder=2)
         ax.axhline(100, color="grey", linestyle="--", linewidth=1, label="baseline")
+        if control and control.get("bleu_retention") is not None:
+            ax.axhline(100 * control["bleu_retention"], color="grey", linestyle=":", linewidth=1.2,
+                       label="control (retrained, uncompressed)")
         ax.set_xscale("log")
         xs = [r[key] for r in pts] or [1.0]
         lo, hi = min(xs) / 1.15, max(xs) * 1.6  # room on the right for the labels
@@ -45,7 +58,7 @@ def bleu_vs_compression(rows: list[dict[str, Any]], path: Path, title: str) -> N
         fig.canvas.draw()  # label placement needs the axes' final pixel geometry
         _label_points(ax, [(r["name"], r[key], 100 * r["bleu_retention"]) for r in pts])
     axes[0].set_ylabel("% of baseline BLEU")
-    axes[0].legend(loc="lower left", fontsize=8)
+    axes[0].legend(loc="best", fontsize=8, framealpha=0.9)
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)

@@ -107,7 +107,8 @@ def findings(rows: list[dict], comps: list[dict], splits: Sequence[str]) -> list
                        "baseline at "
                        f"{r['compression_ratio']:.2f}x (file), {_fmt(r.get('scope_compression_ratio'), '.1f')}x on the "
                        f"compressed layers. " + summary(comps, "baseline", r["name"], splits, "Against the baseline")
-                       + "." + (" The study saw 1-bit k-means collapse to 43%." if r is k1 else ""))
+                       + ". " + summary(comps, "control", r["name"], splits, "Against the control") + "."
+                       + (" The study saw 1-bit k-means collapse to 43%." if r is k1 else ""))
     for scope in ("self-attention", "all"):
         flex, fixed = _row(rows, f"bsflex-{scope}"), _row(rows, f"binary-fixed-{scope}")
         if flex and fixed:
@@ -160,13 +161,13 @@ def findings(rows: list[dict], comps: list[dict], splits: Sequence[str]) -> list
 
 def _prune_vs_quant(pr: dict, rows: list[dict], comps: list[dict], splits: Sequence[str], pct) -> str:
     """Quantization rows at least as compressed as pruning row ``pr``, each tested against it."""
-    said = f"{pr['name']} keeps {pct(pr):.1f}% at {pr['compression_ratio']:.2f}x. "
+    said = f"{pr['name']} keeps {pct(pr):.1f}% at {pr['compression_ratio']:.2f}x."
     quant = sorted((q for q in rows if q.get("status") == "ok" and q["method"] in QUANTIZERS
                     and q["compression_ratio"] >= pr["compression_ratio"]), key=lambda q: q["compression_ratio"])
     tested = [(q, _sig(comps, pr["name"], q["name"], splits)) for q in quant]
     tested = [(q, s) for q, s in tested if s[2]]
     if not tested:
-        return said + "No quantization row at a ratio at least as high was tested against it."
+        return said + " No quantization row at a ratio at least as high was tested against it."
     not_worse = [q for q, (hi, lo, n) in tested if not lo]
     better = [q for q, (hi, lo, n) in tested if hi and not lo]
     lines = [said]
@@ -218,6 +219,12 @@ def render(result: dict[str, Any]) -> str:
     if base:
         lines += [f"Baseline: {base['bleu']:.2f} BLEU, {base['chrf']:.2f} chrF on {primary} "
                   f"(`{base.get('bleu_signature', '')}`).", ""]
+    st = result.get("settings")
+    if st:
+        lines += [f"Retraining after each compression step: {st['retrain_epochs']} epoch(s) on "
+                  f"{'the first ' + format(st['train_limit'], ',d') + ' training pairs' if st.get('train_limit') else 'the whole training set'}"
+                  f", peak learning rate {st['retrain_lr']:g}; the control is retrained the same way without "
+                  "compression.", ""]
     lines += [f"Significance: sacreBLEU's paired bootstrap resampling, {RESAMPLES} resamples, seed 12345; a "
               f"difference marked * has p < {ALPHA}. Cells give the BLEU difference and its p-value.", "",
               f"## Results on {primary}", "",

@@ -120,7 +120,8 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
                    retrain_seconds=0.0, wall_seconds=round(time.perf_counter() - started, 1))
         save_hypotheses(output, exp.name, tests)
         return row
-    rc = RetrainConfig(epochs=sp.retrain_epochs, lr=sp.retrain_lr, distill=exp.distill)
+    rc = RetrainConfig(epochs=sp.retrain_epochs, lr=sp.retrain_lr, distill=exp.distill,
+                       **({"warmup_steps": sp.retrain_warmup} if sp.retrain_warmup is not None else {}))
     result = compress_model(model, tok, cfg, [Stage(c, [scope]) for c, scope in exp.stages], rc, out,
                             sp.train_limit, work_dir=out.with_name(out.name + ".work"), test_splits=splits,
                             test_limit=sp.test_limit)
@@ -140,8 +141,13 @@ KEYED_SETTINGS = ("train_config", "overrides", "retrain_epochs", "retrain_lr", "
                   "test_splits", "test_limit")
 
 
+# Settings added later enter the key only when a preset sets them, so existing caches stay valid.
+OPTIONAL_KEYED_SETTINGS = ("retrain_warmup",)
+
+
 def cache_key(exp: Experiment, sp: SweepPreset, base_hash: str) -> str:
     settings = {k: getattr(sp, k) for k in KEYED_SETTINGS}
+    settings.update({k: getattr(sp, k) for k in OPTIONAL_KEYED_SETTINGS if getattr(sp, k) is not None})
     return hashlib.sha256(json.dumps({"experiment": exp.spec(), "preset": settings, "baseline": base_hash},
                                      sort_keys=True).encode()).hexdigest()[:16]
 
@@ -198,7 +204,9 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
     log.info("paired bootstrap tests on %s", ", ".join(splits))
     comparisons = compare(rows, splits, lambda split: read_split(cfg, split, sp.test_limit).target,
                           lambda name, split: load_hypotheses(output, name, split))
-    return {"preset": preset, "rows": rows, "baseline_checkpoint": str(checkpoint), "test_splits": splits,
+    settings = {k: getattr(sp, k) for k in KEYED_SETTINGS + OPTIONAL_KEYED_SETTINGS}
+    return {"preset": preset, "settings": settings, "rows": rows, "baseline_checkpoint": str(checkpoint),
+            "test_splits": splits,
             "comparisons": [c.to_dict() for c in comparisons],
             "sweep_seconds": round(time.perf_counter() - started, 1)}
 

@@ -1,0 +1,71 @@
+"""The package's layering, checked from the source: nothing imports upward and no import cycle,
+counting imports inside functions too (a lazy import is still a dependency)."""
+
+import ast
+from pathlib import Path
+
+import shrinkformer
+
+ROOT = Path(shrinkformer.__file__).parent
+LOWER = ("shrinkformer.pack", "shrinkformer.compress", "shrinkformer.data", "shrinkformer.model")
+UPPER = ("shrinkformer.train", "shrinkformer.experiments", "shrinkformer.cli")
+
+
+def module_name(path: Path) -> str:
+    parts = ["shrinkformer", *path.relative_to(ROOT).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """Module -> the shrinkformer modules it imports (a package import counts as its __init__)."""
+    modules = {module_name(p): p for p in ROOT.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                for alias in node.names:  # "from .x import y" may name a submodule y
+                    target = f"{base}.{alias.name}"
+                    deps.add(target if target in modules else base)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        graph[name] = {d for d in deps if d in modules and d != name}
+    return graph
+
+
+def test_lower_layers_never_import_upper_ones():
+    bad = [(m, d) for m, deps in imports().items() if m.startswith(LOWER) for d in deps if d.startswith(UPPER)]
+    assert bad == []
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[str]:
+    """Every cycle reached by depth-first search. Edges from a package's __init__ to its own
+    submodules are left out: re-exporting submodules is how packages work."""
+    edges = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph.items()}
+    cycles, done = [], set()
+
+    def visit(node: str, stack: list[str]) -> None:
+        for dep in sorted(edges[node]):
+            if dep in stack:
+                cycles.append(" -> ".join(stack[stack.index(dep):] + [dep]))
+            elif dep not in done:
+                visit(dep, stack + [dep])
+        done.add(node)
+
+    for name in sorted(edges):
+        if name not in done:
+            visit(name, [name])
+    return cycles
+
+
+def test_no_import_cycles():
+    assert find_cycles(imports()) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "p": {"p.x"}, "p.x": set()}) == ["a -> b -> c -> a"]
