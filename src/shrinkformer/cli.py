@@ -306,6 +306,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import ctranslate2
+
+    cfg, tok, model = load_any(args.checkpoint)
+    out = ctranslate2.export(model, tok, args.output, args.quantization)
+    print(f"CTranslate2 model ({args.quantization}) with its SentencePiece model: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shrinkformer", description=__doc__)
     parser.add_argument("--version", action="version", version=f"shrinkformer {__version__}")
@@ -398,6 +407,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, help="beam size for the BLEU decodes (default: the model's)")
     p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.set_defaults(func=cmd_attention)
+
+    p = sub.add_parser("export", help="write a model for an inference engine (CTranslate2)",
+                       description="Export a checkpoint or packed model (compressed ones with their effective "
+                                   "weights) to a CTranslate2 model directory, with the SentencePiece model beside "
+                                   "it (sentencepiece.model). Needs the optional extra: pip install "
+                                   "'shrinkformer[export]'.")
+    p.add_argument("checkpoint", type=Path, help="model: a checkpoint (model.pt) or a packed .sfz")
+    p.add_argument("--format", default="ctranslate2", choices=("ctranslate2",), help="target engine (default "
+                                                                                     "ctranslate2)")
+    p.add_argument("--quantization", default="float32", choices=("float32", "int8", "int8_float32"),
+                   help="how CTranslate2 stores the weights (default float32)")
+    p.add_argument("--output", "-o", type=Path, required=True, help="directory to create (must not exist)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="sacreBLEU and chrF of a model on a split, or of files",
                        description="Score a checkpoint on a split, or a hypothesis file against references.")

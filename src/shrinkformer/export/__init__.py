@@ -1,0 +1,1 @@
+"""Models out of shrinkformer, into the engines people deploy with."""
