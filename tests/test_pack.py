@@ -10,7 +10,9 @@ from shrinkformer.config import load_config
 from shrinkformer.data.tokenizer import Tokenizer
 from shrinkformer.errors import CheckpointError
 from shrinkformer.model import Transformer
-from shrinkformer.pack.format import fp32_size, load_packed, save_packed
+from shrinkformer.compress.base import CompressedEmbedding, CompressedLinear
+from shrinkformer.compress.inference import PackedEmbedding, PackedLinear, resident_weight_bytes
+from shrinkformer.pack.format import fp32_size, load_packed, save_packed, write_packed
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +55,34 @@ def test_packed_model_reproduces_in_memory_outputs_exactly(name, tokenizer, tmp_
     m.eval()
     size = save_packed(m, cfg, tokenizer, tmp_path / "m.sfz")
     assert size == (tmp_path / "m.sfz").stat().st_size and size < fp32_size(m, tokenizer)
-    _, tok2, loaded, _ = load_packed(tmp_path / "m.sfz")
+    _, tok2, loaded, _ = load_packed(tmp_path / "m.sfz")  # the inference form: weights stay packed
+    training = load_packed(tmp_path / "m.sfz", training=True)[2]
+    assert not any(isinstance(x, (CompressedLinear, CompressedEmbedding)) for x in loaded.modules())
+    assert any(isinstance(x, (PackedLinear, PackedEmbedding)) for x in loaded.modules())
     src, tgt = torch.randint(4, 50, (3, 7)), torch.randint(4, 50, (3, 6))
     with torch.no_grad():
-        assert torch.equal(m(src, tgt)[0], loaded(src, tgt)[0])
+        expected = m(src, tgt)[0]
+        assert torch.equal(expected, training(src, tgt)[0])
+        torch.testing.assert_close(loaded(src, tgt)[0], expected, rtol=1e-4, atol=1e-5)
     assert tok2.model_proto == tokenizer.model_proto
+
+
+@pytest.mark.parametrize("name", ["kmeans4-all", "kmeans1-all", "prune80-all", "prune-then-kmeans"])
+def test_inference_form_holds_no_more_than_the_file(name, tokenizer, tmp_path, monkeypatch):
+    """Resident weight bytes of the packed inference form within 1.15x of the packed file (without
+    its tokenizer), also when the tiles are smaller than a layer."""
+    import shrinkformer.compress.inference as inference
+
+    cfg, m = tiny(tokenizer)
+    for config, scope in METHODS[name]:
+        compress(m, config, scope)
+    packed = write_packed(m.eval(), cfg, tokenizer, tmp_path / "m.sfz")
+    loaded = load_packed(tmp_path / "m.sfz")[2]
+    assert resident_weight_bytes(loaded) <= 1.15 * (packed.file_bytes - packed.tokenizer_bytes)
+    monkeypatch.setattr(inference, "TILE_FLOATS", 100)  # many tiles per layer, odd boundaries
+    src, tgt = torch.randint(4, 50, (2, 5)), torch.randint(4, 50, (2, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(src, tgt)[0], m(src, tgt)[0], rtol=1e-4, atol=1e-5)
 
 
 def layer_bytes(path, name):

@@ -33,7 +33,7 @@ def test_compress_retrain_pack_and_translate(tiny_run, multi30k, tmp_path, capsy
     assert [h["stage"] for h in r["history"]][1:] == ["PruneConfig@0.30"] * 2 + ["PruneConfig@0.50"] * 2 + ["KMeansConfig"] * 2
     assert 0 < r["params_compressed_share"] < 1 and "bleu" in r
     capsys.readouterr()
-    _, _, packed = load_packed(out)[:3]
+    _, _, packed = load_packed(out, training=True)[:3]
     for codec in [m.codec for m in packed.modules() if hasattr(m, "codec")]:
         w = codec()
         assert abs((w == 0).float().mean().item() - 0.5) < 0.01 and w[w != 0].unique().numel() <= 8
@@ -79,7 +79,7 @@ def test_distillation_runs_and_changes_training(tiny_run, multi30k, tmp_path):
                      "--distill", distill, "--no-test", "--data-dir", str(multi30k), *COMMON,
                      "-o", str(tmp_path / f"{distill}.sfz"), "--report", str(report)]) == 0
         reports.append(json.loads(report.read_text()))
-    a, b = (load_packed(tmp_path / f"{d}.sfz")[2] for d in ("0", "0.7"))
+    a, b = (load_packed(tmp_path / f"{d}.sfz", training=True)[2] for d in ("0", "0.7"))
     assert not torch.equal(a.encoder.layers[0].self_attn.q_proj.weight, b.encoder.layers[0].self_attn.q_proj.weight)
 
 
@@ -153,7 +153,7 @@ def test_two_process_retraining_under_torchrun(tiny_run, multi30k, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     r = json.loads(report.read_text())
     assert r["world_size"] == 2 and [h["when"] for h in r["history"][1:]] == ["compressed", "retrained"]
-    _, _, packed = load_packed(out)[:3]
+    _, _, packed = load_packed(out, training=True)[:3]
     weights = [m.codec() for m in packed.modules() if hasattr(m, "codec")]
     assert len(weights) == len(r["modules"]) and all(w.unique().numel() == 2 for w in weights)
 
@@ -227,7 +227,7 @@ def test_packed_layers_record_the_method_and_scope_that_made_them(tiny_run, mult
         {"method": "prune", "start": 0.5, "end": 0.5, "steps": 1, "scope": "layer"},
         {"method": "kmeans", "bits": 2, "init": "linear"}]
     assert made_by[0]["scopes"] == ["ffn"] and made_by[0]["exclude"] == ["decoder.*"]
-    _, _, model = load_packed(out)[:3]  # and it survives loading
+    _, _, model = load_packed(out, training=True)[:3]  # and it survives loading
     assert model.encoder.layers[0].ffn.fc1.codec.made_by == made_by
 
 

@@ -78,7 +78,7 @@ def _translator(args: argparse.Namespace):
     from .model.search import SearchConfig
     from .translate import Translator
 
-    cfg, tokenizer, model = load_any(args.checkpoint)
+    cfg, tokenizer, model = load_any(args.checkpoint, training=args.dense)
     search = SearchConfig(beam_size=args.beam if args.beam is not None else cfg.decode.beam_size,
                           length_penalty=cfg.decode.length_penalty if args.length_penalty is None else args.length_penalty,
                           max_len_a=cfg.decode.max_len_a, max_len_b=cfg.decode.max_len_b)
@@ -145,7 +145,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             check_writable(path)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg, tok, model = load_any(args.checkpoint)
+    cfg, tok, model = load_any(args.checkpoint, training=True)  # retraining updates the codecs
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
     work = args.work_dir or args.output.with_name(args.output.name + ".work")
@@ -223,7 +223,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     if not ks or min(ks) < 2 or max(ks) > 256:
         raise UsageError(f"--k values must be in 2..256, got {args.k}")
     check_writable(args.output, directory=True)
-    cfg, tok, model = load_any(args.checkpoint)
+    cfg, tok, model = load_any(args.checkpoint, training=args.dense)
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
     rec = read_split(cfg, cfg.data.valid_split, args.sentences)
@@ -257,6 +257,12 @@ def add_decode_args(p: argparse.ArgumentParser, checkpoint_optional: bool = Fals
     p.add_argument("--beam", type=int, help="beam size (default: the model's, 5); 1 is greedy")
     p.add_argument("--length-penalty", type=float, help="score = log p / length ** this (default: the model's, 1.0)")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
+    add_dense_arg(p)
+
+
+def add_dense_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dense", action="store_true", help="a packed model's compressed layers in their training "
+                   "form (dense weights rebuilt from the codecs) instead of kept packed")
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
@@ -404,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split decoded for BLEU (default: the model's test split)")
     p.add_argument("--test-sentences", type=int, help="decode only the first N sentences of that split")
     p.add_argument("--k", default="2,4,8,16,32", help="numbers of distinct values to try")
+    add_dense_arg(p)
     p.add_argument("--beam", type=int, help="beam size for the BLEU decodes (default: the model's)")
     p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.set_defaults(func=cmd_attention)

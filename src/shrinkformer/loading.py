@@ -12,7 +12,8 @@ from .model.transformer import Transformer
 from .pack.format import load_packed
 
 
-def load_any(path: str | Path) -> tuple[RunConfig, Tokenizer, Transformer]:
-    """A training checkpoint (.pt) or a packed model (.sfz), in eval mode."""
+def load_any(path: str | Path, training: bool = False) -> tuple[RunConfig, Tokenizer, Transformer]:
+    """A training checkpoint (.pt) or a packed model (.sfz), in eval mode; a packed model's
+    compressed layers stay packed unless ``training`` asks for the form retraining updates."""
     path = Path(path)
-    return load_packed(path)[:3] if path.suffix == ".sfz" else load_model(path)
+    return load_packed(path, training)[:3] if path.suffix == ".sfz" else load_model(path)

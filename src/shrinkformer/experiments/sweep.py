@@ -43,7 +43,7 @@ ROW_FIELDS = ["name", "method", "scope", "bits", "sparsity", "bleu", "chrf", "bl
 
 def fingerprint(checkpoint: Path) -> str:
     """SHA-256 of the model in ``checkpoint`` (config, tokenizer, weights), whatever its file format."""
-    return model_fingerprint(*load_any(checkpoint))
+    return model_fingerprint(*load_any(checkpoint, training=True))
 
 
 def baseline_checkpoint(sp: SweepPreset, output: Path, data_dir: str | None, baseline: Path | None) -> Path:
@@ -99,7 +99,7 @@ def _row_scores(tests: dict[str, SplitResult]) -> dict[str, Any]:
 
 def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir: str | None,
                    output: Path) -> dict[str, Any]:
-    cfg, tok, model = load_any(checkpoint)
+    cfg, tok, model = load_any(checkpoint, training=True)
     if data_dir:
         cfg.data.data_dir = data_dir
     if sp.valid_limit is not None:
@@ -168,7 +168,7 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
     started = time.perf_counter()
     cache = output / "cache"
     checkpoint = baseline_checkpoint(sp, output, data_dir, baseline)
-    cfg, tok, model = load_any(checkpoint)
+    cfg, tok, model = load_any(checkpoint, training=True)  # the fingerprint hashes the training form
     base_hash = model_fingerprint(cfg, tok, model)
     del model
     if data_dir:

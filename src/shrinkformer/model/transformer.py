@@ -51,7 +51,10 @@ class MultiHeadAttention(nn.Module):
     @staticmethod
     def _project(x: Tensor, *linears: nn.Linear) -> tuple[Tensor, ...]:
         """Several projections of one input as a single matmul: one large GEMM beats two or three
-        small ones, and the modules keep their own names (and compressed weights) all the same."""
+        small ones, and the modules keep their own names (and compressed weights) all the same.
+        Layers kept packed for inference compute their own products: their dense weight never exists."""
+        if any(hasattr(m, "packed") for m in linears):
+            return tuple(m(x) for m in linears)
         weight = torch.cat([m.weight for m in linears])
         bias = torch.cat([m.bias for m in linears])
         return F.linear(x, weight, bias).chunk(len(linears), dim=-1)
@@ -244,8 +247,10 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.decoder.layers):
             x = layer(x, memory, src_mask, cache[i] if cache is not None else None, attn)
         x = self.decoder.final_norm(x)
-        weight = self.embed_tokens.weight if self.output_proj is None else self.output_proj.weight
-        return F.linear(x, weight)
+        proj = self.embed_tokens if self.output_proj is None else self.output_proj
+        if hasattr(proj, "project"):  # a packed (tied) embedding multiplies without unpacking the table
+            return proj.project(x)
+        return F.linear(x, proj.weight)
 
     def forward(self, src: Tensor, tgt: Tensor, need_weights: bool = False) -> tuple[Tensor, Attentions | None]:
         """Teacher-forced logits (B, T, vocab), and every layer's attention if ``need_weights``."""

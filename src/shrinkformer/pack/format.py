@@ -22,6 +22,7 @@ from torch import nn
 
 from ..compress.api import codecs, replace_module
 from ..compress.base import ENCODINGS, CompressedEmbedding, wrap
+from ..compress.inference import to_inference
 from ..compress.primitives import encode_positions, pack_bits, unpack_bits, unpack_mask
 from . import entropy
 from ..config import RunConfig, config_from_dict
@@ -141,8 +142,10 @@ def _header(data: bytes, path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: corrupt packed file (unreadable header)") from None
 
 
-def load_packed(path: str | Path) -> tuple[RunConfig, Tokenizer, Transformer, dict[str, Any]]:
-    """The model as it was packed, in eval mode, plus the file's extra metadata."""
+def load_packed(path: str | Path, training: bool = False) -> tuple[RunConfig, Tokenizer, Transformer, dict[str, Any]]:
+    """The model as it was packed, in eval mode, plus the file's extra metadata. Compressed layers
+    come in their inference form (packed in memory, ``compress/inference.py``), or with
+    ``training`` in their training form (codecs that retraining updates)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -180,6 +183,8 @@ def load_packed(path: str | Path) -> tuple[RunConfig, Tokenizer, Transformer, di
         if missing or any(k not in state for k in dense):
             raise CheckpointError(f"{path}: packed tensors do not match the model (missing {missing[:3]})")
         model.load_state_dict({**state, **dense})
+        if not training:
+            to_inference(model)
     except ShrinkformerError:
         raise
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:

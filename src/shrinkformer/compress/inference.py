@@ -1,0 +1,188 @@
+"""The inference form of a compressed layer: the packed bytes stay packed in memory, and
+``x @ W.T`` is computed a cache-sized tile of rows at a time, so the whole dense ``W`` never exists.
+
+This is the always-available reference path (plain PyTorch): each tile is dequantized with a
+byte-wide lookup table (one gather turns a byte of 1-, 2-, 4- or 8-bit indices into its 8, 4, 2 or
+1 centroid values) and multiplied with BLAS. Native kernels, where they exist, must agree with it.
+
+Layouts, chosen so that resident bytes match the packed file's:
+- codebook: the bit-packed index stream (most significant bit first, as in the file), the
+  centroids, and for a pruned layer the survivors' mask as a bitmask with each row's first survivor;
+- sparse: the surviving fp32 values, the bitmask and each row's first survivor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Codec
+from .primitives import pack_bits, unpack_bits, unpack_mask
+
+TILE_FLOATS = 1 << 18  # 1 MiB of fp32 per dequantized tile: stays in a core's L2 on most CPUs
+
+
+class PackedWeight(nn.Module):
+    """One layer's weight in its packed form; ``tile(r0, r1)`` dequantizes rows r0..r1."""
+
+    def __init__(self, shape: torch.Size, encoding: str, bits: int, centroids: Tensor | None, index: Tensor | None,
+                 values: Tensor | None, mask: Tensor | None, made_by: list[dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.shape, self.encoding, self.bits = torch.Size(shape), encoding, bits
+        self.made_by = made_by or []
+        rows, cols = self.shape
+        self.register_buffer("centroids", None if centroids is None else centroids.float().contiguous())
+        self.register_buffer("index", None if index is None else index.contiguous())
+        self.register_buffer("values", None if values is None else values.float().contiguous())
+        if mask is not None:
+            self.register_buffer("mask", pack_bits(mask.flatten().to(torch.uint8), 1))
+            first = torch.zeros(rows + 1, dtype=torch.int64)
+            first[1:] = mask.view(rows, cols).sum(1).cumsum(0)
+            self.register_buffer("row_start", first)  # survivors before each row
+        else:
+            self.register_buffer("mask", None)
+            self.register_buffer("row_start", None)
+        self._lut: Tensor | None = None
+
+    @classmethod
+    def from_codec(cls, codec: Codec) -> "PackedWeight":
+        parts, meta = codec.pack()
+        return cls.from_parts(codec.shape, parts, meta, getattr(codec, "made_by", []))
+
+    @classmethod
+    def from_parts(cls, shape: torch.Size, parts: dict[str, Tensor], meta: dict[str, Any],
+                   made_by: list[dict[str, Any]] | None = None) -> "PackedWeight":
+        """From a packed file's tensors and metadata (entropy coding already undone)."""
+        n = torch.Size(shape).numel()
+        mask = unpack_mask(meta["mask"], parts["mask"], n) if "mask" in meta else None
+        if meta["encoding"] == "codebook":
+            return cls(shape, "codebook", meta["bits"], parts["centroids"], parts["index"], None, mask, made_by)
+        return cls(shape, "sparse", 32, None, None, parts["values"], mask, made_by)
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def _table(self) -> Tensor:
+        """Byte -> the 8/bits centroid values it encodes (most significant first): (256, 8/bits)."""
+        if self._lut is None or self._lut.device != self.centroids.device:
+            per_byte = 8 // self.bits
+            codes = unpack_bits(torch.arange(256, dtype=torch.uint8), self.bits, 256 * per_byte).view(256, per_byte)
+            table = torch.zeros(2 ** self.bits, dtype=torch.float32)
+            table[: self.centroids.numel()] = self.centroids
+            self._lut = table[codes].to(self.centroids.device)
+        return self._lut
+
+    def _indexed(self, start: int, count: int) -> Tensor:
+        """Centroid values of index entries start..start+count."""
+        if 8 % self.bits == 0 and (start * self.bits) % 8 == 0:
+            per_byte = 8 // self.bits
+            first, last = start // per_byte, -(-(start + count) // per_byte)
+            return self._table()[self.index[first:last].long()].flatten()[:count]
+        bit0 = start * self.bits  # unaligned (or 3/5/6/7 bits): through the generic bit stream
+        first, last = bit0 // 8, -(-(bit0 + count * self.bits) // 8)
+        stream = unpack_bits(self.index[first:last], 1, (last - first) * 8)[bit0 - first * 8:][: count * self.bits]
+        codes = (stream.view(count, self.bits) << torch.arange(self.bits - 1, -1, -1)).sum(1)
+        return self.centroids[codes]
+
+    def tile(self, r0: int, r1: int) -> Tensor:
+        """Rows r0..r1 of the dense weight, (r1 - r0, cols) fp32."""
+        cols = self.shape[1]
+        if self.mask is None:  # every position has an index
+            return self._indexed(r0 * cols, (r1 - r0) * cols).view(r1 - r0, cols)
+        s0, s1 = int(self.row_start[r0]), int(self.row_start[r1])
+        vals = self.values[s0:s1] if self.encoding == "sparse" else self._indexed(s0, s1 - s0)
+        bit0, bit1 = r0 * cols, r1 * cols
+        first, last = bit0 // 8, -(-bit1 // 8)
+        keep = unpack_bits(self.mask[first:last], 1, (last - first) * 8)[bit0 - first * 8:][: bit1 - bit0].bool()
+        return torch.zeros(r1 - r0, cols, dtype=vals.dtype).masked_scatter(keep.view(r1 - r0, cols), vals)
+
+    def rows(self, which: Tensor) -> Tensor:
+        """The dense rows ``which`` (k,), (k, cols): one gather when every row starts on a byte."""
+        cols = self.shape[1]
+        if self.mask is None and 8 % self.bits == 0 and (cols * self.bits) % 8 == 0:
+            row_bytes = self.index.view(self.shape[0], cols * self.bits // 8)[which]
+            return self._table()[row_bytes.long()].view(len(which), cols)
+        return torch.cat([self.tile(r, r + 1) for r in which.tolist()]) if len(which) else self.tile(0, 0)
+
+    def rows_per_tile(self) -> int:
+        return max(1, min(self.shape[0], TILE_FLOATS // self.shape[1]))
+
+    def dense(self) -> Tensor:
+        return self.tile(0, self.shape[0])
+
+    def matmul_t(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x @ W.T (+ bias), x (..., cols) -> (..., rows), one tile of W at a time."""
+        rows = self.shape[0]
+        step = self.rows_per_tile()
+        if step >= rows:
+            return F.linear(x, self.tile(0, rows), bias)
+        out = x.new_empty(*x.shape[:-1], rows)
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            out[..., r0:r1] = F.linear(x, self.tile(r0, r1), None if bias is None else bias[r0:r1])
+        return out
+
+
+class PackedLinear(nn.Module):
+    def __init__(self, weight: PackedWeight, bias: Tensor | None) -> None:
+        super().__init__()
+        self.packed = weight
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    @property
+    def weight(self) -> Tensor:  # for code that needs the dense matrix (fused projections, export)
+        return self.packed.dense()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.packed.matmul_t(x, self.bias)
+
+
+class PackedEmbedding(nn.Module):
+    """An embedding table kept packed: a lookup dequantizes only the rows asked for, and
+    ``project`` serves as the tied output projection without building the table."""
+
+    def __init__(self, weight: PackedWeight, padding_idx: int | None) -> None:
+        super().__init__()
+        self.packed = weight
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.padding_idx = padding_idx
+
+    @property
+    def weight(self) -> Tensor:
+        return self.packed.dense()
+
+    def forward(self, ids: Tensor) -> Tensor:
+        wanted, where = ids.flatten().unique(return_inverse=True)
+        return self.packed.rows(wanted)[where].view(*ids.shape, self.embedding_dim)
+
+    def project(self, x: Tensor) -> Tensor:
+        return self.packed.matmul_t(x)
+
+
+def to_inference(model: nn.Module) -> nn.Module:
+    """Replace every compressed layer (training form) by its packed inference form, in place."""
+    from .api import replace_module  # api imports this module's callers, not the other way
+    from .base import CompressedEmbedding, CompressedLinear
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, CompressedLinear):
+            replace_module(model, name, PackedLinear(PackedWeight.from_codec(module.codec), module.bias))
+        elif isinstance(module, CompressedEmbedding):
+            replace_module(model, name, PackedEmbedding(PackedWeight.from_codec(module.codec), module.padding_idx))
+    return model.eval()
+
+
+def resident_weight_bytes(model: nn.Module) -> int:
+    """Bytes the model's weights hold in memory: parameters and persistent buffers, shared tensors
+    once (tables computed at start, like the sinusoid positions, are not weights)."""
+    seen, total = set(), 0
+    for t in model.state_dict(keep_vars=True).values():
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
