@@ -59,13 +59,14 @@ def main() -> None:
             test = paired_bootstrap(("shrinkformer", ours), [("ctranslate2", theirs)], data.target, args.split)[0]
             identical = sum(a == b for a, b in zip(ours, theirs)) / len(ours)
             bar = (identical >= 0.99 and abs(test.delta) <= 0.1) if q == "float32" else abs(test.delta) <= 0.3
-            rows.append({"model": str(path), "quantization": q, "sentences": len(ours), "shrinkformer_bleu": ours_bleu,
+            rows.append({"model": str(path), "quantization": q, "sentences": len(ours), "beam_size": cfg.decode.beam_size,
+                         "shrinkformer_bleu": ours_bleu,
                          "ctranslate2_bleu": test.bleu_b, "delta_bleu": test.delta, "p_value": test.p_value,
                          "identical_lines": round(identical, 4), "meets_bar": bar,
                          "shrinkformer_seconds": round(ours_seconds, 2), "ctranslate2_seconds": round(seconds, 2)})
             print(rows[-1], file=sys.stderr)
     report("export_fidelity", {"command": shlex.join(["python", *sys.argv]), "split": args.split,
-                               "beam_size": 5, "ctranslate2": ctranslate2.__version__, "rows": rows}, args.out)
+                               "ctranslate2": ctranslate2.__version__, "rows": rows}, args.out)
 
 
 if __name__ == "__main__":
