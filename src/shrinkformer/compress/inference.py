@@ -25,6 +25,10 @@ from .primitives import pack_bits, unpack_bits, unpack_mask
 TILE_FLOATS = 1 << 18  # 1 MiB of fp32 per dequantized tile: stays in a core's L2 on most CPUs
 
 
+# Byte -> its 8 bits, most significant first: unpacks a bitmask with one gather.
+_BITS = ((torch.arange(256)[:, None] >> torch.arange(7, -1, -1)) & 1).bool()
+
+
 class PackedWeight(nn.Module):
     """One layer's weight in its packed form; ``tile(r0, r1)`` dequantizes rows r0..r1."""
 
@@ -78,10 +82,11 @@ class PackedWeight(nn.Module):
 
     def _indexed(self, start: int, count: int) -> Tensor:
         """Centroid values of index entries start..start+count."""
-        if 8 % self.bits == 0 and (start * self.bits) % 8 == 0:
+        if 8 % self.bits == 0:  # whole bytes through the table, then trim to start..start+count
             per_byte = 8 // self.bits
             first, last = start // per_byte, -(-(start + count) // per_byte)
-            return self._table()[self.index[first:last].long()].flatten()[:count]
+            skip = start - first * per_byte
+            return self._table().index_select(0, self.index[first:last].int()).flatten()[skip:skip + count]
         bit0 = start * self.bits  # unaligned (or 3/5/6/7 bits): through the generic bit stream
         first, last = bit0 // 8, -(-(bit0 + count * self.bits) // 8)
         stream = unpack_bits(self.index[first:last], 1, (last - first) * 8)[bit0 - first * 8:][: count * self.bits]
@@ -97,7 +102,7 @@ class PackedWeight(nn.Module):
         vals = self.values[s0:s1] if self.encoding == "sparse" else self._indexed(s0, s1 - s0)
         bit0, bit1 = r0 * cols, r1 * cols
         first, last = bit0 // 8, -(-bit1 // 8)
-        keep = unpack_bits(self.mask[first:last], 1, (last - first) * 8)[bit0 - first * 8:][: bit1 - bit0].bool()
+        keep = _BITS.index_select(0, self.mask[first:last].int()).flatten()[bit0 - first * 8:][: bit1 - bit0]
         return torch.zeros(r1 - r0, cols, dtype=vals.dtype).masked_scatter(keep.view(r1 - r0, cols), vals)
 
     def rows(self, which: Tensor) -> Tensor:
@@ -105,7 +110,7 @@ class PackedWeight(nn.Module):
         cols = self.shape[1]
         if self.mask is None and 8 % self.bits == 0 and (cols * self.bits) % 8 == 0:
             row_bytes = self.index.view(self.shape[0], cols * self.bits // 8)[which]
-            return self._table()[row_bytes.long()].view(len(which), cols)
+            return self._table().index_select(0, row_bytes.flatten().int()).view(len(which), cols)
         return torch.cat([self.tile(r, r + 1) for r in which.tolist()]) if len(which) else self.tile(0, 0)
 
     def rows_per_tile(self) -> int:
@@ -162,6 +167,15 @@ class PackedEmbedding(nn.Module):
 
     def project(self, x: Tensor) -> Tensor:
         return self.packed.matmul_t(x)
+
+
+def packed_module(module: nn.Module, shape: torch.Size, parts: dict[str, Tensor], meta: dict[str, Any],
+                  made_by: list[dict[str, Any]]) -> nn.Module:
+    """The inference form of ``module`` (a Linear or Embedding) from a packed file's parts."""
+    weight = PackedWeight.from_parts(shape, parts, meta, made_by)
+    if isinstance(module, nn.Embedding):
+        return PackedEmbedding(weight, module.padding_idx)
+    return PackedLinear(weight, getattr(module, "bias", None))
 
 
 def to_inference(model: nn.Module) -> nn.Module:

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..compress.api import codecs, replace_module
 from ..compress.base import ENCODINGS, CompressedEmbedding, wrap
-from ..compress.inference import to_inference
+from ..compress.inference import packed_module
 from ..compress.primitives import encode_positions, pack_bits, unpack_bits, unpack_mask
 from . import entropy
 from ..config import RunConfig, config_from_dict
@@ -174,17 +174,19 @@ def load_packed(path: str | Path, training: bool = False) -> tuple[RunConfig, To
             for k in parts:
                 tensors.pop(f"{name}.{k}")
             entropy_decode(parts, layer)
-            codec = ENCODINGS[layer["encoding"]].unpack(shape, parts, layer)
-            codec.made_by = layer.get("made_by", [])  # absent in files written before it was recorded
-            replace_module(model, name, wrap(model.get_submodule(name), codec))
+            made_by = layer.get("made_by", [])  # absent in files written before it was recorded
+            if training:
+                codec = ENCODINGS[layer["encoding"]].unpack(shape, parts, layer)
+                codec.made_by = made_by
+                replace_module(model, name, wrap(model.get_submodule(name), codec))
+            else:  # straight into the inference form: no dense or per-weight copy on the way
+                replace_module(model, name, packed_module(model.get_submodule(name), shape, parts, layer, made_by))
         state = model.state_dict()
         dense = {k: v.to(state[k].dtype) for k, v in tensors.items()}
-        missing = [k for k in state if k not in dense and ".codec." not in k]
+        missing = [k for k in state if k not in dense and ".codec." not in k and ".packed." not in k]
         if missing or any(k not in state for k in dense):
             raise CheckpointError(f"{path}: packed tensors do not match the model (missing {missing[:3]})")
         model.load_state_dict({**state, **dense})
-        if not training:
-            to_inference(model)
     except ShrinkformerError:
         raise
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:

@@ -1,0 +1,121 @@
+"""End-to-end decoding: shrinkformer fp32, packed models, and CTranslate2 on the same weights.
+
+Each measurement runs in a fresh process (peak RSS is per process), engines alternating, median of
+rounds. Per engine: sentences/s on the split (beam 5, batches of 64), batch-1 ms per sentence over
+the first 100 sentences, peak RSS, resident weight bytes, BLEU.
+
+    python benchmarks/inference.py --fp32 results/multi30k/models/baseline.sfz \
+        --packed kmeans-4bit-all=results/multi30k/models/kmeans-4bit-all.sfz \
+        --ctranslate2 results/multi30k/models/baseline.sfz --out results/benchmarks/inference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import DATA, report
+
+
+def child(engine: str, path: str, split: str, sentences: int | None, latency_sentences: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    from shrinkformer.compress.inference import resident_weight_bytes
+    from shrinkformer.data.corpus import read_parallel
+    from shrinkformer.evaluate.bleu import score
+
+    data = read_parallel(DATA, split, "en", "de", sentences)
+    if engine.startswith("ctranslate2"):
+        from shrinkformer.export.ctranslate2 import CTranslate2Translator
+        translator, resident = CTranslate2Translator(Path(path), threads=threads), None
+        translate = translator.translate
+        one = CTranslate2Translator(Path(path), threads=threads, batch_sentences=1).translate
+    else:
+        from shrinkformer.loading import load_any
+        from shrinkformer.translate import Translator
+        cfg, tok, model = load_any(path, training=engine == "dense")
+        resident = resident_weight_bytes(model)
+        translate = Translator(model, tok, cfg.decode).translate
+        one = Translator(model, tok, cfg.decode, batch_sentences=1).translate
+    started = time.perf_counter()
+    hyps = translate(data.source)
+    seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    one(data.source[:latency_sentences])
+    latency = (time.perf_counter() - started) / latency_sentences
+    return {"sentences_per_second": len(hyps) / seconds, "batch1_ms_per_sentence": 1e3 * latency,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "resident_weight_bytes": resident, "bleu": score(hyps, data.target).bleu}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--fp32", help="the uncompressed model (.pt or .sfz)")
+    p.add_argument("--packed", action="append", default=[], metavar="NAME=PATH", help="a packed model (repeatable)")
+    p.add_argument("--dense", action="append", default=[], metavar="NAME=PATH",
+                   help="a packed model in its training (decompressed) form, for comparison")
+    p.add_argument("--ctranslate2", help="export this model to CTranslate2 float32 and int8 and time those too")
+    p.add_argument("--split", default="test_2016_flickr")
+    p.add_argument("--sentences", type=int, help="only the first N sentences of the split")
+    p.add_argument("--latency-sentences", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--child", nargs=2, metavar=("ENGINE", "PATH"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child, args.split, args.sentences, args.latency_sentences, args.threads)))
+        return
+
+    engines: dict[str, tuple[str, str]] = {}
+    if args.fp32:
+        engines["shrinkformer fp32"] = ("fp32", args.fp32)
+    for spec in args.packed:
+        name, path = spec.split("=", 1)
+        engines[f"shrinkformer packed {name}"] = ("packed", path)
+    for spec in args.dense:
+        name, path = spec.split("=", 1)
+        engines[f"shrinkformer dense {name}"] = ("dense", path)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.ctranslate2:
+            from shrinkformer.export.ctranslate2 import export
+            from shrinkformer.loading import load_any
+            _, tok, model = load_any(args.ctranslate2)
+            for q in ("float32", "int8"):
+                engines[f"ctranslate2 {q}"] = ("ctranslate2", str(export(model, tok, Path(tmp) / q, q)))
+        runs: dict[str, list[dict]] = {k: [] for k in engines}
+        for _ in range(args.rounds):
+            for name, (engine, path) in engines.items():
+                cmd = [sys.executable, __file__, "--child", engine, path, "--split", args.split, "--threads",
+                       str(args.threads), "--latency-sentences", str(args.latency_sentences)]
+                if args.sentences:
+                    cmd += ["--sentences", str(args.sentences)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(name, runs[name][-1], file=sys.stderr)
+    rows = {}
+    for name, rs in runs.items():
+        rows[name] = {k: (statistics.median(r[k] for r in rs) if rs[0][k] is not None else None) for k in rs[0]}
+        if args.fp32:
+            base = runs["shrinkformer fp32"]
+            rows[name]["throughput_vs_fp32"] = round(rows[name]["sentences_per_second"]
+                                                     / statistics.median(r["sentences_per_second"] for r in base), 3)
+            rows[name]["batch1_speedup_vs_fp32"] = round(statistics.median(r["batch1_ms_per_sentence"] for r in base)
+                                                         / rows[name]["batch1_ms_per_sentence"], 3)
+            rows[name]["peak_rss_vs_fp32"] = round(rows[name]["peak_rss_bytes"]
+                                                   / statistics.median(r["peak_rss_bytes"] for r in base), 3)
+    report("inference", {"command": shlex.join(["python", *sys.argv]), "split": args.split,
+                         "rounds": args.rounds, "engines": rows}, args.out)
+
+
+if __name__ == "__main__":
+    main()
