@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import native
 from .base import Codec
 from .primitives import pack_bits, unpack_bits, unpack_mask
 
@@ -50,6 +51,7 @@ class PackedWeight(nn.Module):
             self.register_buffer("mask", None)
             self.register_buffer("row_start", None)
         self._lut: Tensor | None = None
+        self._padded: Tensor | None = None
 
     @classmethod
     def from_codec(cls, codec: Codec) -> "PackedWeight":
@@ -69,6 +71,13 @@ class PackedWeight(nn.Module):
     @property
     def resident_bytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def _codebook(self) -> Tensor:
+        """The centroids padded to 2**bits entries (a layer may use fewer), built once."""
+        if self._padded is None:
+            self._padded = torch.zeros(2 ** self.bits, dtype=torch.float32)
+            self._padded[: self.centroids.numel()] = self.centroids
+        return self._padded
 
     def _table(self) -> Tensor:
         """Byte -> the 8/bits centroid values it encodes (most significant first): (256, 8/bits)."""
@@ -120,8 +129,11 @@ class PackedWeight(nn.Module):
         return self.tile(0, self.shape[0])
 
     def matmul_t(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        """x @ W.T (+ bias), x (..., cols) -> (..., rows), one tile of W at a time."""
+        """x @ W.T (+ bias), x (..., cols) -> (..., rows): a native kernel for the shapes decoding
+        uses where there is one (``native.py``), else one dequantized tile of W at a time."""
         rows = self.shape[0]
+        if self.encoding == "codebook" and self.mask is None and native.supports(self.bits, self.shape[1], x):
+            return native.matmul_t(self.bits, x, self.index, rows, self._codebook(), bias)
         step = self.rows_per_tile()
         if step >= rows:
             return F.linear(x, self.tile(0, rows), bias)

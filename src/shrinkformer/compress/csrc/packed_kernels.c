@@ -1,0 +1,180 @@
+/* Products with packed codebook weights, y = x @ W.T (+ bias), never building W.
+
+   W (N rows, K columns) is stored as b-bit centroid indices, each row's indices packed most
+   significant bit first (row n starts at byte n * K * b / 8; K * b must be a multiple of 8).
+   Decoding's shapes have few rows in x (M = 1 .. beam * batch), so each 8-wide block of a weight
+   row is decoded once, in registers, and used for every row of x:
+     4 bits: the 16 centroids live in two registers; an index picks its value with two lane
+             permutes and a blend on the index's top bit.
+     1 bit:  value = c0 + (c1 - c0) * bit, so a row's product is c0 * sum(x) + (c1 - c0) * the
+             sum of the x entries whose bit is set: a masked add per 8 weights.
+   Plain C with AVX2/FMA intrinsics, no torch headers: it compiles in a second and is called
+   through ctypes on the tensors' data pointers. */
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline float hsum(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+#define MB 4 /* rows of x handled together: their accumulators stay in registers */
+
+/* 8 nibbles (4 bytes, high nibble first) -> their 8 centroid values. */
+static inline __m256 decode4(const uint8_t *p, __m256 lo8, __m256 hi8) {
+    uint32_t four;
+    memcpy(&four, p, 4);
+    __m128i bytes = _mm_cvtsi32_si128((int)four);
+    /* each byte twice: b0 b0 b1 b1 b2 b2 b3 b3 */
+    bytes = _mm_shuffle_epi8(bytes, _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1));
+    __m256i idx = _mm256_cvtepu8_epi32(bytes);
+    idx = _mm256_srlv_epi32(idx, _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0));
+    idx = _mm256_and_si256(idx, _mm256_set1_epi32(15));
+    __m256 a = _mm256_permutevar8x32_ps(lo8, idx), b = _mm256_permutevar8x32_ps(hi8, idx);
+    __m256 top = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)); /* bit 3 -> sign bit */
+    return _mm256_blendv_ps(a, b, top);
+}
+
+void lut4_matmul_t(const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N, const float *codebook,
+                   const float *bias, float *y) {
+    __m256 lo8 = _mm256_loadu_ps(codebook), hi8 = _mm256_loadu_ps(codebook + 8);
+    int64_t row_bytes = K / 2;
+    for (int64_t m0 = 0; m0 < M; m0 += MB) {
+        int64_t mb = M - m0 < MB ? M - m0 : MB;
+        for (int64_t n = 0; n < N; n++) {
+            const uint8_t *row = w + n * row_bytes;
+            __m256 acc[MB];
+            for (int j = 0; j < MB; j++) acc[j] = _mm256_setzero_ps();
+            for (int64_t k = 0; k < K; k += 8) {
+                __m256 v = decode4(row + k / 2, lo8, hi8);
+                for (int j = 0; j < mb; j++)
+                    acc[j] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + (m0 + j) * K + k), acc[j]);
+            }
+            for (int j = 0; j < mb; j++) y[(m0 + j) * N + n] = hsum(acc[j]) + (bias ? bias[n] : 0.0f);
+        }
+    }
+}
+
+void bin1_matmul_t(const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N, const float *codebook,
+                   const float *bias, float *y) {
+    const __m256i bit = _mm256_setr_epi32(128, 64, 32, 16, 8, 4, 2, 1);
+    float c0 = codebook[0], d = codebook[1] - codebook[0];
+    int64_t row_bytes = K / 8;
+    for (int64_t m0 = 0; m0 < M; m0 += MB) {
+        int64_t mb = M - m0 < MB ? M - m0 : MB;
+        float xsum[MB];
+        for (int j = 0; j < mb; j++) {
+            __m256 s = _mm256_setzero_ps();
+            for (int64_t k = 0; k < K; k += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + (m0 + j) * K + k));
+            xsum[j] = hsum(s);
+        }
+        for (int64_t n = 0; n < N; n++) {
+            const uint8_t *row = w + n * row_bytes;
+            __m256 acc[MB];
+            for (int j = 0; j < MB; j++) acc[j] = _mm256_setzero_ps();
+            for (int64_t k = 0; k < K; k += 8) {
+                __m256i b = _mm256_set1_epi32(row[k / 8]);
+                __m256 on = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(b, bit), bit));
+                for (int j = 0; j < mb; j++)
+                    acc[j] = _mm256_add_ps(acc[j], _mm256_and_ps(on, _mm256_loadu_ps(x + (m0 + j) * K + k)));
+            }
+            for (int j = 0; j < mb; j++)
+                y[(m0 + j) * N + n] = c0 * xsum[j] + d * hsum(acc[j]) + (bias ? bias[n] : 0.0f);
+        }
+    }
+}
+
+/* AVX-512 variants: 16 lanes, and a 16-entry table fits one register, so a 4-bit index picks its
+   centroid with a single permute; a 1-bit row's 16 bits are directly a lane mask (after reversing
+   each byte's bit order, since the packed stream is most significant bit first). */
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx2,fma")))
+
+AVX512 static inline float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+AVX512 static inline __m512 decode4x16(const uint8_t *p, __m512 table) {
+    __m128i bytes = _mm_loadl_epi64((const __m128i *)p);
+    bytes = _mm_shuffle_epi8(bytes, _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
+    __m512i idx = _mm512_cvtepu8_epi32(bytes);
+    idx = _mm512_srlv_epi32(idx, _mm512_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0));
+    return _mm512_permutexvar_ps(_mm512_and_si512(idx, _mm512_set1_epi32(15)), table);
+}
+
+/* Four weight rows at a time: with one row of x (greedy decoding) a single accumulator would make
+   every FMA wait for the previous one; four rows give four independent chains per row of x. */
+#define RB 4
+
+AVX512 void lut4_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N,
+                                 const float *codebook, const float *bias, float *y) {
+    if (K % 16) { lut4_matmul_t(x, M, K, w, N, codebook, bias, y); return; }
+    __m512 table = _mm512_loadu_ps(codebook);
+    int64_t row_bytes = K / 2;
+    for (int64_t m0 = 0; m0 < M; m0 += MB) {
+        int64_t mb = M - m0 < MB ? M - m0 : MB;
+        for (int64_t n0 = 0; n0 < N; n0 += RB) {
+            int64_t rb = N - n0 < RB ? N - n0 : RB;
+            __m512 acc[MB][RB];
+            for (int j = 0; j < MB; j++)
+                for (int r = 0; r < RB; r++) acc[j][r] = _mm512_setzero_ps();
+            for (int64_t k = 0; k < K; k += 16) {
+                for (int r = 0; r < rb; r++) {
+                    __m512 v = decode4x16(w + (n0 + r) * row_bytes + k / 2, table);
+                    for (int j = 0; j < mb; j++)
+                        acc[j][r] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + (m0 + j) * K + k), acc[j][r]);
+                }
+            }
+            for (int j = 0; j < mb; j++)
+                for (int r = 0; r < rb; r++)
+                    y[(m0 + j) * N + n0 + r] = hsum512(acc[j][r]) + (bias ? bias[n0 + r] : 0.0f);
+        }
+    }
+}
+
+static uint8_t reversed_bits[256];
+
+/* Called once when the library is loaded, before any thread runs a kernel. */
+void packed_kernels_init(void) {
+    for (int b = 0; b < 256; b++) {
+        int r = 0;
+        for (int i = 0; i < 8; i++) r |= ((b >> i) & 1) << (7 - i);
+        reversed_bits[b] = (uint8_t)r;
+    }
+}
+
+AVX512 void bin1_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N,
+                                 const float *codebook, const float *bias, float *y) {
+    if (K % 16) { bin1_matmul_t(x, M, K, w, N, codebook, bias, y); return; }
+    float c0 = codebook[0], d = codebook[1] - codebook[0];
+    int64_t row_bytes = K / 8;
+    for (int64_t m0 = 0; m0 < M; m0 += MB) {
+        int64_t mb = M - m0 < MB ? M - m0 : MB;
+        float xsum[MB];
+        for (int j = 0; j < mb; j++) {
+            __m512 s = _mm512_setzero_ps();
+            for (int64_t k = 0; k < K; k += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(x + (m0 + j) * K + k));
+            xsum[j] = hsum512(s);
+        }
+        for (int64_t n0 = 0; n0 < N; n0 += RB) {
+            int64_t rb = N - n0 < RB ? N - n0 : RB;
+            __m512 acc[MB][RB];
+            for (int j = 0; j < MB; j++)
+                for (int r = 0; r < RB; r++) acc[j][r] = _mm512_setzero_ps();
+            for (int64_t k = 0; k < K; k += 16) {
+                for (int r = 0; r < rb; r++) {
+                    const uint8_t *row = w + (n0 + r) * row_bytes + k / 8;
+                    __mmask16 on = (__mmask16)(reversed_bits[row[0]] | (reversed_bits[row[1]] << 8));
+                    for (int j = 0; j < mb; j++)
+                        acc[j][r] = _mm512_mask_add_ps(acc[j][r], on, acc[j][r], _mm512_loadu_ps(x + (m0 + j) * K + k));
+                }
+            }
+            for (int j = 0; j < mb; j++)
+                for (int r = 0; r < rb; r++)
+                    y[(m0 + j) * N + n0 + r] = c0 * xsum[j] + d * hsum512(acc[j][r]) + (bias ? bias[n0 + r] : 0.0f);
+        }
+    }
+}

@@ -1,0 +1,163 @@
+"""Native kernels for packed layers (``csrc/packed_kernels.c``): compiled on first use with the
+system's C compiler into a cache, loaded with ctypes, called on tensors' data pointers.
+
+No compiler, a CPU without AVX2/FMA, or ``SHRINKFORMER_NATIVE=0``: the pure-PyTorch tile path does
+the work instead, after one warning. The kernels and the tile path compute the same products (up to
+the order of float additions); tests compare them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "csrc" / "packed_kernels.c"
+FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c11"]
+MAX_ROWS = 16  # above this many rows of x, dequantized tiles and BLAS win
+KERNELS = {4: "lut4_matmul_t", 1: "bin1_matmul_t"}
+AVX512_KERNELS = {bits: name + "_avx512" for bits, name in KERNELS.items()}
+PARALLEL_FROM = 1 << 20  # weights per call from which the rows of W are split across threads
+
+_library: ctypes.CDLL | None = None
+_tried = False
+_pool: ThreadPoolExecutor | None = None
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SHRINKFORMER_CACHE", Path.home() / ".cache" / "shrinkformer")
+    return Path(root) / "kernels"
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: ask torch what it dispatches to
+        cap = torch.backends.cpu.get_cpu_capability()
+        return frozenset({"avx2", "fma"} | ({"avx512f", "avx512bw"} if cap == "AVX512" else set())
+                         if cap in ("AVX2", "AVX512") else set())
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return frozenset(line.split(":", 1)[-1].split())
+
+
+def _cpu_supported() -> bool:
+    return {"avx2", "fma"} <= _cpu_flags()
+
+
+def _kernel_names() -> dict[int, str]:
+    """The AVX-512 kernels where the CPU has them (and SHRINKFORMER_NATIVE is not "avx2")."""
+    wide = {"avx512f", "avx512bw"} <= _cpu_flags() and os.environ.get("SHRINKFORMER_NATIVE") != "avx2"
+    return AVX512_KERNELS if wide else KERNELS
+
+
+def _compile() -> Path:
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        raise OSError(f"no C compiler ({cc}) on PATH")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()).hexdigest()[:16]
+    target = _cache_dir() / f"packed_kernels-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
+    os.close(fd)
+    try:
+        result = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise OSError(f"{cc} failed: {result.stderr.strip().splitlines()[-1] if result.stderr else result.returncode}")
+        os.replace(tmp, target)  # concurrent first uses each compile; the last one wins, all identical
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (with one warning) when they cannot be had here."""
+    global _library, _tried
+    if _tried:
+        return _library
+    _tried = True
+    reason = None
+    if os.environ.get("SHRINKFORMER_NATIVE", "1") == "0":
+        reason = "SHRINKFORMER_NATIVE=0"
+    elif not _cpu_supported():
+        reason = "this CPU lacks AVX2/FMA"
+    else:
+        try:
+            lib = ctypes.CDLL(str(_compile()))
+            for name in [*KERNELS.values(), *AVX512_KERNELS.values()]:
+                fn = getattr(lib, name)
+                fn.restype = None
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+            lib.packed_kernels_init()
+            _library = lib
+        except (OSError, subprocess.SubprocessError, AttributeError) as err:
+            reason = f"cannot build them ({err})"
+    if reason:
+        warnings.warn(f"packed layers run on the pure-PyTorch tile path, slower than the native kernels: {reason}",
+                      RuntimeWarning, stacklevel=3)
+    return _library
+
+
+def reset() -> None:
+    """Forget the loaded library (tests switch paths with this)."""
+    global _library, _tried
+    _library, _tried = None, False
+    _kernel.cache_clear()
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(bits: int):
+    return getattr(library(), _kernel_names()[bits])
+
+
+def supports(bits: int, cols: int, x: Tensor) -> bool:
+    return (bits in KERNELS and cols % 8 == 0 and x.dtype == torch.float32 and x.device.type == "cpu"
+            and x.numel() // cols <= MAX_ROWS and library() is not None)
+
+
+def matmul_t(bits: int, x: Tensor, index: Tensor, rows: int, table: Tensor, bias: Tensor | None) -> Tensor:
+    """x (..., K) @ W.T (+ bias) for a W of ``rows`` rows stored as packed ``bits``-bit indices into
+    ``table`` (2**bits fp32 values). Called once per layer and decoding step: kept lean."""
+    fn = _kernel(bits)
+    cols = x.shape[-1]
+    x2 = x.reshape(-1, cols)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    out = torch.empty(x2.shape[0], rows, dtype=torch.float32)
+    b = bias
+    row_bytes = cols * bits // 8
+
+    def run(r0: int, r1: int, dest: Tensor) -> None:
+        fn(x2.data_ptr(), x2.shape[0], cols, index.data_ptr() + r0 * row_bytes, r1 - r0, table.data_ptr(),
+           None if b is None else b.data_ptr() + 4 * r0, dest.data_ptr())
+
+    threads = torch.get_num_threads()
+    if threads > 1 and rows * cols >= PARALLEL_FROM:  # ctypes releases the GIL: row blocks run in parallel
+        global _pool
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shrinkformer-kernel")
+        bounds = [rows * i // threads for i in range(threads + 1)]
+        parts = [torch.empty(x2.shape[0], r1 - r0) for r0, r1 in zip(bounds, bounds[1:])]
+        list(_pool.map(lambda a: run(*a), [(r0, r1, p) for (r0, r1), p in zip(zip(bounds, bounds[1:]), parts)]))
+        out = torch.cat(parts, dim=1)
+    else:
+        run(0, rows, out)
+    return out.view(*x.shape[:-1], rows)

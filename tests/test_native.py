@@ -1,0 +1,76 @@
+"""Native kernels for packed layers agree with the pure-PyTorch tile path, and their absence is one
+warning, never an error."""
+
+import warnings
+
+import pytest
+import torch
+
+from shrinkformer.compress import native
+from shrinkformer.compress.base import CodebookCodec
+from shrinkformer.compress.inference import PackedWeight
+from shrinkformer.compress.primitives import assign
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """Each test decides anew whether the kernels load (and compiles into its own cache)."""
+    monkeypatch.setenv("SHRINKFORMER_CACHE", str(tmp_path))
+    native.reset()
+    yield monkeypatch
+    native.reset()
+
+
+def layer(bits: int, rows: int, cols: int, seed: int = 0) -> PackedWeight:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g)
+    centroids = torch.sort(torch.randn(2 ** bits, generator=g)).values
+    return PackedWeight.from_codec(CodebookCodec(w.shape, centroids, assign(w.flatten(), centroids).to(torch.uint8)))
+
+
+@pytest.mark.parametrize("variant", ["best", "avx2"])
+@pytest.mark.parametrize("bits", [1, 4])
+def test_kernels_agree_with_the_tile_path(fresh, variant, bits):
+    if variant == "avx2":
+        fresh.setenv("SHRINKFORMER_NATIVE", "avx2")
+    if native.library() is None:
+        pytest.skip("no native kernels on this machine (the fallback test covers it)")
+    for rows, cols in [(64, 512), (37, 48), (3, 16), (8, 8)]:
+        w = layer(bits, rows, cols)
+        bias = torch.randn(rows)
+        for m in (1, 2, 5, 16):
+            x = torch.randn(m, cols)
+            assert native.supports(bits, cols, x)
+            expected = torch.nn.functional.linear(x, w.dense(), bias)
+            torch.testing.assert_close(w.matmul_t(x, bias), expected, rtol=1e-5, atol=1e-4)
+        batched = torch.randn(2, 3, cols)  # (batch, time, features) as the model calls it
+        torch.testing.assert_close(w.matmul_t(batched), torch.nn.functional.linear(batched, w.dense()),
+                                   rtol=1e-5, atol=1e-4)
+
+
+def test_large_layers_split_across_threads_give_the_same_result(fresh):
+    if native.library() is None:
+        pytest.skip("no native kernels on this machine")
+    w, x = layer(4, 4096, 256), torch.randn(3, 256)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.testing.assert_close(w.matmul_t(x), torch.nn.functional.linear(x, w.dense()), rtol=1e-5, atol=1e-4)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("how", ["disabled", "no-compiler"])
+def test_without_kernels_the_tile_path_runs_after_one_warning(fresh, how):
+    if how == "disabled":
+        fresh.setenv("SHRINKFORMER_NATIVE", "0")
+    else:
+        fresh.setenv("CC", "/nonexistent/cc")
+    w, x = layer(4, 32, 64), torch.randn(2, 64)
+    with pytest.warns(RuntimeWarning, match="pure-PyTorch tile path"):
+        first = w.matmul_t(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only once
+        second = w.matmul_t(x)
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, torch.nn.functional.linear(x, w.dense()))
