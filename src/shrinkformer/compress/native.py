@@ -27,10 +27,11 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "packed_kernels.c"
 FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c11"]
-MAX_ROWS = 16  # above this many rows of x, dequantized tiles and BLAS win
+MAX_ROWS = 64  # above this many rows of x, dequantized tiles and BLAS win (benchmarks/kernels.py)
 KERNELS = {4: "lut4_matmul_t", 1: "bin1_matmul_t"}
 AVX512_KERNELS = {bits: name + "_avx512" for bits, name in KERNELS.items()}
-PARALLEL_FROM = 1 << 20  # weights per call from which the rows of W are split across threads
+SCRATCH = {"lut4_matmul_t_avx512"}  # kernels that take a scratch buffer of M * K floats
+PARALLEL_FROM = 1 << 22  # weights per call from which the rows of W are split across threads (output projection)
 
 _library: ctypes.CDLL | None = None
 _tried = False
@@ -105,7 +106,8 @@ def library() -> ctypes.CDLL | None:
                 fn = getattr(lib, name)
                 fn.restype = None
                 fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] + \
+                    ([ctypes.c_void_p] if name in SCRATCH else [])
             lib.packed_kernels_init()
             _library = lib
         except (OSError, subprocess.SubprocessError, AttributeError) as err:
@@ -146,8 +148,10 @@ def matmul_t(bits: int, x: Tensor, index: Tensor, rows: int, table: Tensor, bias
     row_bytes = cols * bits // 8
 
     def run(r0: int, r1: int, dest: Tensor) -> None:
+        scratch = torch.empty(x2.numel()) if fn.__name__ in SCRATCH else None  # alive until the call returns
         fn(x2.data_ptr(), x2.shape[0], cols, index.data_ptr() + r0 * row_bytes, r1 - r0, table.data_ptr(),
-           None if b is None else b.data_ptr() + 4 * r0, dest.data_ptr())
+           None if b is None else b.data_ptr() + 4 * r0, dest.data_ptr(),
+           *(() if scratch is None else (scratch.data_ptr(),)))
 
     threads = torch.get_num_threads()
     if threads > 1 and rows * cols >= PARALLEL_FROM:  # ctypes releases the GIL: row blocks run in parallel

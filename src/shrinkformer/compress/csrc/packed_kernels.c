@@ -97,40 +97,66 @@ void bin1_matmul_t(const float *x, int64_t M, int64_t K, const uint8_t *w, int64
 
 AVX512 static inline float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-AVX512 static inline __m512 decode4x16(const uint8_t *p, __m512 table) {
-    __m128i bytes = _mm_loadl_epi64((const __m128i *)p);
-    bytes = _mm_shuffle_epi8(bytes, _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
-    __m512i idx = _mm512_cvtepu8_epi32(bytes);
-    idx = _mm512_srlv_epi32(idx, _mm512_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0));
-    return _mm512_permutexvar_ps(_mm512_and_si512(idx, _mm512_set1_epi32(15)), table);
-}
-
 /* Four weight rows at a time: with one row of x (greedy decoding) a single accumulator would make
-   every FMA wait for the previous one; four rows give four independent chains per row of x. */
+   every FMA wait for the previous one; four rows give four independent chains per row of x.
+   Sixteen bytes of a row hold 32 indices; their high nibbles are the even columns and their low
+   nibbles the odd ones, so x is split into its even and odd columns once per call (xe, xo) and a
+   weight block needs no reordering: one widening load, a shift, a mask, two permutes. */
 #define RB 4
 
-AVX512 void lut4_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N,
-                                 const float *codebook, const float *bias, float *y) {
-    if (K % 16) { lut4_matmul_t(x, M, K, w, N, codebook, bias, y); return; }
-    __m512 table = _mm512_loadu_ps(codebook);
-    int64_t row_bytes = K / 2;
-    for (int64_t m0 = 0; m0 < M; m0 += MB) {
-        int64_t mb = M - m0 < MB ? M - m0 : MB;
-        for (int64_t n0 = 0; n0 < N; n0 += RB) {
-            int64_t rb = N - n0 < RB ? N - n0 : RB;
-            __m512 acc[MB][RB];
-            for (int j = 0; j < MB; j++)
-                for (int r = 0; r < RB; r++) acc[j][r] = _mm512_setzero_ps();
-            for (int64_t k = 0; k < K; k += 16) {
-                for (int r = 0; r < rb; r++) {
-                    __m512 v = decode4x16(w + (n0 + r) * row_bytes + k / 2, table);
-                    for (int j = 0; j < mb; j++)
-                        acc[j][r] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + (m0 + j) * K + k), acc[j][r]);
+/* One block of mb rows of x (mb a compile-time constant after inlining, so the accumulators live
+   in registers), against all N rows of W. Even and odd columns accumulate separately: two
+   independent chains per (row of x, row of W). */
+AVX512 static inline __attribute__((always_inline)) void lut4_block(
+        const float *xe, const float *xo, int64_t half, const uint8_t *w, int64_t N, __m512 table,
+        const float *bias, float *y, int64_t ldy, const int mb) {
+    const __m512i fifteen = _mm512_set1_epi32(15);
+    for (int64_t n0 = 0; n0 < N; n0 += RB) {
+        int rb = N - n0 < RB ? (int)(N - n0) : RB;
+        __m512 ae[MB][RB], ao[MB][RB];
+#pragma GCC unroll 4
+        for (int j = 0; j < mb; j++)
+#pragma GCC unroll 4
+            for (int r = 0; r < RB; r++) ae[j][r] = ao[j][r] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < half; b += 16) {
+#pragma GCC unroll 4
+            for (int r = 0; r < RB; r++) {
+                if (r >= rb) break;
+                __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + (n0 + r) * half + b)));
+                __m512 even = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), table);
+                __m512 odd = _mm512_permutexvar_ps(_mm512_and_si512(idx, fifteen), table);
+#pragma GCC unroll 4
+                for (int j = 0; j < mb; j++) {
+                    ae[j][r] = _mm512_fmadd_ps(even, _mm512_loadu_ps(xe + j * half + b), ae[j][r]);
+                    ao[j][r] = _mm512_fmadd_ps(odd, _mm512_loadu_ps(xo + j * half + b), ao[j][r]);
                 }
             }
-            for (int j = 0; j < mb; j++)
-                for (int r = 0; r < rb; r++)
-                    y[(m0 + j) * N + n0 + r] = hsum512(acc[j][r]) + (bias ? bias[n0 + r] : 0.0f);
+        }
+        for (int j = 0; j < mb; j++)
+            for (int r = 0; r < rb; r++)
+                y[j * ldy + n0 + r] = hsum512(_mm512_add_ps(ae[j][r], ao[j][r])) + (bias ? bias[n0 + r] : 0.0f);
+    }
+}
+
+AVX512 void lut4_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N,
+                                 const float *codebook, const float *bias, float *y, float *scratch) {
+    if (K % 32) { lut4_matmul_t(x, M, K, w, N, codebook, bias, y); return; }
+    __m512 table = _mm512_loadu_ps(codebook);
+    int64_t half = K / 2;
+    float *xe = scratch, *xo = scratch + M * half; /* (M, K/2) each */
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < half; k++) {
+            xe[m * half + k] = x[m * K + 2 * k];
+            xo[m * half + k] = x[m * K + 2 * k + 1];
+        }
+    for (int64_t m0 = 0; m0 < M; m0 += MB) {
+        const float *e = xe + m0 * half, *o = xo + m0 * half;
+        float *out = y + m0 * N;
+        switch (M - m0 < MB ? M - m0 : MB) {
+            case 1: lut4_block(e, o, half, w, N, table, bias, out, N, 1); break;
+            case 2: lut4_block(e, o, half, w, N, table, bias, out, N, 2); break;
+            case 3: lut4_block(e, o, half, w, N, table, bias, out, N, 3); break;
+            default: lut4_block(e, o, half, w, N, table, bias, out, N, 4); break;
         }
     }
 }
