@@ -180,10 +180,12 @@ def test_huffman_packed_files_are_smaller_and_load_exactly(name, tokenizer, tmp_
     plain = save_packed(m, cfg, tokenizer, tmp_path / "p.sfz")
     huff = save_packed(m, cfg, tokenizer, tmp_path / "h.sfz", huffman=True)
     assert huff < plain
-    loaded = load_packed(tmp_path / "h.sfz")[2]
+    loaded = load_packed(tmp_path / "h.sfz", training=True)[2]
+    packed = load_packed(tmp_path / "h.sfz")[2]
     src, tgt = torch.randint(4, 50, (3, 7)), torch.randint(4, 50, (3, 6))
     with torch.no_grad():
         assert torch.equal(m(src, tgt)[0], loaded(src, tgt)[0])
+        torch.testing.assert_close(packed(src, tgt)[0], loaded(src, tgt)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_written_files_are_ordinary_readable_files(tokenizer, tmp_path):
