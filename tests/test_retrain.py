@@ -255,3 +255,26 @@ def test_compress_failing_before_any_work_leaves_no_work_directory(tiny_run, tmp
     assert result.returncode == 1 and "no-such-corpus" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "m.sfz.work").exists()
+
+
+def test_stages_can_share_one_retraining(tiny_run, multi30k, tmp_path):
+    """BS-Flex on every layer, then k-means on the embeddings (the tied output projection too), then
+    a single retraining: the whole-model rows' shape."""
+    from shrinkformer.compress import BinaryConfig, codecs
+    from shrinkformer.compress.base import CompressedEmbedding
+    from shrinkformer.train.pipeline import compress_model
+    from shrinkformer.train.retrain import RetrainConfig, Stage
+
+    cfg, tok, model = load_model(tiny_run / "model.pt")
+    cfg.data.data_dir = str(multi30k)
+    stages = [Stage(BinaryConfig("flex"), ["all"], retrain=False), Stage(KMeansConfig(4), ["embeddings"])]
+    result = compress_model(model, tok, cfg, stages, RetrainConfig(epochs=1), tmp_path / "m.sfz", train_limit=200,
+                            test_splits=[])
+    assert [(h["stage"], h.get("when")) for h in result.outcome.history[1:]] == [
+        ("BinaryConfig", "compressed"), ("KMeansConfig", "compressed"), ("KMeansConfig", "retrained")]
+    assert isinstance(model.embed_tokens, CompressedEmbedding) and "embed_tokens" in result.outcome.modules
+    assert len(codecs(model)) == len(result.outcome.modules) and result.outcome.share > 0.95  # all but biases, norms
+    _, _, packed = load_packed(tmp_path / "m.sfz")[:3]
+    src, tgt = torch.randint(4, 50, (2, 6)), torch.randint(4, 50, (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(packed(src, tgt)[0], model.eval()(src, tgt)[0], rtol=1e-4, atol=1e-5)

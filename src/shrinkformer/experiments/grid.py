@@ -14,8 +14,10 @@ class Experiment:
     name: str
     method: str
     scope: str
-    stages: tuple[tuple[MethodConfig | None, str], ...] = ()  # (method config, scope) in order; None: retrain only
+    # (method config, scope or scopes) in order; None: retrain only
+    stages: tuple[tuple[MethodConfig | None, str | tuple[str, ...]], ...] = ()
     distill: float = 0.0
+    retrain_last_only: bool = False  # compress every stage, then retrain once
     in_study: bool = False
     bits: int | None = None
     sparsity: float | None = None
@@ -25,9 +27,11 @@ class Experiment:
         return bool(self.stages)
 
     def spec(self) -> dict[str, Any]:
-        """Everything that determines the result, for the cache key."""
-        return {"name": self.name, "distill": self.distill,
+        """Everything that determines the result, for the cache key (new fields only when set, so
+        the keys of rows cached before them stay valid)."""
+        spec = {"name": self.name, "distill": self.distill,
                 "stages": [[None if c is None else c.to_dict(), s] for c, s in self.stages]}
+        return {**spec, "retrain_last_only": True} if self.retrain_last_only else spec
 
 
 def kmeans(bits: int, scope: str, in_study: bool = False) -> Experiment:
@@ -71,6 +75,15 @@ GRID: list[Experiment] = [
     Experiment("prune-50-80+kmeans-4bit-all", "prune+kmeans", "all",
                ((PruneConfig(0.5, 0.8, 3), "all"), (KMeansConfig(4), "all")), bits=4, sparsity=0.8),
     binary("flex", "all", distill=0.5),
+    # Uniform rows that compress the embedding table too (it is also the tied output projection):
+    # the fair comparison for whole-model budgets.
+    Experiment("kmeans-4bit-all+embeddings", "kmeans", "all+embeddings", ((KMeansConfig(4), ("all", "embeddings")),),
+               bits=4),
+    Experiment("prune-50-80+kmeans-4bit-all+embeddings", "prune+kmeans", "all+embeddings",
+               ((PruneConfig(0.5, 0.8, 3), ("all", "embeddings")), (KMeansConfig(4), ("all", "embeddings"))),
+               bits=4, sparsity=0.8),
+    Experiment("bsflex-all+kmeans-4bit-embeddings", "bsflex+kmeans", "all+embeddings",
+               ((BinaryConfig("flex"), "all"), (KMeansConfig(4), "embeddings")), bits=1, retrain_last_only=True),
 ]
 
 # Rows that only some presets run.

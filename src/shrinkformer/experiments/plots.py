@@ -13,7 +13,7 @@ import matplotlib.ticker  # noqa: E402
 
 from ..io import atomic_write  # noqa: E402
 
-MARKERS = {"kmeans": "o", "bsflex": "D", "binary-fixed": "s", "prune": "^", "prune+kmeans": "*"}
+MARKERS = {"kmeans": "o", "bsflex": "D", "binary-fixed": "s", "prune": "^", "prune+kmeans": "*", "bsflex+kmeans": "P"}
 
 
 TICKS = (1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)

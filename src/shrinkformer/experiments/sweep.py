@@ -122,7 +122,10 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
         return row
     rc = RetrainConfig(epochs=sp.retrain_epochs, lr=sp.retrain_lr, distill=exp.distill,
                        **({"warmup_steps": sp.retrain_warmup} if sp.retrain_warmup is not None else {}))
-    result = compress_model(model, tok, cfg, [Stage(c, [scope]) for c, scope in exp.stages], rc, out,
+    last = len(exp.stages) - 1
+    stages = [Stage(c, list(scope) if isinstance(scope, tuple) else [scope],
+                    retrain=not exp.retrain_last_only or i == last) for i, (c, scope) in enumerate(exp.stages)]
+    result = compress_model(model, tok, cfg, stages, rc, out,
                             sp.train_limit, work_dir=out.with_name(out.name + ".work"), test_splits=splits,
                             test_limit=sp.test_limit)
     assert result is not None  # a sweep runs in one process

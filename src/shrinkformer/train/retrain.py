@@ -74,14 +74,16 @@ class Stage:
     scopes: list[str] = field(default_factory=lambda: ["all"])
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
+    retrain: bool = True  # False: compress and go straight on to the next stage (one retraining for several)
 
     @property
     def schedule(self) -> list[float | None]:
         return list(self.config.schedule) if isinstance(self.config, PruneConfig) else [None]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": None if self.config is None else self.config.to_dict(), "scopes": self.scopes,
-                "include": self.include, "exclude": self.exclude}
+        d = {"config": None if self.config is None else self.config.to_dict(), "scopes": self.scopes,
+             "include": self.include, "exclude": self.exclude}
+        return d if self.retrain else {**d, "retrain": False}  # absent when True: older keys stay valid
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ class _Compressor:
             return
         if step.position == 0:
             report = compress(self.model, stage.config, stage.scopes, stage.include, stage.exclude)
-            self.modules = list(dict.fromkeys(self.modules + report.modules))
+            self.modules = list(codecs(self.model))  # earlier compressions (a packed input's) included
             self.compressed_params = sum(c.shape.numel() for c in codecs(self.model).values())
             self._stage_codecs = [codecs(self.model)[n] for n in report.modules]
         else:
@@ -220,7 +222,7 @@ def retrain(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Sta
             compressor.apply(step)
             step_dir = work / f"step{j}"
             state["history"].append(_compressed_entry(step_dir, name, model, tok, cfg, valid, world))
-            if rc.epochs:
+            if rc.epochs and stages[step.stage].retrain:
                 state["retrain_seconds"] += _fit_step(model, tok, run_cfg, train, valid, step_dir, world, teacher, rc)
                 state["history"].append({"stage": name, "when": "retrained",
                                          "valid_bleu": valid_bleu(model, tok, cfg, valid, world)})
