@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 
 import pytest
@@ -11,7 +12,7 @@ from shrinkformer.data.tokenizer import Tokenizer
 from shrinkformer.errors import CheckpointError
 from shrinkformer.model import Transformer
 from shrinkformer.compress.base import CompressedEmbedding, CompressedLinear
-from shrinkformer.compress.inference import PackedEmbedding, PackedLinear, resident_weight_bytes
+from shrinkformer.compress.inference import PackedEmbedding, PackedLinear, resident_weight_bytes, to_inference
 from shrinkformer.pack.format import fp32_size, load_packed, save_packed, write_packed
 
 
@@ -65,6 +66,19 @@ def test_packed_model_reproduces_in_memory_outputs_exactly(name, tokenizer, tmp_
         assert torch.equal(expected, training(src, tgt)[0])
         torch.testing.assert_close(loaded(src, tgt)[0], expected, rtol=1e-4, atol=1e-5)
     assert tok2.model_proto == tokenizer.model_proto
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_to_inference_is_one_call_from_the_training_form(name, tokenizer):
+    cfg, m = tiny(tokenizer)
+    for config, scope in METHODS[name]:
+        compress(m, config, scope)
+    m.eval()
+    packed = to_inference(copy.deepcopy(m))
+    assert not any(isinstance(x, (CompressedLinear, CompressedEmbedding)) for x in packed.modules())
+    src, tgt = torch.randint(4, 50, (3, 7)), torch.randint(4, 50, (3, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(packed(src, tgt)[0], m(src, tgt)[0], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["kmeans4-all", "kmeans1-all", "prune80-all", "prune-then-kmeans"])

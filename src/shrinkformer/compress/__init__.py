@@ -2,9 +2,10 @@
 
 from .api import CompressionReport, codecs, compress, count_params
 from .binary import BinaryConfig
+from .inference import to_inference
 from .kmeans import KMeansConfig
 from .prune import PruneConfig, set_sparsity
 from .scopes import ROLES, select
 
 __all__ = ["compress", "codecs", "count_params", "CompressionReport", "KMeansConfig", "BinaryConfig",
-           "PruneConfig", "set_sparsity", "select", "ROLES"]
+           "PruneConfig", "set_sparsity", "select", "ROLES", "to_inference"]

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import native
-from .base import Codec
+from .api import replace_module
+from .base import Codec, CompressedEmbedding, CompressedLinear
 from .primitives import pack_bits, unpack_bits, unpack_mask
 
 TILE_FLOATS = 1 << 18  # 1 MiB of fp32 per dequantized tile: stays in a core's L2 on most CPUs
@@ -191,10 +192,8 @@ def packed_module(module: nn.Module, shape: torch.Size, parts: dict[str, Tensor]
 
 
 def to_inference(model: nn.Module) -> nn.Module:
-    """Replace every compressed layer (training form) by its packed inference form, in place."""
-    from .api import replace_module  # api imports this module's callers, not the other way
-    from .base import CompressedEmbedding, CompressedLinear
-
+    """Replace every compressed layer (training form) by its packed inference form, in place: the
+    one call from a retrained model to what a .sfz loads into."""
     for name, module in list(model.named_modules()):
         if isinstance(module, CompressedLinear):
             replace_module(model, name, PackedLinear(PackedWeight.from_codec(module.codec), module.bias))
