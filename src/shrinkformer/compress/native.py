@@ -49,8 +49,8 @@ def _cpu_flags() -> frozenset[str]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: ask torch what it dispatches to
         cap = torch.backends.cpu.get_cpu_capability()
-        return frozenset({"avx2", "fma"} | ({"avx512f", "avx512bw"} if cap == "AVX512" else set())
-                         if cap in ("AVX2", "AVX512") else set())
+        flags = {"avx2", "fma"} if cap in ("AVX2", "AVX512") else set()
+        return frozenset(flags | ({"avx512f", "avx512bw"} if cap == "AVX512" else set()))
     line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
     return frozenset(line.split(":", 1)[-1].split())
 
@@ -144,13 +144,12 @@ def matmul_t(bits: int, x: Tensor, index: Tensor, rows: int, table: Tensor, bias
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     out = torch.empty(x2.shape[0], rows, dtype=torch.float32)
-    b = bias
     row_bytes = cols * bits // 8
 
     def run(r0: int, r1: int, dest: Tensor) -> None:
         scratch = torch.empty(x2.numel()) if fn.__name__ in SCRATCH else None  # alive until the call returns
         fn(x2.data_ptr(), x2.shape[0], cols, index.data_ptr() + r0 * row_bytes, r1 - r0, table.data_ptr(),
-           None if b is None else b.data_ptr() + 4 * r0, dest.data_ptr(),
+           None if bias is None else bias.data_ptr() + 4 * r0, dest.data_ptr(),
            *(() if scratch is None else (scratch.data_ptr(),)))
 
     threads = torch.get_num_threads()
