@@ -129,3 +129,16 @@ def test_paired_bootstrap_is_sacrebleus_and_deterministic():
     bad_c, same_c = first
     assert bad_c.delta < 0 and bad_c.significant and bad_c.p_value <= 0.01
     assert same_c.delta == 0 and same_c.p_value == 1.0 and not same_c.significant
+
+
+def test_a_rows_retraining_state_lives_outside_the_work_tree(tmp_path, monkeypatch):
+    """A fresh checkout on the same machine (how sessions continue) must find a half-done row."""
+    from shrinkformer.experiments.grid import EXPERIMENTS
+    from shrinkformer.experiments.sweep import cache_key, work_dir
+
+    monkeypatch.setenv("SHRINKFORMER_CACHE", str(tmp_path / "cache"))
+    exp, sp = EXPERIMENTS["kmeans-4bit-all"], SWEEP_PRESETS["multi30k"]
+    key = cache_key(exp, sp, "0" * 64)
+    where = work_dir(exp, key)
+    assert where.parent == tmp_path / "cache" / "sweep" and where.name == f"kmeans-4bit-all-{key}"
+    assert work_dir(exp, cache_key(exp, SWEEP_PRESETS["quick"], "0" * 64)) != where  # other settings, other state

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, model_fingerprint
 from ..config import load_config
+from ..data.datasets import cache_root
 from ..data.splits import read_split
 from ..errors import UsageError
 from ..io import atomic_write, write_text_atomic
@@ -97,8 +98,14 @@ def _row_scores(tests: dict[str, SplitResult]) -> dict[str, Any]:
                       for k, r in tests.items()}}
 
 
+def work_dir(exp: Experiment, key: str) -> Path:
+    """Where a row's retraining keeps its resumable state: outside the work tree (a fresh checkout
+    of the repository on the same machine still finds it), named by the row's cache key."""
+    return cache_root() / "sweep" / f"{exp.name}-{key}"
+
+
 def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir: str | None,
-                   output: Path) -> dict[str, Any]:
+                   output: Path, work: Path | None = None) -> dict[str, Any]:
     cfg, tok, model = load_any(checkpoint, training=True)
     if data_dir:
         cfg.data.data_dir = data_dir
@@ -126,7 +133,7 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
     stages = [Stage(c, list(scope) if isinstance(scope, tuple) else [scope],
                     retrain=not exp.retrain_last_only or i == last) for i, (c, scope) in enumerate(exp.stages)]
     result = compress_model(model, tok, cfg, stages, rc, out,
-                            sp.train_limit, work_dir=out.with_name(out.name + ".work"), test_splits=splits,
+                            sp.train_limit, work_dir=work or out.with_name(out.name + ".work"), test_splits=splits,
                             test_limit=sp.test_limit)
     assert result is not None  # a sweep runs in one process
     d = result.to_dict()
@@ -193,7 +200,7 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
             continue
         log.info("running %s", exp.name)
         try:
-            row = run_experiment(exp, sp, checkpoint, data_dir, output)
+            row = run_experiment(exp, sp, checkpoint, data_dir, output, work_dir(exp, key))
             row.update(status="ok", git_commit=commit)
             write_text_atomic(cached, json.dumps({"key": key, "row": row}, indent=1))
         except Exception as err:  # one failure must not end the sweep
