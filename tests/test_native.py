@@ -74,3 +74,28 @@ def test_without_kernels_the_tile_path_runs_after_one_warning(fresh, how):
         second = w.matmul_t(x)
     assert torch.equal(first, second)
     torch.testing.assert_close(first, torch.nn.functional.linear(x, w.dense()))
+
+
+@pytest.mark.parametrize("encoding", ["sparse", "codebook"])
+@pytest.mark.parametrize("sparsity", [0.3, 0.8, 0.97])
+def test_pruned_layer_kernels_agree_with_the_tile_path(fresh, encoding, sparsity):
+    from shrinkformer.compress.base import SparseCodec
+    from shrinkformer.compress.primitives import magnitude_mask
+
+    if native.library() is None or not native.supports_masked(encoding, 4, 16, torch.zeros(1, 16)):
+        pytest.skip("no AVX-512 kernels on this machine (the tile path runs instead)")
+    g = torch.Generator().manual_seed(1)
+    for rows, cols in [(64, 512), (33, 48), (5, 16)]:
+        w = torch.randn(rows, cols, generator=g)
+        mask = magnitude_mask(w, sparsity)
+        if encoding == "sparse":
+            packed = PackedWeight.from_codec(SparseCodec(w, mask))
+        else:
+            centroids = torch.sort(torch.randn(16, generator=g)).values
+            packed = PackedWeight.from_codec(CodebookCodec(w.shape, centroids, assign(w[mask], centroids)
+                                                           .to(torch.uint8), mask))
+        bias = torch.randn(rows)
+        for m in (1, 5, 9):
+            x = torch.randn(m, cols)
+            torch.testing.assert_close(packed.matmul_t(x, bias), torch.nn.functional.linear(x, packed.dense(), bias),
+                                       rtol=1e-5, atol=1e-4)

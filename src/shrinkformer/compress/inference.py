@@ -41,6 +41,8 @@ class PackedWeight(nn.Module):
         self.made_by = made_by or []
         rows, cols = self.shape
         self.register_buffer("centroids", None if centroids is None else centroids.float().contiguous())
+        if index is not None and mask is not None:  # the pruned-layer kernel reads 16 bytes at a time
+            index = torch.cat([index.flatten(), index.new_zeros(16)])
         self.register_buffer("index", None if index is None else index.contiguous())
         self.register_buffer("values", None if values is None else values.float().contiguous())
         if mask is not None:
@@ -133,8 +135,12 @@ class PackedWeight(nn.Module):
         """x @ W.T (+ bias), x (..., cols) -> (..., rows): a native kernel for the shapes decoding
         uses where there is one (``native.py``), else one dequantized tile of W at a time."""
         rows = self.shape[0]
-        if self.encoding == "codebook" and self.mask is None and native.supports(self.bits, self.shape[1], x):
-            return native.matmul_t(self.bits, x, self.index, rows, self._codebook(), bias)
+        if self.mask is None:
+            if self.encoding == "codebook" and native.supports(self.bits, self.shape[1], x):
+                return native.matmul_t(self.bits, x, self.index, rows, self._codebook(), bias)
+        elif native.supports_masked(self.encoding, self.bits, self.shape[1], x):
+            survivors, table = (self.values, None) if self.encoding == "sparse" else (self.index, self._codebook())
+            return native.masked_matmul_t(self.encoding, x, self.mask, self.row_start, survivors, rows, table, bias)
         step = self.rows_per_tile()
         if step >= rows:
             return F.linear(x, self.tile(0, rows), bias)

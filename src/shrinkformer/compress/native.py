@@ -108,6 +108,11 @@ def library() -> ctypes.CDLL | None:
                 fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] + \
                     ([ctypes.c_void_p] if name in SCRATCH else [])
+            for name in ("sparse_matmul_t_avx512", "lut4_sparse_matmul_t_avx512"):
+                fn = getattr(lib, name)
+                fn.restype = None
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3 + \
+                    [ctypes.c_int64] + [ctypes.c_void_p] * 3
             lib.packed_kernels_init()
             _library = lib
         except (OSError, subprocess.SubprocessError, AttributeError) as err:
@@ -163,4 +168,28 @@ def matmul_t(bits: int, x: Tensor, index: Tensor, rows: int, table: Tensor, bias
         out = torch.cat(parts, dim=1)
     else:
         run(0, rows, out)
+    return out.view(*x.shape[:-1], rows)
+
+
+def supports_masked(encoding: str, bits: int, cols: int, x: Tensor) -> bool:
+    """Pruned layers (fp32 survivors, or 4-bit codebook survivors) have AVX-512 kernels only."""
+    return ((encoding == "sparse" or bits == 4) and cols % 16 == 0 and x.dtype == torch.float32
+            and x.device.type == "cpu" and x.numel() // cols <= MAX_ROWS and library() is not None
+            and _kernel_names() is AVX512_KERNELS)
+
+
+def masked_matmul_t(encoding: str, x: Tensor, mask: Tensor, row_start: Tensor, survivors: Tensor, rows: int,
+                    table: Tensor | None, bias: Tensor | None) -> Tensor:
+    """x (..., K) @ W.T (+ bias) for a pruned W: a bitmask of survivors and their values (fp32, or
+    4-bit indices into ``table`` with 16 bytes of slack after the last)."""
+    lib = library()
+    cols = x.shape[-1]
+    x2 = x.reshape(-1, cols)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    out = torch.empty(x2.shape[0], rows, dtype=torch.float32)
+    b = None if bias is None else bias.data_ptr()
+    fn = lib.sparse_matmul_t_avx512 if encoding == "sparse" else lib.lut4_sparse_matmul_t_avx512
+    fn(x2.data_ptr(), x2.shape[0], cols, mask.data_ptr(), row_start.data_ptr(), survivors.data_ptr(), rows,
+       None if table is None else table.data_ptr(), b, out.data_ptr())
     return out.view(*x.shape[:-1], rows)

@@ -204,3 +204,73 @@ AVX512 void bin1_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uin
         }
     }
 }
+
+/* Pruned layers: the bitmask (row n starts at bit n * K, K a multiple of 16) says which columns
+   survive; the survivors' values follow one another, row n's starting at survivor row_start[n].
+   Per 16 columns the mask's 16 bits become a lane mask, and an expanding load puts the next
+   popcount survivors into exactly those lanes: zeros cost no arithmetic beyond the mask.
+   sparse_matmul_t: survivors are fp32 values. lut4_sparse_matmul_t: survivors are 4-bit codebook
+   indices (a nibble stream, most significant first; the buffer has 16 bytes of slack at the end). */
+
+AVX512 static inline __mmask16 mask16(const uint8_t *bits) {
+    return (__mmask16)(reversed_bits[bits[0]] | (reversed_bits[bits[1]] << 8));
+}
+
+/* Survivors' weights for 16 columns: fp32 values or 4-bit indices expanded into the mask's lanes;
+   *s advances past them. */
+AVX512 static inline __m512 survivors_f32(__mmask16 on, const float *values, int64_t *s) {
+    __m512 w = _mm512_maskz_expandloadu_ps(on, values + *s);
+    *s += __builtin_popcount(on);
+    return w;
+}
+
+AVX512 static inline __m512 survivors_lut4(__mmask16 on, const uint8_t *index, int64_t *s, __m512 table) {
+    const __m512i shifts = _mm512_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);
+    const __m512i fifteen = _mm512_set1_epi32(15);
+    /* 16 nibbles from nibble *s: bytes *s/2 .. *s/2 + 8, one nibble skipped when *s is odd */
+    __m128i raw = _mm_loadu_si128((const __m128i *)(index + *s / 2));
+    __m512i lo = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_shuffle_epi8(
+        raw, _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7))), shifts), fifteen);
+    __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_shuffle_epi8(
+        raw, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15))), shifts), fifteen);
+    /* no branch on the offset's parity: half the blocks start on an odd nibble, unpredictably */
+    lo = _mm512_mask_mov_epi32(lo, (__mmask16)-(int)(*s & 1), _mm512_alignr_epi32(hi, lo, 1));
+    *s += __builtin_popcount(on);
+    return _mm512_maskz_expand_ps(on, _mm512_permutexvar_ps(lo, table));
+}
+
+/* Four weight rows at a time, as in the dense kernels: each row's survivor offset is its own
+   dependency chain, and four of them overlap. */
+#define SPARSE_KERNEL(NAME, SURVIVORS_T, DECODE)                                                             \
+    AVX512 void NAME(const float *x, int64_t M, int64_t K, const uint8_t *mask, const int64_t *row_start,   \
+                     SURVIVORS_T survivors, int64_t N, const float *codebook, const float *bias, float *y) { \
+        __m512 table = codebook ? _mm512_loadu_ps(codebook) : _mm512_setzero_ps();                         \
+        (void)table;                                                                                       \
+        for (int64_t m0 = 0; m0 < M; m0 += MB) {                                                           \
+            int64_t mb = M - m0 < MB ? M - m0 : MB;                                                        \
+            for (int64_t n0 = 0; n0 < N; n0 += RB) {                                                       \
+                int rb = N - n0 < RB ? (int)(N - n0) : RB;                                                 \
+                int64_t s[RB];                                                                             \
+                __m512 acc[MB][RB];                                                                        \
+                for (int r = 0; r < RB; r++) {                                                             \
+                    s[r] = r < rb ? row_start[n0 + r] : 0;                                                 \
+                    for (int j = 0; j < MB; j++) acc[j][r] = _mm512_setzero_ps();                          \
+                }                                                                                          \
+                for (int64_t k = 0; k < K; k += 16) {                                                      \
+                    for (int r = 0; r < rb; r++) {                                                         \
+                        __mmask16 on = mask16(mask + (n0 + r) * (K / 8) + k / 8);                          \
+                        if (!on) continue;                                                                 \
+                        __m512 w = DECODE;                                                                 \
+                        for (int j = 0; j < mb; j++)                                                       \
+                            acc[j][r] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + (m0 + j) * K + k), acc[j][r]); \
+                    }                                                                                      \
+                }                                                                                          \
+                for (int j = 0; j < mb; j++)                                                               \
+                    for (int r = 0; r < rb; r++)                                                           \
+                        y[(m0 + j) * N + n0 + r] = hsum512(acc[j][r]) + (bias ? bias[n0 + r] : 0.0f);      \
+            }                                                                                              \
+        }                                                                                                  \
+    }
+
+SPARSE_KERNEL(sparse_matmul_t_avx512, const float *, survivors_f32(on, survivors, &s[r]))
+SPARSE_KERNEL(lut4_sparse_matmul_t_avx512, const uint8_t *, survivors_lut4(on, survivors, &s[r], table))
