@@ -88,7 +88,7 @@ class PackedWeight(nn.Module):
             per_byte = 8 // self.bits
             codes = unpack_bits(torch.arange(256, dtype=torch.uint8), self.bits, 256 * per_byte).view(256, per_byte)
             table = torch.zeros(2 ** self.bits, dtype=torch.float32)
-            table[: self.centroids.numel()] = self.centroids
+            table[: self.centroids.numel()] = self.centroids.cpu()
             self._lut = table[codes].to(self.centroids.device)
         return self._lut
 
@@ -102,7 +102,7 @@ class PackedWeight(nn.Module):
         bit0 = start * self.bits  # unaligned (or 3/5/6/7 bits): through the generic bit stream
         first, last = bit0 // 8, -(-(bit0 + count * self.bits) // 8)
         stream = unpack_bits(self.index[first:last], 1, (last - first) * 8)[bit0 - first * 8:][: count * self.bits]
-        codes = (stream.view(count, self.bits) << torch.arange(self.bits - 1, -1, -1)).sum(1)
+        codes = (stream.view(count, self.bits) << torch.arange(self.bits - 1, -1, -1, device=stream.device)).sum(1)
         return self.centroids[codes]
 
     def tile(self, r0: int, r1: int) -> Tensor:
@@ -114,8 +114,10 @@ class PackedWeight(nn.Module):
         vals = self.values[s0:s1] if self.encoding == "sparse" else self._indexed(s0, s1 - s0)
         bit0, bit1 = r0 * cols, r1 * cols
         first, last = bit0 // 8, -(-bit1 // 8)
-        keep = _BITS.index_select(0, self.mask[first:last].int()).flatten()[bit0 - first * 8:][: bit1 - bit0]
-        return torch.zeros(r1 - r0, cols, dtype=vals.dtype).masked_scatter(keep.view(r1 - r0, cols), vals)
+        bits = _BITS.to(self.mask.device)  # a no-op on the CPU; a model moved to a GPU decodes there
+        keep = bits.index_select(0, self.mask[first:last].int()).flatten()[bit0 - first * 8:][: bit1 - bit0]
+        return torch.zeros(r1 - r0, cols, dtype=vals.dtype, device=vals.device).masked_scatter(
+            keep.view(r1 - r0, cols), vals)
 
     def rows(self, which: Tensor) -> Tensor:
         """The dense rows ``which`` (k,), (k, cols): one gather when every row starts on a byte."""
