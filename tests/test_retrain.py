@@ -278,3 +278,17 @@ def test_stages_can_share_one_retraining(tiny_run, multi30k, tmp_path):
     src, tgt = torch.randint(4, 50, (2, 6)), torch.randint(4, 50, (2, 5))
     with torch.no_grad():
         torch.testing.assert_close(packed(src, tgt)[0], model.eval()(src, tgt)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_translate_packed_and_dense_forms_agree(tiny_run, tmp_path):
+    cfg, tok, model = load_model(tiny_run / "model.pt")
+    compress(model, KMeansConfig(4), "all")
+    compress(model, KMeansConfig(4), "embeddings")
+    out = tmp_path / "k.sfz"
+    from shrinkformer.pack.format import save_packed
+    save_packed(model.eval(), cfg, tok, out)
+    lines = "A man in a red shirt.\nTwo children play football on the beach.\n"
+    packed = run_cli("translate", str(out), "--beam", "2", stdin=lines)
+    dense = run_cli("translate", str(out), "--beam", "2", "--dense", stdin=lines)
+    assert packed.returncode == dense.returncode == 0 and packed.stdout == dense.stdout
+    assert len(packed.stdout.splitlines()) == 2
