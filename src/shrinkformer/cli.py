@@ -133,14 +133,41 @@ def method_stages(args: argparse.Namespace) -> list:
     return stages
 
 
+def budget_config(args: argparse.Namespace):
+    """The budgeted allocation asked for, or None when a --method is given."""
+    from .train.budget import BudgetConfig
+
+    if args.target_ratio is None and args.budget_bytes is None:
+        if args.method is None:
+            raise UsageError("give --method, or --target-ratio / --budget-bytes for a per-layer allocation")
+        return None
+    if args.method is not None:
+        raise UsageError("--method and --target-ratio/--budget-bytes exclude each other: a budget chooses the "
+                         "method of every layer")
+    for name in METHOD_DEFAULTS:
+        if getattr(args, name) is not None:
+            raise UsageError(f"--{name.replace('_', '-')} does not apply to a budgeted allocation")
+    return BudgetConfig(args.budget_bytes, args.target_ratio, args.sensitivity, args.sensitivity_sentences,
+                        half_dense=args.dense_dtype != "fp32")
+
+
+def allocation_outputs(output: Path) -> tuple[Path, Path]:
+    return output.with_name(f"{output.stem}.allocation.json"), output.with_name(f"{output.stem}.allocation.png")
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
+    from .train.budget import allocation_stages, load_or_plan
     from .train.distributed import init_world, shutdown
     from .train.pipeline import compress_model
     from .train.retrain import RetrainConfig
 
-    stages = method_stages(args)  # parameters and outputs are checked before any work is done
+    # Parameters and outputs are checked before any work is done.
+    budget = budget_config(args)
+    stages = method_stages(args) if budget is None else []
+    half_dense = args.dense_dtype == "fp16" or (budget is not None and budget.half_dense)
     rc = RetrainConfig(epochs=args.retrain_epochs, lr=args.lr, distill=args.distill, save_every_steps=args.save_every)
-    for path in (args.output, args.report):
+    outputs = [args.output, args.report, *(allocation_outputs(args.output) if budget else ())]
+    for path in outputs:
         if path is not None:
             check_writable(path)
     if args.threads:
@@ -152,15 +179,35 @@ def cmd_compress(args: argparse.Namespace) -> int:
     world = init_world()
     if not world.is_main:
         logging.getLogger().setLevel(logging.WARNING)
+    allocation = None
     try:
+        if budget is not None:
+            allocation = load_or_plan(model, tok, cfg, budget, work, args.train_limit)
+            if world.is_main:
+                print(allocation.table(), flush=True)
+            stages = allocation_stages(allocation.choices())
         result = compress_model(model.to(world.device), tok, cfg, stages, rc, args.output,
                                 train_limit=args.train_limit, work_dir=work, world=world,
-                                test_splits=[] if args.no_test else None)
+                                test_splits=[] if args.no_test else None, half_dense=half_dense)
     finally:
         shutdown(world)
     if result is None:  # not the main process
         return 0
     report = result.to_dict()
+    if allocation is not None:
+        from .experiments.plots import allocation_heatmap
+
+        used = result.sizes.packed_file_bytes - result.sizes.tokenizer_bytes
+        report["allocation"] = {**allocation.to_dict(), "packed_bytes": used}
+        table, picture = allocation_outputs(args.output)
+        write_json_atomic(report["allocation"], table)
+        allocation_heatmap(report["allocation"]["layers"], picture,
+                           f"{args.output.name}: {used:,} bytes for {allocation.budget_bytes:,} allowed "
+                           f"({result.sizes.model_compression_ratio:.1f}x)")
+        if used > allocation.budget_bytes:  # the dry run sized the file exactly; this would be a bug
+            raise ShrinkformerError(f"{args.output}: {used:,} bytes packed, over the budget of "
+                                    f"{allocation.budget_bytes:,}")
+        print(f"allocation: {table}, {picture}")
     report.update(method=args.method, command=args.command_line,
                   checkpoint=str(args.checkpoint), output=str(args.output), torch_version=torch.__version__,
                   world_size=world.size)
@@ -346,8 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "retrain with the compression in the loop, and write a packed model whose "
                                    "size is the real compression ratio. A killed run continues where it "
                                    "stopped when started again; run under torchrun for data parallel retraining.")
-    p.add_argument("checkpoint", type=Path, help="trained model (model.pt)")
-    p.add_argument("--method", required=True, choices=METHOD_NAMES,
+    p.add_argument("checkpoint", type=Path, help="trained model (model.pt, or an uncompressed .sfz)")
+    p.add_argument("--method", choices=METHOD_NAMES,
                    help="kmeans (Deep Compression), binary-fixed (the original 1-bit scheme), bsflex (BS-Flex), "
                         "prune (iterative magnitude pruning), prune+kmeans (prune, then quantize the survivors)")
     p.add_argument("--bits", type=int, help="kmeans, prune+kmeans: bits per weight, 1..8 (default 4)")
@@ -366,6 +413,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-scope", choices=("layer", "global"),
                    help="prune, prune+kmeans: the same share per layer, or the smallest weights across the scope "
                         "(default layer)")
+    p.add_argument("--target-ratio", type=float, help="instead of --method: choose each layer's sparsity and bits "
+                   "so that every parameter packs R times smaller than fp32 (tokenizer not counted)")
+    p.add_argument("--budget-bytes", type=int, help="instead of --method: the same for a size in bytes")
+    p.add_argument("--sensitivity", choices=("fisher", "loss"), default="fisher",
+                   help="budget: how each layer's damage is estimated (default fisher: squared weight error "
+                        "weighted by the empirical Fisher; loss: measured loss with that layer compressed)")
+    p.add_argument("--sensitivity-sentences", type=int, default=500, metavar="N",
+                   help="budget: training pairs the sensitivity is estimated on (default 500)")
+    p.add_argument("--dense-dtype", choices=("fp32", "fp16"),
+                   help="how parameters left uncompressed (biases, norms, dense layers) are stored (default fp32; "
+                        "fp16 with a budget)")
     p.add_argument("--retrain-epochs", type=int, default=2, help="retraining epochs after each step (default 2)")
     p.add_argument("--lr", type=float, default=3e-4, help="retraining peak learning rate")
     p.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the uncompressed model")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -61,11 +62,14 @@ def compress(model: nn.Module, config: Any, scope: str | Iterable[str] = "all", 
     existing = codecs(model)
     targets = select(model, scopes, include, exclude)
     build = METHODS[type(config)]
-    where = {"scopes": scopes, "include": list(include), "exclude": list(exclude)}
     for name, module in targets.items():
         before = existing.get(name)
         codec = build(config, module.weight.detach(), getattr(before, "mask", None))
-        # What made this layer, in order (pruning, then k-means): the packed file records it.
+        # What made this layer, in order (pruning, then k-means): the packed file records it, with
+        # the patterns that chose this layer (not every pattern given: a budgeted allocation names
+        # each layer, and 49 names repeated 49 times would cost the file ~80 KB).
+        where = {"scopes": scopes, "include": [p for p in include if fnmatch.fnmatchcase(name, p)],
+                 "exclude": list(exclude)}
         codec.made_by = [*getattr(before, "made_by", []), {"config": config.to_dict(), **where}]
         replace_module(model, name, wrap(module, codec))
     if isinstance(config, PruneConfig) and config.scope == "global":

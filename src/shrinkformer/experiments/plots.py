@@ -112,3 +112,50 @@ def attention_histograms(layers: dict[str, list], quantize: dict[str, object], k
     axes[0].set_ylabel("count (log scale)")
     fig.tight_layout()
     _save(fig, path)
+
+
+ROLE_COLUMNS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                "cross_attn.q_proj", "cross_attn.k_proj", "cross_attn.v_proj", "cross_attn.out_proj",
+                "ffn.fc1", "ffn.fc2")
+
+
+def allocation_heatmap(layers: list[dict[str, Any]], path: Path, title: str) -> None:
+    """A budgeted allocation at a glance: one row per encoder/decoder layer, one column per role,
+    coloured by packed bits per weight and labelled with the choice; layers that fit no cell (the
+    embedding) are listed under the grid."""
+    import re
+
+    import numpy as np
+
+    grid_rows: list[str] = []
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    others = []
+    for layer in layers:
+        m = re.match(r"(encoder|decoder)\.layers\.(\d+)\.(.+)$", layer["name"])
+        role = m and m.group(3).replace("encoder_attn", "cross_attn")
+        if m and role in ROLE_COLUMNS:
+            row = f"{m.group(1)} {m.group(2)}"
+            if row not in grid_rows:
+                grid_rows.append(row)
+            cells[(row, role)] = layer
+        else:
+            others.append(layer)
+    values = np.full((len(grid_rows), len(ROLE_COLUMNS)), np.nan)
+    for (row, role), layer in cells.items():
+        values[grid_rows.index(row), ROLE_COLUMNS.index(role)] = layer["bits_per_weight"]
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.55 * max(len(grid_rows), 1)))
+    image = ax.imshow(values, cmap="viridis", aspect="auto", vmin=0, vmax=max(4.0, float(np.nanmax(values))
+                                                                             if cells else 4.0))
+    for (row, role), layer in cells.items():
+        i, j = grid_rows.index(row), ROLE_COLUMNS.index(role)
+        ax.text(j, i, layer["choice"], ha="center", va="center", fontsize=8,
+                color="white" if layer["bits_per_weight"] < 2.5 else "black")
+    ax.set_xticks(range(len(ROLE_COLUMNS)), [c.replace("_proj", "").replace("_attn", "") for c in ROLE_COLUMNS],
+                  rotation=30, ha="right")
+    ax.set_yticks(range(len(grid_rows)), grid_rows)
+    fig.colorbar(image, ax=ax, label="packed bits per weight")
+    extra = "; ".join(f"{x['name']}: {x['choice']} ({x['bits_per_weight']:.2f} bits/weight)" for x in others)
+    ax.set_title(title + (f"\n{extra}" if extra else ""), fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)

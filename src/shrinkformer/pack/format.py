@@ -79,8 +79,11 @@ def entropy_decode(parts: dict[str, torch.Tensor], meta: dict[str, Any]) -> None
         parts["mask"], meta["mask"] = torch.from_numpy(gaps.astype("uint8")), "positions"
 
 
-def pack_model(model: nn.Module, huffman: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and per-module metadata of a (partly) compressed model."""
+def pack_model(model: nn.Module, huffman: bool = False,
+               half_dense: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and per-module metadata of a (partly) compressed model. ``half_dense``: what is not
+    compressed (biases, norms, layers left dense) is stored in fp16; loading widens it again."""
+    dense_dtype = torch.float16 if half_dense else torch.float32
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, Any] = {}
     compressed = codecs(model)
@@ -93,8 +96,19 @@ def pack_model(model: nn.Module, huffman: bool = False) -> tuple[dict[str, torch
         tensors.update({f"{name}.{k}": v.contiguous() for k, v in parts.items()})
     for key, value in model.state_dict().items():
         if not any(key.startswith(f"{name}.codec.") for name in compressed):
-            tensors[key] = value.detach().float().contiguous() if value.is_floating_point() else value.contiguous()
+            tensors[key] = value.detach().to(dense_dtype).contiguous() if value.is_floating_point() \
+                else value.contiguous()
     return tensors, layers
+
+
+def round_dense_to_half(model: nn.Module) -> None:
+    """Round in place what ``pack_model(half_dense=True)`` stores in fp16, so the model in memory is
+    exactly the one the file holds."""
+    compressed = codecs(model)
+    with torch.no_grad():
+        for key, value in model.state_dict(keep_vars=True).items():
+            if value.is_floating_point() and not any(key.startswith(f"{name}.codec.") for name in compressed):
+                value.data.copy_(value.data.half().float())
 
 
 @dataclass(frozen=True)
@@ -107,21 +121,28 @@ class PackedFile:
     tokenizer_bytes: int
 
 
-def write_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path: Path,
-                 extra: dict[str, Any] | None = None, huffman: bool = False) -> PackedFile:
-    """Write atomically. ``huffman`` adds Deep Compression's entropy stage to indices and sparse
-    positions."""
-    tensors, layers = pack_model(model, huffman)
+def encode_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, extra: dict[str, Any] | None = None,
+                  huffman: bool = False, half_dense: bool = False) -> tuple[bytes, dict[str, int], int]:
+    """The packed file's bytes, each compressed layer's share of them, and the tokenizer's."""
+    tensors, layers = pack_model(model, huffman, half_dense)
     layer_bytes = {name: sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith(f"{name}.")
                              and k[len(name) + 1:] in CODEC_FIELDS) for name in layers}
     tensors["__tokenizer__"] = torch.frombuffer(bytearray(tokenizer.model_proto), dtype=torch.uint8)
     meta = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(cfg.to_dict()),
             "layers": json.dumps(layers), "extra": json.dumps(extra or {})}
     meta["sha256"] = _digest(tensors, meta)
-    data = st_save(tensors, metadata=meta)
+    return st_save(tensors, metadata=meta), layer_bytes, tensors["__tokenizer__"].numel()
+
+
+def write_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path: Path,
+                 extra: dict[str, Any] | None = None, huffman: bool = False, half_dense: bool = False) -> PackedFile:
+    """Write atomically. ``huffman`` adds Deep Compression's entropy stage to indices and sparse
+    positions; ``half_dense`` stores the uncompressed parameters in fp16 (round the model first,
+    ``round_dense_to_half``, for the file to hold exactly the model in memory)."""
+    data, layer_bytes, tokenizer_bytes = encode_packed(model, cfg, tokenizer, extra, huffman, half_dense)
     with atomic_write(path) as f:
         f.write(data)
-    return PackedFile(Path(path), len(data), layer_bytes, tensors["__tokenizer__"].numel())
+    return PackedFile(Path(path), len(data), layer_bytes, tokenizer_bytes)
 
 
 def save_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path: Path,

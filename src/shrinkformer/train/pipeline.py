@@ -19,7 +19,7 @@ from ..data.splits import read_split
 from ..data.tokenizer import Tokenizer
 from ..evaluate.bleu import Scores, score
 from ..model.transformer import Transformer
-from ..pack.format import write_packed
+from ..pack.format import round_dense_to_half, write_packed
 from ..pack.sizes import ModelSizes
 from ..translate import Translator
 from .distributed import World
@@ -83,21 +83,24 @@ class CompressionResult:
 def compress_model(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Stage], rc: RetrainConfig,
                    output: Path, train_limit: int | None = None, work_dir: Path | None = None,
                    world: World = World(), test_splits: Sequence[str] | None = None,
-                   test_limit: int | None = None) -> CompressionResult | None:
+                   test_limit: int | None = None, half_dense: bool = False) -> CompressionResult | None:
     """Compress and retrain ``model`` (in place), write ``output`` and ``OUTPUT.huffman.sfz`` beside
     it, and score it on ``test_splits`` (default: the model's test split; ``[]`` scores nothing).
-    The work directory is removed once the packed file holds everything. Returns the result on the
-    main process, None on the others."""
+    The work directory is removed once the packed file holds everything. ``half_dense``: the
+    parameters left uncompressed are rounded to fp16 and stored so. Returns the result on the main
+    process, None on the others."""
     started = time.perf_counter()
     outcome = retrain(model, tok, cfg, stages, rc, train_limit, work_dir, world)
     if not world.is_main:
         return None
     model.eval()
+    if half_dense:
+        round_dense_to_half(model)  # scored as the file holds it
     extra = {"history": outcome.history}
-    packed = write_packed(model, cfg, tok, output, extra)
+    packed = write_packed(model, cfg, tok, output, extra, half_dense=half_dense)
     # Deep Compression's third stage, reported separately from a real file beside the plain one.
     huffman = write_packed(model, cfg, tok, output.with_name(f"{output.stem}.huffman{output.suffix}"), extra,
-                           huffman=True)
+                           huffman=True, half_dense=half_dense)
     sizes = ModelSizes.measure(model, tok, packed, huffman)
     if work_dir is not None:
         shutil.rmtree(work_dir, ignore_errors=True)  # the packed file now holds everything

@@ -1,0 +1,180 @@
+"""Budgeted compression: from a byte budget (or a target ratio) to per-layer choices to stages.
+
+1. Estimate every candidate layer's sensitivity to every choice (``sensitivity.py``) and price each
+   choice in exact packed bytes (``compress/allocate.py``).
+2. Solve the multiple-choice knapsack for the bytes left after what no choice changes.
+3. Check the answer by packing the compressed model in memory, exactly as the file will be written
+   (headers and metadata included); if it overshoots, tighten and solve again.
+4. Hand back an ``Allocation``; ``allocation_stages`` turns it into compression stages (prune,
+   then quantize, then one retraining) for the ordinary retraining pipeline.
+
+The allocation is saved in the work directory, so a resumed run does not search again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..compress import BinaryConfig, KMeansConfig, PruneConfig, codecs, compress, count_params
+from ..compress.allocate import CHOICES, Allocation, Choice, LayerAllocation, choice_bytes, smallest_bytes, solve
+from ..compress.scopes import eligible
+from ..config import RunConfig
+from ..data.splits import Split, read_split
+from ..data.tokenizer import Tokenizer
+from ..errors import UsageError
+from ..io import write_text_atomic
+from ..model.transformer import Transformer
+from ..pack.format import encode_packed
+from .retrain import Stage
+from .sensitivity import METHODS, price, sample_batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """What ``compress --budget-bytes/--target-ratio`` asks for. The budget covers every parameter
+    as packed (headers, codebooks, masks, metadata), not the tokenizer."""
+
+    budget_bytes: int | None = None
+    target_ratio: float | None = None
+    sensitivity: str = "fisher"  # or "loss"
+    sentences: int = 500  # training pairs the sensitivity is estimated on
+    batch_tokens: int = 1024
+    half_dense: bool = True  # biases, norms and dense layers in fp16 (see the README for what it costs)
+    choices: tuple[Choice, ...] = field(default=CHOICES, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.budget_bytes is None) == (self.target_ratio is None):
+            raise UsageError("give exactly one of --budget-bytes and --target-ratio")
+        if self.target_ratio is not None and not self.target_ratio > 1:
+            raise UsageError(f"--target-ratio must be above 1, got {self.target_ratio}")
+        if self.budget_bytes is not None and self.budget_bytes <= 0:
+            raise UsageError(f"--budget-bytes must be positive, got {self.budget_bytes}")
+        if self.sensitivity not in METHODS:
+            raise UsageError(f"unknown sensitivity estimate {self.sensitivity!r} (known: {', '.join(METHODS)})")
+        if self.sentences < 1:
+            raise UsageError(f"sensitivity sentences must be >= 1, got {self.sentences}")
+
+    def budget(self, params: int) -> int:
+        """Bytes allowed for a model of ``params`` parameters."""
+        return self.budget_bytes if self.budget_bytes is not None else int(4 * params / self.target_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget_bytes": self.budget_bytes, "target_ratio": self.target_ratio,
+                "sensitivity": self.sensitivity, "sentences": self.sentences, "batch_tokens": self.batch_tokens,
+                "half_dense": self.half_dense, "choices": [c.label for c in self.choices]}
+
+
+def allocation_stages(choices: dict[str, Choice]) -> list[Stage]:
+    """Prune (one stage per sparsity), then quantize (one per method), retraining once at the end:
+    every layer named by itself, so each layer's record says exactly what made it."""
+    stages: list[Stage] = []
+    by_config: dict[Any, list[str]] = {}
+    for name, choice in choices.items():
+        for cfg in choice.configs():
+            by_config.setdefault(cfg, []).append(name)
+    prunes = sorted((c for c in by_config if isinstance(c, PruneConfig)), key=lambda c: c.end)
+    quants = sorted((c for c in by_config if isinstance(c, KMeansConfig)), key=lambda c: c.bits)
+    flex = [c for c in by_config if isinstance(c, BinaryConfig)]
+    for cfg in [*prunes, *quants, *flex]:
+        stages.append(Stage(cfg, scopes=[], include=by_config[cfg], retrain=False))
+    if stages:
+        stages[-1].retrain = True
+    return stages
+
+
+def _history_placeholder(stages: list[Stage]) -> list[dict[str, Any]]:
+    """Metadata as long as the history retraining will record (so the dry run sizes it too)."""
+    entries = [{"stage": "uncompressed", "valid_bleu": 100.0}]
+    for s in stages:
+        name = type(s.config).__name__ + (f"@{s.config.end:.2f}" if isinstance(s.config, PruneConfig) else "")
+        entries.append({"stage": name, "when": "compressed", "valid_bleu": 100.0})
+        if s.retrain:
+            entries.append({"stage": name, "when": "retrained", "valid_bleu": 100.0})
+    return entries
+
+
+def packed_model_bytes(model: Transformer, cfg: RunConfig, tok: Tokenizer, choices: dict[str, Choice],
+                       half_dense: bool) -> int:
+    """The packed file's bytes without the tokenizer, for ``model`` compressed as ``choices`` say
+    (on a copy; no retraining changes a size)."""
+    trial = copy.deepcopy(model)
+    stages = allocation_stages(choices)
+    logging.disable(logging.INFO)
+    try:
+        for s in stages:
+            compress(trial, s.config, s.scopes, s.include, s.exclude)
+    finally:
+        logging.disable(logging.NOTSET)
+    data, _, tokenizer_bytes = encode_packed(trial, cfg, tok, {"history": _history_placeholder(stages)},
+                                             half_dense=half_dense)
+    return len(data) - tokenizer_bytes
+
+
+SLACK_BYTES = 64  # what the history's real numbers may add over the placeholder's
+
+
+def plan_allocation(model: Transformer, tok: Tokenizer, cfg: RunConfig, bc: BudgetConfig,
+                    train_limit: int | None = None) -> Allocation:
+    started = time.perf_counter()
+    if codecs(model):
+        raise UsageError("budgeted compression starts from an uncompressed model; this one is compressed already")
+    params = count_params(model)
+    budget = bc.budget(params)
+    weights = {name: m.weight for name, m in eligible(model).items()}
+    # What no choice changes: the model packed with every candidate dense, less those weights.
+    fixed = packed_model_bytes(model, cfg, tok, {}, bc.half_dense) - sum(
+        choice_bytes(name, w, Choice(), bc.half_dense) for name, w in weights.items())
+    log.debug("fixed bytes (biases, norms, headers, metadata): %d", fixed)
+    costs, masks = price(weights, bc.choices, bc.half_dense)
+    smallest = smallest_bytes(costs, fixed)
+    if budget < smallest:
+        raise UsageError(f"a budget of {budget:,} bytes ({4 * params / budget:.1f}x) is below the smallest model "
+                         f"these choices reach: {smallest:,} bytes ({4 * params / smallest:.1f}x)")
+
+    split = Split.encode(read_split(cfg, cfg.data.train_split, min(bc.sentences, train_limit or bc.sentences)), tok,
+                         cfg.data.max_tokens_per_sentence)
+    batches = sample_batches(split, bc.sentences, bc.batch_tokens)
+    sens = METHODS[bc.sensitivity](model, weights, batches, bc.choices, masks)
+
+    target = budget - fixed - SLACK_BYTES
+    for attempt in range(6):
+        choices = solve(costs, sens, target)
+        actual = packed_model_bytes(model, cfg, tok, choices, bc.half_dense) + SLACK_BYTES
+        log.info("allocation try %d: %d bytes packed for a budget of %d", attempt + 1, actual, budget)
+        if actual <= budget:
+            break
+        target -= actual - budget + 16
+    else:
+        raise UsageError(f"no allocation found within {budget:,} bytes after 6 tries (last {actual:,})")
+    layers = [LayerAllocation(name, tuple(weights[name].shape), c, costs[name][c], sens[name][c])
+              for name, c in choices.items()]
+    alloc = Allocation(layers, budget, actual - SLACK_BYTES - sum(costs[n][c] for n, c in choices.items()), params,
+                       bc.sensitivity, time.perf_counter() - started,
+                       {"checked_bytes": actual - SLACK_BYTES, "half_dense": bc.half_dense,
+                        "sensitivity_sentences": len(split.src)})
+    return alloc
+
+
+def load_or_plan(model: Transformer, tok: Tokenizer, cfg: RunConfig, bc: BudgetConfig, work: Path,
+                 train_limit: int | None = None) -> Allocation:
+    """The allocation saved in ``work`` for these settings, or a new one (then saved there)."""
+    path = work / "allocation.json"
+    key = json.dumps({"budget": bc.to_dict(), "train_limit": train_limit}, sort_keys=True)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            log.info("allocation taken from %s", path)
+            return Allocation.from_dict(saved["allocation"])
+    alloc = plan_allocation(model, tok, cfg, bc, train_limit)
+    work.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({"key": key, "allocation": alloc.to_dict()}))
+    return alloc
+

@@ -1,0 +1,116 @@
+"""Budgeted allocation: exact byte prices, an optimal knapsack, and the command that uses them."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from shrinkformer.cli import main
+from shrinkformer.compress.allocate import CHOICES, Choice, packed_layout, solve
+from shrinkformer.pack.format import load_packed
+
+from .conftest import run_cli
+
+
+@pytest.mark.parametrize("choice", [c for c in CHOICES if not c.dense], ids=lambda c: c.label)
+def test_priced_layout_is_what_the_codec_packs(choice):
+    weight = torch.randn(40, 56, generator=torch.Generator().manual_seed(3))
+    tensors, meta = choice.codec(weight).pack()
+    want_meta, want_bytes = packed_layout(weight, choice)
+    assert {k: t.numel() * t.element_size() for k, t in tensors.items()} == want_bytes
+    assert meta == want_meta
+
+
+def brute_force(costs, sens, budget):
+    names = list(costs)
+    best = None
+    for combo in itertools.product(*(list(costs[n]) for n in names)):
+        if sum(costs[n][c] for n, c in zip(names, combo)) <= budget:
+            total = sum(sens[n][c] for n, c in zip(names, combo))
+            if best is None or total < best[0] - 1e-12:
+                best = (total, dict(zip(names, combo)))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_knapsack_finds_the_optimum_within_the_budget(seed):
+    g = torch.Generator().manual_seed(seed)
+    choices = [Choice(0.0, b) for b in (1, 2, 4)] + [Choice()]
+    costs = {f"l{i}": {c: int(torch.randint(10, 400, (1,), generator=g)) for c in choices} for i in range(5)}
+    sens = {n: {c: float(torch.rand(1, generator=g)) for c in choices} for n in costs}
+    budget = int(torch.randint(200, 1500, (1,), generator=g))
+    want = brute_force(costs, sens, budget)
+    if want is None:
+        with pytest.raises(Exception, match="no allocation fits"):
+            solve(costs, sens, budget)
+        return
+    got = solve(costs, sens, budget, grid=budget)  # a one-byte grid: exact
+    assert sum(costs[n][c] for n, c in got.items()) <= budget
+    assert sum(sens[n][c] for n, c in got.items()) == pytest.approx(want[0])
+
+
+def test_coarse_grid_never_exceeds_the_budget():
+    g = torch.Generator().manual_seed(9)
+    costs = {f"l{i}": {Choice(0.0, b): int(torch.randint(1000, 9000, (1,), generator=g)) for b in (1, 2, 3, 4)}
+             for i in range(30)}
+    sens = {n: {c: 1.0 / c.bits for c in costs[n]} for n in costs}
+    smallest = sum(min(c.values()) for c in costs.values())
+    for budget in (int(smallest * 1.02), int(smallest * 1.3), 2 * smallest):
+        got = solve(costs, sens, budget, grid=50)
+        assert sum(costs[n][c] for n, c in got.items()) <= budget
+
+
+def test_target_ratio_writes_a_model_within_the_budget(tiny_run, multi30k, tmp_path, capsys):
+    out = tmp_path / "b.sfz"
+    assert main(["compress", str(tiny_run / "model.pt"), "--target-ratio", "5", "--retrain-epochs", "1",
+                 "--train-limit", "200", "--sensitivity-sentences", "100", "--data-dir", str(multi30k),
+                 "--no-test", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    allocation = json.loads((tmp_path / "b.allocation.json").read_text())
+    assert (tmp_path / "b.allocation.png").stat().st_size > 10_000
+    cfg, tok, model, _ = load_packed(out)
+    params = allocation["params"]
+    used = out.stat().st_size - len(tok.model_proto)
+    assert used == allocation["packed_bytes"] <= allocation["budget_bytes"] == int(4 * params / 5)
+    assert 4 * params / used >= 5
+    # every layer was compressed as allocated, and the table says so
+    layers = json.loads(json.loads(out.read_bytes()[8:8 + int.from_bytes(out.read_bytes()[:8], "little")])
+                        ["__metadata__"]["layers"])
+    for row in allocation["layers"]:
+        assert row["name"] in printed
+        if row["choice"] == "dense":
+            assert row["name"] not in layers
+        else:
+            assert layers[row["name"]].get("bits") == row["bits"]
+            assert ("mask" in layers[row["name"]]) == bool(row["sparsity"])
+
+
+def test_budget_bytes_and_the_dense_dtype(tiny_run, multi30k, tmp_path):
+    out = tmp_path / "b.sfz"
+    assert main(["-q", "compress", str(tiny_run / "model.pt"), "--budget-bytes", "60000", "--dense-dtype", "fp32",
+                 "--retrain-epochs", "0", "--sensitivity-sentences", "50", "--data-dir", str(multi30k), "--no-test",
+                 "-o", str(out)]) == 0
+    _, tok, model, _ = load_packed(out)
+    assert out.stat().st_size - len(tok.model_proto) <= 60000
+    assert json.loads((tmp_path / "b.allocation.json").read_text())["half_dense"] is False
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-ratio", "1"], "--target-ratio must be above 1, got 1.0"),
+    (["--target-ratio", "0.5"], "--target-ratio must be above 1"),
+    (["--budget-bytes", "0"], "--budget-bytes must be positive"),
+    (["--target-ratio", "4", "--budget-bytes", "9000"], "give exactly one of --budget-bytes and --target-ratio"),
+    (["--target-ratio", "4", "--method", "kmeans"], "--method and --target-ratio/--budget-bytes exclude each other"),
+    (["--target-ratio", "4", "--bits", "2"], "--bits does not apply to a budgeted allocation"),
+    ([], "give --method, or --target-ratio / --budget-bytes"),
+    (["--budget-bytes", "1000"], "is below the smallest model these choices reach: "),
+])
+def test_impossible_budgets_are_one_line_errors(tiny_run, multi30k, tmp_path, args, message):
+    result = run_cli("compress", str(tiny_run / "model.pt"), *args, "--retrain-epochs", "0", "--no-test",
+                     "--data-dir", str(multi30k), "-o", str(tmp_path / "b.sfz"))
+    assert result.returncode != 0
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert list(tmp_path.iterdir()) == []
