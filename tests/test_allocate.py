@@ -114,3 +114,21 @@ def test_impossible_budgets_are_one_line_errors(tiny_run, multi30k, tmp_path, ar
     assert result.returncode != 0
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fisher_shortcut_equals_scoring_the_codecs_weights(tiny_run, monkeypatch):
+    from shrinkformer.compress.scopes import eligible
+    from shrinkformer.loading import load_any
+    from shrinkformer.train import sensitivity
+
+    _, _, model = load_any(tiny_run / "model.pt", training=True)
+    weights = {n: m.weight for n, m in list(eligible(model).items())[:4]}
+    fisher = {n: torch.rand(w.shape, generator=torch.Generator().manual_seed(1)) for n, w in weights.items()}
+    _, masks = sensitivity.price(weights, CHOICES, False)
+    want = sensitivity.score_choices(weights, CHOICES, masks,
+                                     lambda n, w, q: float(0.5 * (fisher[n] * (w - q) ** 2).sum()))
+    monkeypatch.setattr(sensitivity, "fisher_diagonal", lambda model, weights, batches: fisher)
+    got = sensitivity.fisher_scores(model, weights, [], CHOICES, masks)
+    for n in weights:
+        for c in CHOICES:
+            assert got[n][c] == pytest.approx(want[n][c], rel=1e-4, abs=1e-9), (n, c.label)

@@ -78,7 +78,7 @@ class Choice:
         return codec
 
 
-SPARSITIES = (0.0, 0.5, 0.8, 0.9)
+SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95)
 BITS: tuple[int | None, ...] = (None, 1, 2, 3, 4, 8)
 CHOICES = tuple(Choice(s, b) for s in SPARSITIES for b in BITS)
 

@@ -3,7 +3,8 @@ split, from the translations the sweep kept.
 
 Stated comparisons: every row against the baseline and against the control; BS-Flex against fixed
 binarization on the same scope; each pruning row against every quantization row that is at least
-as compressed; distillation against none.
+as compressed; distillation against none; each budgeted (mixed) row against every uniform row it
+is at least as compressed as, on the whole-model ratio, down to half its ratio.
 """
 
 from __future__ import annotations
@@ -28,7 +29,18 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
                 out.append((p["name"], q["name"]))
     if "bsflex-all" in ok and "bsflex-all-distill" in ok:
         out.append(("bsflex-all", "bsflex-all-distill"))
+    for m in (r for r in ok.values() if r["method"] == "mixed"):
+        for u in uniform_below(list(ok.values()), m):
+            out.append((u["name"], m["name"]))
     return out
+
+
+def uniform_below(rows: list[dict[str, Any]], mixed: dict[str, Any]) -> list[dict[str, Any]]:
+    """Compressed uniform rows with a whole-model ratio in [half, all] of the mixed row's, by ratio."""
+    ratio = mixed["model_compression_ratio"]
+    return sorted((u for u in rows if u.get("status") == "ok" and u["method"] not in ("none", "mixed")
+                   and u.get("model_compression_ratio") and ratio / 2 <= u["model_compression_ratio"] <= ratio),
+                  key=lambda u: u["model_compression_ratio"])
 
 
 def compare(rows: list[dict[str, Any]], splits: Sequence[str], references: Callable[[str], list[str]],

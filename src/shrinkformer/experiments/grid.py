@@ -7,6 +7,7 @@ from typing import Any
 
 from ..compress import BinaryConfig, KMeansConfig, PruneConfig
 from ..compress.base import MethodConfig
+from ..train.budget import BudgetConfig
 
 
 @dataclass(frozen=True)
@@ -18,20 +19,25 @@ class Experiment:
     stages: tuple[tuple[MethodConfig | None, str | tuple[str, ...]], ...] = ()
     distill: float = 0.0
     retrain_last_only: bool = False  # compress every stage, then retrain once
+    target_ratio: float | None = None  # a budgeted allocation (train/budget.py) chooses the stages
     in_study: bool = False
     bits: int | None = None
     sparsity: float | None = None
 
     @property
     def retrains(self) -> bool:
-        return bool(self.stages)
+        return bool(self.stages) or self.target_ratio is not None
 
     def spec(self) -> dict[str, Any]:
         """Everything that determines the result, for the cache key (new fields only when set, so
         the keys of rows cached before them stay valid)."""
         spec = {"name": self.name, "distill": self.distill,
                 "stages": [[None if c is None else c.to_dict(), s] for c, s in self.stages]}
-        return {**spec, "retrain_last_only": True} if self.retrain_last_only else spec
+        if self.retrain_last_only:
+            spec["retrain_last_only"] = True
+        if self.target_ratio is not None:  # the allocation's settings decide the stages
+            spec["budget"] = BudgetConfig(target_ratio=self.target_ratio).to_dict()
+        return spec
 
 
 def kmeans(bits: int, scope: str, in_study: bool = False) -> Experiment:
@@ -43,6 +49,11 @@ def binary(kind: str, scope: str, in_study: bool = False, distill: float = 0.0) 
     name = ("bsflex" if kind == "flex" else "binary-fixed") + f"-{scope}" + ("-distill" if distill else "")
     return Experiment(name, "bsflex" if kind == "flex" else "binary-fixed", scope, ((BinaryConfig(kind), scope),),
                       distill=distill, in_study=in_study, bits=1)
+
+
+def mixed(ratio: int) -> Experiment:
+    """Each layer's sparsity and bits chosen for a whole-model ratio (embeddings and all)."""
+    return Experiment(f"mixed-{ratio}x", "mixed", "all+embeddings", target_ratio=float(ratio))
 
 
 def prune(start: int, end: int, steps: int, in_study: bool = False) -> Experiment:
@@ -84,10 +95,14 @@ GRID: list[Experiment] = [
                bits=4, sparsity=0.8),
     Experiment("bsflex-all+kmeans-4bit-embeddings", "bsflex+kmeans", "all+embeddings",
                ((BinaryConfig("flex"), "all"), (KMeansConfig(4), "embeddings")), bits=1, retrain_last_only=True),
+    # Tell it the size: per-layer choices under a whole-model byte budget.
+    mixed(10),
+    mixed(20),
+    mixed(32),
 ]
 
 # Rows that only some presets run.
-EXTRA: list[Experiment] = [prune(50, 50, 1)]
+EXTRA: list[Experiment] = [prune(50, 50, 1), mixed(4)]
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in GRID + EXTRA}
 
@@ -126,6 +141,8 @@ SWEEP_PRESETS = {
     # its numbers are noise.
     "smoke": SweepPreset("smoke", "tiny", ["data.train_limit=3000", "data.valid_limit=100", "train.max_epochs=4",
                                            "train.save_every_steps=0", "decode.beam_size=2"],
+                         # a tiny model's headers and norms are a large share of it: 10x is out of its reach
+                         rows=tuple(e.name for e in GRID if e.target_ratio is None) + ("mixed-4x",),
                          retrain_epochs=1, retrain_lr=1e-3, train_limit=3000, test_limit=200),
     # The study's message in minutes: the committed trained baseline, a few representative rows with
     # short retraining, scored on the full test_2016_flickr.

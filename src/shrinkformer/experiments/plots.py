@@ -13,7 +13,8 @@ import matplotlib.ticker  # noqa: E402
 
 from ..io import atomic_write  # noqa: E402
 
-MARKERS = {"kmeans": "o", "bsflex": "D", "binary-fixed": "s", "prune": "^", "prune+kmeans": "*", "bsflex+kmeans": "P"}
+MARKERS = {"kmeans": "o", "bsflex": "D", "binary-fixed": "s", "prune": "^", "prune+kmeans": "*", "bsflex+kmeans": "P",
+           "mixed": "X"}
 
 
 TICKS = (1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -30,9 +31,13 @@ def bleu_vs_compression(rows: list[dict[str, Any]], path: Path, title: str,
     half = {c["b"]: c["ci_b"] for c in comparisons or [] if c["a"] == "baseline"
             and base is not None and c["split"] == base.get("test_split")}
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
-    for ax, key, what in ((axes[0], "compression_ratio", "whole model"),
+    for ax, key, what in ((axes[0], "model_compression_ratio", "whole model"),
                           (axes[1], "scope_compression_ratio", "compressed layers only")):
         pts = [r for r in ok if r.get(key)]
+        if key == "model_compression_ratio":
+            front = pareto_front(pts, key)
+            ax.plot([r[key] for r in front], [100 * r["bleu_retention"] for r in front], color="0.35",
+                    linewidth=1, zorder=1, label="Pareto front")
         for method, marker in MARKERS.items():
             mine = [r for r in pts if r["method"] == method]
             if mine:
@@ -53,7 +58,7 @@ def bleu_vs_compression(rows: list[dict[str, Any]], path: Path, title: str,
         ax.set_xticks([t for t in TICKS if lo <= t <= hi])
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel(f"compression ratio, {what} (fp32 file / packed file, log scale)")
+        ax.set_xlabel(f"compression ratio, {what} (fp32 / packed parameters, log scale)")
         ax.grid(True, which="major", alpha=0.3)
         fig.canvas.draw()  # label placement needs the axes' final pixel geometry
         _label_points(ax, [(r["name"], r[key], 100 * r["bleu_retention"]) for r in pts])
@@ -62,6 +67,16 @@ def bleu_vs_compression(rows: list[dict[str, Any]], path: Path, title: str,
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def pareto_front(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The rows no other row beats on both ``key`` (ratio) and BLEU, by increasing ratio."""
+    front, best = [], -1.0
+    for r in sorted(rows, key=lambda r: (-r[key], -r["bleu_retention"])):
+        if r["bleu_retention"] > best:
+            front.append(r)
+            best = r["bleu_retention"]
+    return front[::-1]
 
 
 def _save(fig, path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from ..evaluate.significance import ALPHA, RESAMPLES
 from ..io import write_text_atomic
-from .comparisons import QUANTIZERS, find
+from .comparisons import QUANTIZERS, find, uniform_below
 from .grid import EXPERIMENTS, STUDY_WMT
 from .sweep import ROW_FIELDS
 
@@ -128,6 +128,8 @@ def findings(rows: list[dict], comps: list[dict], splits: Sequence[str]) -> list
             "bit each; " + summary(comps, "baseline", r["name"], splits, "against the baseline") + "." for r in some))
     for pr in (r for r in rows if r.get("status") == "ok" and r["method"] == "prune"):
         out.append(f"**Pruning vs quantization ({pr['name']}).** " + _prune_vs_quant(pr, rows, comps, splits, pct))
+    for m in (r for r in rows if r.get("status") == "ok" and r["method"] == "mixed"):
+        out.append(f"**Budgeted allocation ({m['name']}).** " + _budget_vs_uniform(m, rows, comps, splits, pct))
     front = pareto(rows)
     if front:
         out.append("**Best trade-offs (by the measured figures).** No other row is at least as compressed with at "
@@ -187,6 +189,27 @@ def _prune_vs_quant(pr: dict, rows: list[dict], comps: list[dict], splits: Seque
                      f"(closest: {summary(comps, pr['name'], q['name'], splits, q['name'] + ' minus pruning')}): "
                      "here pruning keeps more BLEU, unlike the study.")
     return " ".join(lines)
+
+
+def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Sequence[str], pct) -> str:
+    """A budgeted row against the uniform rows it is at least as compressed as (whole model)."""
+    said = (f"{pct(m):.1f}% of the baseline at {m['model_compression_ratio']:.2f}x for every parameter "
+            f"({m['compression_ratio']:.2f}x for the file with its tokenizer).")
+    alloc = m.get("allocation")
+    if alloc:
+        said += (" Layers: " + ", ".join(f"{n}× {c}" for c, n in alloc["choices"].items())
+                 + f"; allocation search {alloc['search_seconds']:.0f} s against {m.get('retrain_seconds', 0):.0f} s "
+                 "of retraining.")
+    below = [u for u in uniform_below(rows, m) if splits and find(comps, u["name"], m["name"], splits[0])]
+    if not below:
+        return said + " No uniform row between half its ratio and its ratio has been tested against it yet."
+    best = max(below, key=lambda u: u["bleu"])
+    hi, lo, n = _sig(comps, best["name"], m["name"], splits)
+    verdict = ("significantly better" if hi and not lo else "significantly worse" if lo and not hi else
+               "not significantly different" if not hi and not lo else "better on some test sets, worse on others")
+    return (said + f" Against the best uniform row at a ratio no higher, {best['name']} ({pct(best):.1f}% at "
+            f"{best['model_compression_ratio']:.2f}x), the budgeted model is {verdict}: "
+            + summary(comps, best["name"], m["name"], splits, "budgeted minus uniform") + ".")
 
 
 def pareto(rows: list[dict]) -> list[dict]:

@@ -30,8 +30,11 @@ from ..pack.format import write_packed
 from ..pack.sizes import ModelSizes
 from ..train.loop import train
 from ..train.pipeline import SplitResult, compress_model, score_splits
+from ..compress.allocate import describe
+from ..train.budget import BudgetConfig, allocation_stages, load_or_plan
 from ..train.retrain import RetrainConfig, Stage
 from .comparisons import compare
+from .plots import allocation_heatmap
 from .grid import EXPERIMENTS, SWEEP_PRESETS, Experiment, SweepPreset
 
 log = logging.getLogger(__name__)
@@ -129,14 +132,27 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
         return row
     rc = RetrainConfig(epochs=sp.retrain_epochs, lr=sp.retrain_lr, distill=exp.distill,
                        **({"warmup_steps": sp.retrain_warmup} if sp.retrain_warmup is not None else {}))
-    last = len(exp.stages) - 1
-    stages = [Stage(c, list(scope) if isinstance(scope, tuple) else [scope],
-                    retrain=not exp.retrain_last_only or i == last) for i, (c, scope) in enumerate(exp.stages)]
-    result = compress_model(model, tok, cfg, stages, rc, out,
-                            sp.train_limit, work_dir=work or out.with_name(out.name + ".work"), test_splits=splits,
-                            test_limit=sp.test_limit)
+    work = work or out.with_name(out.name + ".work")
+    allocation, half_dense = None, False
+    if exp.target_ratio is not None:
+        budget = BudgetConfig(target_ratio=exp.target_ratio)
+        allocation, half_dense = load_or_plan(model, tok, cfg, budget, work, sp.train_limit), budget.half_dense
+        stages = allocation_stages(allocation.choices())
+    else:
+        last = len(exp.stages) - 1
+        stages = [Stage(c, list(scope) if isinstance(scope, tuple) else [scope],
+                        retrain=not exp.retrain_last_only or i == last) for i, (c, scope) in enumerate(exp.stages)]
+    result = compress_model(model, tok, cfg, stages, rc, out, sp.train_limit, work_dir=work, test_splits=splits,
+                            test_limit=sp.test_limit, half_dense=half_dense)
     assert result is not None  # a sweep runs in one process
     d = result.to_dict()
+    if allocation is not None:
+        summary = {**allocation.to_dict(), "packed_bytes": d["sizes"]["packed_file_bytes"] - d["sizes"]["tokenizer_bytes"]}
+        write_text_atomic(out.with_name(f"{exp.name}.allocation.json"), json.dumps(summary, indent=1))
+        allocation_heatmap(summary["layers"], out.with_name(f"{exp.name}.allocation.png"),
+                           f"{exp.name}: {summary['packed_bytes']:,} bytes, {d['model_compression_ratio']:.1f}x")
+        row["allocation"] = {"choices": describe(allocation.choices()), "budget_bytes": allocation.budget_bytes,
+                             "search_seconds": round(allocation.search_seconds, 1)}
     row.update(_row_scores(result.tests), params_compressed_share=d["params_compressed_share"],
                packed_bytes=d["packed_bytes"], tokenizer_bytes=result.sizes.tokenizer_bytes, sizes=d["sizes"],
                **{k: v for k, v in d.items() if k.endswith("_ratio")}, history=d["history"],

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..compress.allocate import Choice, choice_bytes, survivors_and_mask_bytes
-from ..compress.primitives import magnitude_mask
+from ..compress.primitives import kmeans_1d, magnitude_mask
 from ..data.batching import Batch, collate, token_batches
 from ..data.splits import Split
 from ..model.transformer import PAD
@@ -112,8 +112,27 @@ def score_choices(weights: dict[str, Tensor], choices: Iterable[Choice], masks: 
 
 def fisher_scores(model: nn.Module, weights: dict[str, Tensor], batches: Sequence[Batch], choices: Iterable[Choice],
                   masks: Masks) -> dict[str, dict[Choice, float]]:
+    """``0.5 * sum F (w - q)^2`` for every (layer, choice). Worked on the surviving values only:
+    the pruned ones contribute ``F w^2`` whatever the bits, and no dense ``q`` is ever built (it
+    equals ``score_choices`` with the same formula, a test holds them together, ~3x faster)."""
     fisher = fisher_diagonal(model, weights, batches)
-    return score_choices(weights, choices, masks, lambda name, w, q: float(0.5 * (fisher[name] * (w - q) ** 2).sum()))
+    choices = list(choices)
+    sens: dict[str, dict[Choice, float]] = {}
+    for name, w in tqdm(weights.items(), desc="sensitivity (choices)", unit="layer", disable=None, leave=False):
+        w, f = w.detach().flatten(), fisher[name].flatten()
+        kept = {0.0: (w, f, 0.0)}
+        for sparsity, mask in masks[name].items():
+            m = mask.flatten()
+            kept[sparsity] = (w[m], f[m], float((f[~m] * w[~m] ** 2).sum()))
+        sens[name] = {}
+        for c in choices:
+            values, weight, pruned = kept[c.sparsity]
+            err = pruned
+            if c.bits is not None:
+                centroids, index = kmeans_1d(values, 2 ** c.bits)
+                err += float((weight * (values - centroids[index.long()]) ** 2).sum())
+            sens[name][c] = 0.0 if c.dense else 0.5 * err
+    return sens
 
 
 def loss_scores(model: nn.Module, weights: dict[str, Tensor], batches: Sequence[Batch], choices: Iterable[Choice],
