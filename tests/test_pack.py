@@ -206,3 +206,28 @@ def test_written_files_are_ordinary_readable_files(tokenizer, tmp_path):
     cfg, m = tiny(tokenizer)
     save_packed(m, cfg, tokenizer, tmp_path / "m.sfz")
     assert (tmp_path / "m.sfz").stat().st_mode & 0o044  # group/other may read, as with any file
+
+
+def test_fp16_dense_storage_holds_exactly_the_rounded_model(tiny_run, tmp_path):
+    from shrinkformer.checkpoint import load_model
+    from shrinkformer.compress import KMeansConfig, compress
+    from shrinkformer.pack.format import load_packed, round_dense_to_half, write_packed
+    from shrinkformer.translate import Translator
+
+    cfg, tok, model = load_model(tiny_run / "model.pt")
+    compress(model, KMeansConfig(3), "ffn")  # the attention layers stay dense
+    model.eval()
+    full = write_packed(model, cfg, tok, tmp_path / "fp32.sfz")
+    round_dense_to_half(model)
+    half = write_packed(model, cfg, tok, tmp_path / "fp16.sfz", half_dense=True)
+    dense = sum(v.numel() for k, v in model.state_dict().items() if ".codec." not in k and v.is_floating_point())
+    # two bytes fewer per stored value; the header names either dtype in as many bytes but writes
+    # smaller offsets in fewer digits
+    assert 0 <= full.file_bytes - half.file_bytes - 2 * dense < 8 * len(model.state_dict())
+    assert full.layer_bytes == half.layer_bytes  # the compressed layers are untouched
+    _, _, loaded, _ = load_packed(tmp_path / "fp16.sfz", training=True)
+    want = model.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in loaded.state_dict().items())
+    lines = ["A man in a red shirt.", "Two children play football on the beach."]
+    _, _, inference, _ = load_packed(tmp_path / "fp16.sfz")
+    assert Translator(inference, tok).translate(lines) == Translator(model, tok).translate(lines)
