@@ -8,7 +8,7 @@ import shrinkformer
 
 ROOT = Path(shrinkformer.__file__).parent
 LOWER = ("shrinkformer.pack", "shrinkformer.compress", "shrinkformer.data", "shrinkformer.model")
-UPPER = ("shrinkformer.train", "shrinkformer.experiments", "shrinkformer.cli")
+UPPER = ("shrinkformer.train", "shrinkformer.huggingface", "shrinkformer.experiments", "shrinkformer.cli")
 
 
 def module_name(path: Path) -> str:

@@ -74,10 +74,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_pretrained(path: Path) -> bool:
+    """A Hugging Face model: a model directory or hub name, or a .sfz packed from one."""
+    from .huggingface.model import is_packed_pretrained, is_pretrained_source
+
+    return is_pretrained_source(path) or (path.suffix == ".sfz" and is_packed_pretrained(path))
+
+
 def _translator(args: argparse.Namespace):
+    from .config import RunConfig
     from .model.search import SearchConfig
     from .translate import Translator
 
+    if is_pretrained(args.checkpoint):
+        from .huggingface.model import load
+        from .huggingface.translate import HFTranslator
+
+        hf = load(args.checkpoint, training=args.dense)
+        if args.length_penalty is not None:
+            raise UsageError("--length-penalty applies to shrinkformer models; a Hugging Face model keeps its own")
+        beam = args.beam if args.beam is not None else 5
+        return RunConfig(data=hf.data), HFTranslator(hf.model, hf.tokenizer, beam, args.batch_size)
     cfg, tokenizer, model = load_any(args.checkpoint, training=args.dense)
     search = SearchConfig(beam_size=args.beam if args.beam is not None else cfg.decode.beam_size,
                           length_penalty=cfg.decode.length_penalty if args.length_penalty is None else args.length_penalty,
@@ -172,6 +189,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
             check_writable(path)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if is_pretrained(args.checkpoint):
+        if budget is not None:
+            raise UsageError("--target-ratio/--budget-bytes work on shrinkformer models only, not yet on Hugging "
+                             "Face models")
+        return compress_pretrained(args, stages, rc, half_dense)
     cfg, tok, model = load_any(args.checkpoint, training=True)  # retraining updates the codecs
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
@@ -221,6 +243,52 @@ def cmd_compress(args: argparse.Namespace) -> int:
           f"({s.huffman_scope_compression_ratio:.2f}x on the scope): {result.huffman_file}")
     for split, r in result.tests.items():
         print(f"{split}: BLEU {r.scores.bleu:.2f}, chrF {r.scores.chrf:.2f}")
+    return 0
+
+
+def compress_pretrained(args: argparse.Namespace, stages: list, rc: Any, half_dense: bool) -> int:
+    """``compress`` for a Hugging Face model: its tokenizer, its loss, its generate()."""
+    from torch import nn
+
+    from .compress import select
+    from .config import RunConfig
+    from .data.splits import read_split
+    from .evaluate.bleu import score
+    from .huggingface import model as hfm
+    from .huggingface.retrain import retrain
+    from .huggingface.translate import HFTranslator
+    from .pack.format import round_dense_to_half
+
+    hf = hfm.load(args.checkpoint, training=True)
+    for stage in stages:  # a scope that matches nothing, or the tied embeddings, fail before any work
+        chosen = select(hf.model, stage.scopes, stage.include, stage.exclude)
+        if any(isinstance(m, nn.Embedding) for m in chosen.values()):
+            raise UsageError("a Hugging Face model's embeddings are tied to each other and to its output layer; "
+                             "compressing them is not supported yet")
+    if args.data_dir:
+        hf.data.data_dir = args.data_dir
+    run = RunConfig(data=hf.data)
+    train = read_split(run, hf.data.train_split, args.train_limit)
+    valid = read_split(run, hf.data.valid_split, 100)
+    outcome = retrain(hf, stages, rc, train, valid)
+    if half_dense:
+        round_dense_to_half(hf.model)
+    file_bytes, tokenizer_bytes = hfm.write_packed(hf, args.output, {"history": outcome.history}, half_dense=half_dense)
+    ratio = 4 * outcome.total_params / (file_bytes - tokenizer_bytes)
+    report: dict[str, Any] = {
+        "method": args.method, "command": args.command_line, "checkpoint": str(args.checkpoint),
+        "output": str(args.output), "modules": outcome.modules, "params_compressed_share": round(outcome.share, 4),
+        "packed_bytes": file_bytes, "tokenizer_bytes": tokenizer_bytes, "model_compression_ratio": round(ratio, 3),
+        "history": outcome.history, "retrain_seconds": outcome.retrain_seconds, "torch_version": torch.__version__}
+    print(f"{len(outcome.modules)} modules ({outcome.share:.1%} of parameters); packed {file_bytes:,} bytes, "
+          f"{ratio:.2f}x its parameters: {args.output}")
+    if not args.no_test:
+        test = read_split(run, hf.data.test_split)
+        scores = score(HFTranslator(hf.model, hf.tokenizer).translate(test.source), test.target)
+        report.update(test_split=hf.data.test_split, **scores.to_dict())
+        print(f"{hf.data.test_split}: BLEU {scores.bleu:.2f}, chrF {scores.chrf:.2f}")
+    if args.report:
+        write_json_atomic(report, args.report)
     return 0
 
 
@@ -351,9 +419,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.data_dir:
             cfg.data.data_dir = args.data_dir
         split = args.split or cfg.data.test_split
-        test = read_split(cfg, split)
+        test = read_split(cfg, split, args.test_sentences)
         scores = score(translator.translate(test.source), test.target)
-        result = {"checkpoint": str(args.checkpoint), "split": split, "beam_size": translator.search.beam_size}
+        beam = translator.search.beam_size if hasattr(translator, "search") else translator.beam_size
+        result = {"checkpoint": str(args.checkpoint), "split": split, "beam_size": beam}
     result.update(scores.to_dict())
     print(json.dumps(result, indent=2) if args.json else str(scores))
     return 0
@@ -362,6 +431,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import ctranslate2
 
+    if args.format == "hf":
+        from .huggingface.model import export_pretrained, load
+
+        if not is_pretrained(args.checkpoint):
+            raise UsageError("--format hf exports Hugging Face models (a model directory or a .sfz packed from one)")
+        if args.output.exists():
+            raise UsageError(f"{args.output} exists; choose a new directory for the export")
+        out = export_pretrained(load(args.checkpoint, training=True), args.output)
+        print(f"Hugging Face model directory (decompressed weights, tokenizer): {out}")
+        return 0
+    if is_pretrained(args.checkpoint):
+        raise UsageError("a Hugging Face model goes to CTranslate2 through its own converter: export --format hf, "
+                         "then ct2-transformers-converter --model DIR")
     cfg, tok, model = load_any(args.checkpoint)
     out = ctranslate2.export(model, tok, args.output, args.quantization)
     print(f"CTranslate2 model ({args.quantization}) with its SentencePiece model: {out}")
@@ -479,8 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "it (sentencepiece.model). Needs the optional extra: pip install "
                                    "'shrinkformer[export]'.")
     p.add_argument("checkpoint", type=Path, help="model: a checkpoint (model.pt) or a packed .sfz")
-    p.add_argument("--format", default="ctranslate2", choices=("ctranslate2",), help="target engine (default "
-                                                                                     "ctranslate2)")
+    p.add_argument("--format", default="ctranslate2", choices=("ctranslate2", "hf"),
+                   help="ctranslate2 (default): a CTranslate2 model directory; hf: a Hugging Face model back as a "
+                        "directory transformers loads (decompressed weights)")
     p.add_argument("--quantization", default="float32", choices=("float32", "int8", "int8_float32"),
                    help="how CTranslate2 stores the weights (default float32)")
     p.add_argument("--output", "-o", type=Path, required=True, help="directory to create (must not exist)")
@@ -489,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="sacreBLEU and chrF of a model on a split, or of files",
                        description="Score a checkpoint on a split, or a hypothesis file against references.")
     add_decode_args(p, checkpoint_optional=True)
+    p.add_argument("--test-sentences", type=int, help="decode only the first N sentences of the split")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--split", help="split to translate and score (default: the model's test split)")
     p.add_argument("--hypotheses", type=Path, help="score this file of translations instead of a model")

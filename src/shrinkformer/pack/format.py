@@ -79,10 +79,12 @@ def entropy_decode(parts: dict[str, torch.Tensor], meta: dict[str, Any]) -> None
         parts["mask"], meta["mask"] = torch.from_numpy(gaps.astype("uint8")), "positions"
 
 
-def pack_model(model: nn.Module, huffman: bool = False,
-               half_dense: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def pack_model(model: nn.Module, huffman: bool = False, half_dense: bool = False,
+               aliases: dict[str, str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and per-module metadata of a (partly) compressed model. ``half_dense``: what is not
-    compressed (biases, norms, layers left dense) is stored in fp16; loading widens it again."""
+    compressed (biases, norms, layers left dense) is stored in fp16; loading widens it again.
+    A tensor the state dict holds under several names (a Hugging Face model's tied embeddings) is
+    stored once; ``aliases`` receives each other name and the one stored."""
     dense_dtype = torch.float16 if half_dense else torch.float32
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, Any] = {}
@@ -94,8 +96,15 @@ def pack_model(model: nn.Module, huffman: bool = False,
         kind = "embedding" if isinstance(model.get_submodule(name), CompressedEmbedding) else "linear"
         layers[name] = {"shape": list(codec.shape), "kind": kind, **meta, "made_by": codec.made_by}
         tensors.update({f"{name}.{k}": v.contiguous() for k, v in parts.items()})
+    stored: dict[tuple[int, tuple[int, ...]], str] = {}
     for key, value in model.state_dict().items():
         if not any(key.startswith(f"{name}.codec.") for name in compressed):
+            where = (value.data_ptr(), tuple(value.shape))
+            if where in stored and value.numel():
+                if aliases is not None:
+                    aliases[key] = stored[where]
+                continue
+            stored[where] = key
             tensors[key] = value.detach().to(dense_dtype).contiguous() if value.is_floating_point() \
                 else value.contiguous()
     return tensors, layers
@@ -124,14 +133,27 @@ class PackedFile:
 def encode_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, extra: dict[str, Any] | None = None,
                   huffman: bool = False, half_dense: bool = False) -> tuple[bytes, dict[str, int], int]:
     """The packed file's bytes, each compressed layer's share of them, and the tokenizer's."""
-    tensors, layers = pack_model(model, huffman, half_dense)
+    return encode_file(model, {"config": json.dumps(cfg.to_dict())}, {"__tokenizer__": tokenizer.model_proto},
+                       extra, huffman, half_dense)
+
+
+def encode_file(model: nn.Module, header: dict[str, str], blobs: dict[str, bytes], extra: dict[str, Any] | None = None,
+                huffman: bool = False, half_dense: bool = False) -> tuple[bytes, dict[str, int], int]:
+    """Any model's packed file: its tensors, ``header`` entries in the metadata (what rebuilds the
+    model) and ``blobs`` (tokenizer files) as byte tensors. Returns the bytes, each compressed
+    layer's share of them and the blobs' total."""
+    aliases: dict[str, str] = {}
+    tensors, layers = pack_model(model, huffman, half_dense, aliases)
     layer_bytes = {name: sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith(f"{name}.")
                              and k[len(name) + 1:] in CODEC_FIELDS) for name in layers}
-    tensors["__tokenizer__"] = torch.frombuffer(bytearray(tokenizer.model_proto), dtype=torch.uint8)
-    meta = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(cfg.to_dict()),
-            "layers": json.dumps(layers), "extra": json.dumps(extra or {})}
+    for name, blob in blobs.items():
+        tensors[name] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)
+    meta = {"format": FORMAT, "version": str(VERSION), **header, "layers": json.dumps(layers),
+            "extra": json.dumps(extra or {})}
+    if aliases:  # absent otherwise: files without tied tensors stay as they were
+        meta["aliases"] = json.dumps(aliases)
     meta["sha256"] = _digest(tensors, meta)
-    return st_save(tensors, metadata=meta), layer_bytes, tensors["__tokenizer__"].numel()
+    return st_save(tensors, metadata=meta), layer_bytes, sum(len(b) for b in blobs.values())
 
 
 def write_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path: Path,
@@ -168,6 +190,24 @@ def load_packed(path: str | Path, training: bool = False) -> tuple[RunConfig, To
     come in their inference form (packed in memory, ``compress/inference.py``), or with
     ``training`` in their training form (codecs that retraining updates)."""
     path = Path(path)
+    meta, tensors = read_file(path)
+    if "config" not in meta:
+        raise CheckpointError(f"{path}: a packed Hugging Face model; load it with shrinkformer.huggingface")
+    try:
+        cfg = config_from_dict(json.loads(meta["config"]))
+        tokenizer = Tokenizer(tensors.pop("__tokenizer__").numpy().tobytes())
+        model = Transformer(cfg.model)
+        restore_layers(model, meta, tensors, training)
+        load_dense(model, meta, tensors, path)
+    except ShrinkformerError:
+        raise
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
+        raise CheckpointError(f"{path}: inconsistent packed file ({type(err).__name__}: {str(err)[:120]})") from None
+    return cfg, tokenizer, model.eval(), json.loads(meta.get("extra", "{}"))
+
+
+def read_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """A packed file's metadata and tensors, checked: format, version, checksum."""
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -184,35 +224,41 @@ def load_packed(path: str | Path, training: bool = False) -> tuple[RunConfig, To
         raise CheckpointError(f"{path}: corrupt packed file ({str(err).splitlines()[0][:120]})") from None
     if _digest(tensors, meta) != meta.get("sha256"):
         raise CheckpointError(f"{path}: checksum mismatch: the file is corrupt")
-    try:
-        cfg = config_from_dict(json.loads(meta["config"]))
-        tokenizer = Tokenizer(tensors.pop("__tokenizer__").numpy().tobytes())
-        model = Transformer(cfg.model)
-        for name, layer in json.loads(meta["layers"]).items():
-            shape = torch.Size(layer["shape"])
-            parts = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.")
-                     and k[len(name) + 1:] in CODEC_FIELDS}
-            for k in parts:
-                tensors.pop(f"{name}.{k}")
-            entropy_decode(parts, layer)
-            made_by = layer.get("made_by", [])  # absent in files written before it was recorded
-            if training:
-                codec = ENCODINGS[layer["encoding"]].unpack(shape, parts, layer)
-                codec.made_by = made_by
-                replace_module(model, name, wrap(model.get_submodule(name), codec))
-            else:  # straight into the inference form: no dense or per-weight copy on the way
-                replace_module(model, name, packed_module(model.get_submodule(name), shape, parts, layer, made_by))
-        state = model.state_dict()
-        dense = {k: v.to(state[k].dtype) for k, v in tensors.items()}
-        missing = [k for k in state if k not in dense and ".codec." not in k and ".packed." not in k]
-        if missing or any(k not in state for k in dense):
-            raise CheckpointError(f"{path}: packed tensors do not match the model (missing {missing[:3]})")
-        model.load_state_dict({**state, **dense})
-    except ShrinkformerError:
-        raise
-    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
-        raise CheckpointError(f"{path}: inconsistent packed file ({type(err).__name__}: {str(err)[:120]})") from None
-    return cfg, tokenizer, model.eval(), json.loads(meta.get("extra", "{}"))
+    return meta, tensors
+
+
+def restore_layers(model: nn.Module, meta: dict[str, str], tensors: dict[str, torch.Tensor], training: bool) -> None:
+    """Put each packed layer in place (taking its tensors out of ``tensors``): the training form
+    (codecs that retraining updates) or the inference form (packed in memory, no dense copy)."""
+    for name, layer in json.loads(meta["layers"]).items():
+        shape = torch.Size(layer["shape"])
+        parts = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.")
+                 and k[len(name) + 1:] in CODEC_FIELDS}
+        for k in parts:
+            tensors.pop(f"{name}.{k}")
+        entropy_decode(parts, layer)
+        made_by = layer.get("made_by", [])  # absent in files written before it was recorded
+        if training:
+            codec = ENCODINGS[layer["encoding"]].unpack(shape, parts, layer)
+            codec.made_by = made_by
+            replace_module(model, name, wrap(model.get_submodule(name), codec))
+        else:
+            replace_module(model, name, packed_module(model.get_submodule(name), shape, parts, layer, made_by))
+
+
+def load_dense(model: nn.Module, meta: dict[str, str], tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Load the uncompressed tensors (all that is left in ``tensors``), widened to the model's
+    dtypes; a name stored once for several (tied tensors) fills them all."""
+    state = model.state_dict()
+    for alias, stored in json.loads(meta.get("aliases", "{}")).items():
+        tensors[alias] = tensors[stored]
+    dense = {k: v.to(state[k].dtype) for k, v in tensors.items() if k in state}
+    missing = [k for k in state if k not in dense and ".codec." not in k and ".packed." not in k]
+    unexpected = [k for k in tensors if k not in state]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: packed tensors do not match the model (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+    model.load_state_dict({**state, **dense})
 
 
 def dense_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,2 @@
+"""Hugging Face translation models through shrinkformer: load, compress and retrain, translate,
+pack, export back (``model.py``, ``translate.py``, ``retrain.py``)."""

@@ -1,0 +1,103 @@
+"""Compress a Hugging Face model and retrain it on parallel text with its own tokenizer.
+
+The stages and their order are the ones ``train/retrain.py`` runs for our models (prune along the
+schedule, then quantize, retraining after each step); the training step is the model's own loss
+(``labels=``), Adam with the inverse-square-root schedule. Unlike our models' retraining, this one
+does not resume after a kill yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..compress import count_params
+from ..data.corpus import Parallel
+from ..evaluate.bleu import score
+from ..train.loop import inverse_sqrt
+from ..train.retrain import RetrainConfig, Stage, _Compressor, plan
+from .model import HFModel
+from .translate import HFTranslator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HFRetrainOutcome:
+    modules: list[str]
+    compressed_params: int
+    total_params: int
+    history: list[dict[str, Any]]
+    retrain_seconds: float
+
+    @property
+    def share(self) -> float:
+        return self.compressed_params / max(self.total_params, 1)
+
+
+def batches(pairs: Parallel, sentences: int, seed: int, epoch: int) -> list[list[int]]:
+    """Indices grouped by source length (little padding), in a seeded order per epoch."""
+    order = sorted(range(len(pairs.source)), key=lambda i: (len(pairs.source[i]), i))
+    groups = [order[i:i + sentences] for i in range(0, len(order), sentences)]
+    random.Random(seed * 1_000_003 + epoch).shuffle(groups)
+    return groups
+
+
+def fit(hf: HFModel, pairs: Parallel, rc: RetrainConfig, batch_sentences: int = 32, seed: int = 1,
+        max_length: int = 128) -> float:
+    """Retrain for ``rc.epochs`` epochs; returns the wall time."""
+    model, tok = hf.model, hf.tokenizer
+    started = time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=rc.lr, betas=(0.9, 0.98), eps=1e-9)
+    step = 0
+    model.train()
+    for epoch in range(rc.epochs):
+        bar = tqdm(batches(pairs, batch_sentences, seed, epoch), desc=f"retrain epoch {epoch + 1}", unit="batch",
+                   disable=None, leave=False)
+        for group in bar:
+            torch.manual_seed(seed * 7919 + step)
+            enc = tok([pairs.source[i] for i in group], text_target=[pairs.target[i] for i in group],
+                      return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+            enc["labels"] = enc["labels"].masked_fill(enc["labels"] == tok.pad_token_id, -100)
+            for group_ in optimizer.param_groups:
+                group_["lr"] = inverse_sqrt(step + 1, rc.lr, rc.warmup_steps)
+            loss = model(**enc).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    model.eval()
+    return time.perf_counter() - started
+
+
+def retrain(hf: HFModel, stages: list[Stage], rc: RetrainConfig, train: Parallel,
+            valid: Parallel | None = None) -> HFRetrainOutcome:
+    """Compress ``hf.model`` in place step by step, retraining after each."""
+    compressor = _Compressor(hf.model, stages)  # type: ignore[arg-type]  # any nn.Module compresses
+    total = count_params(hf.model)
+
+    def valid_bleu() -> float | None:
+        if valid is None:
+            return None
+        return score(HFTranslator(hf.model, hf.tokenizer, beam_size=1).translate(valid.source), valid.target).bleu
+
+    history: list[dict[str, Any]] = [{"stage": "uncompressed", "valid_bleu": valid_bleu()}]
+    seconds = 0.0
+    for step in plan(stages):
+        name = step.name(stages)
+        compressor.apply(step)
+        history.append({"stage": name, "when": "compressed", "valid_bleu": valid_bleu()})
+        if rc.epochs and stages[step.stage].retrain:
+            seconds += fit(hf, train, rc)
+            history.append({"stage": name, "when": "retrained", "valid_bleu": valid_bleu()})
+        log.info("%s: validation BLEU %s", name, history[-1]["valid_bleu"])
+    return HFRetrainOutcome(compressor.modules, compressor.compressed_params, total, history, round(seconds, 1))

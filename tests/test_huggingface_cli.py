@@ -1,0 +1,141 @@
+"""A Hugging Face MarianMT model through the command line, offline: a tiny model with a real
+MarianTokenizer (SentencePiece models trained on a Multi30k subset), saved with save_pretrained,
+compressed with retraining, translated, evaluated, exported back and reloaded by transformers, and
+converted by CTranslate2's own Hugging Face converter."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from shrinkformer.cli import main
+
+from .conftest import run_cli
+
+transformers = pytest.importorskip("transformers")
+spm = pytest.importorskip("sentencepiece")
+
+LINES = ["A man in a red shirt.", "Two children play football on the beach.", "A dog runs."]
+
+
+def _lines(multi30k: Path, lang: str, n: int) -> list[str]:
+    with gzip.open(multi30k / f"train.{lang}.gz", "rt", encoding="utf-8") as f:
+        return [next(f).strip() for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_marian(tmp_path_factory, multi30k) -> Path:
+    out = tmp_path_factory.mktemp("marian")
+    work = tmp_path_factory.mktemp("spm")
+    pieces: list[str] = []
+    for lang, name in (("en", "source"), ("de", "target")):
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(_lines(multi30k, lang, 2000)),
+                                       model_prefix=str(work / name), vocab_size=300, bos_id=-1, eos_id=-1,
+                                       unk_id=0, minloglevel=2)
+        (out / f"{name}.spm").write_bytes((work / f"{name}.model").read_bytes())
+        proc = spm.SentencePieceProcessor(model_file=str(work / f"{name}.model"))
+        pieces += [proc.id_to_piece(i) for i in range(1, proc.get_piece_size())]
+    vocab = {"</s>": 0, "<unk>": 1}
+    for p in pieces:
+        vocab.setdefault(p, len(vocab))
+    vocab["<pad>"] = len(vocab)
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    tok = transformers.MarianTokenizer(str(out / "source.spm"), str(out / "target.spm"), str(out / "vocab.json"),
+                                       source_lang="en", target_lang="de")
+    torch.manual_seed(0)
+    cfg = transformers.MarianConfig(vocab_size=len(vocab), d_model=32, encoder_layers=2, decoder_layers=2,
+                                    encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                                    decoder_ffn_dim=64, max_position_embeddings=128, pad_token_id=vocab["<pad>"],
+                                    eos_token_id=0, decoder_start_token_id=vocab["<pad>"], forced_eos_token_id=None,
+                                    max_length=16, num_beams=2, dropout=0.0)
+    model = transformers.MarianMTModel(cfg).eval()
+    model.generation_config.max_length = 16
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def generate(model_dir: Path, lines: list[str]) -> list[list[int]]:
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        ids = model.generate(**tok(lines, return_tensors="pt", padding=True), num_beams=1, do_sample=False,
+                             max_new_tokens=16)
+    return [[t for t in row.tolist() if t != tok.pad_token_id] for row in ids]
+
+
+def test_marian_round_trip_through_the_command_line(tiny_marian, multi30k, tmp_path, capsys):
+    packed, report = tmp_path / "m.sfz", tmp_path / "r.json"
+    assert main(["-q", "compress", str(tiny_marian), "--method", "kmeans", "--bits", "4", "--retrain-epochs", "1",
+                 "--train-limit", "64", "--data-dir", str(multi30k), "--no-test", "-o", str(packed),
+                 "--report", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert len(r["modules"]) == 2 * 6 + 2 * 10 and [h.get("when") for h in r["history"]] == [None, "compressed",
+                                                                                            "retrained"]
+    assert r["model_compression_ratio"] > 1 and r["packed_bytes"] == packed.stat().st_size
+    capsys.readouterr()
+
+    # translate offline from the packed file, packed and dense forms alike
+    (tmp_path / "in.txt").write_text("\n".join(LINES) + "\n")
+    outs = []
+    for extra in ([], ["--dense"]):
+        assert main(["translate", str(packed), "-i", str(tmp_path / "in.txt"), "--beam", "1", *extra]) == 0
+        outs.append(capsys.readouterr().out.splitlines())
+    assert outs[0] == outs[1] and len(outs[0]) == len(LINES)
+
+    assert main(["evaluate", str(packed), "--data-dir", str(multi30k), "--test-sentences", "20", "--beam", "1",
+                 "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["sentences"] == 20 and scores["beam_size"] == 1 and "bleu" in scores
+
+    # back out as a Hugging Face directory: transformers loads it and generates what the packed model does
+    exported = tmp_path / "hf"
+    assert main(["export", str(packed), "--format", "hf", "-o", str(exported)]) == 0
+    from shrinkformer.huggingface.model import load_packed
+
+    hf = load_packed(packed, training=True)
+    tok = hf.tokenizer
+    with torch.no_grad():
+        want = hf.model.generate(**tok(LINES, return_tensors="pt", padding=True), num_beams=1, do_sample=False,
+                                 max_new_tokens=16)
+    want = [[t for t in row.tolist() if t != tok.pad_token_id] for row in want]
+    assert generate(exported, LINES) == want
+    state = transformers.AutoModelForSeq2SeqLM.from_pretrained(exported).state_dict()
+    fc1 = state["model.encoder.layers.0.fc1.weight"]
+    assert fc1.unique().numel() <= 16  # the 4-bit weights went out as they are
+
+    # and through CTranslate2's own Hugging Face converter: the same tokens in float32
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    ct2_dir = tmp_path / "ct2"
+    ctranslate2.converters.TransformersConverter(str(exported)).convert(str(ct2_dir), quantization="float32")
+    translator = ctranslate2.Translator(str(ct2_dir), device="cpu")
+    sources = [tok.convert_ids_to_tokens(tok(line).input_ids) for line in LINES]
+    results = translator.translate_batch(sources, beam_size=1, max_decoding_length=16)
+    got = [tok.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
+    assert got == [[t for t in ids if t != tok.eos_token_id] for ids in want]
+
+
+def test_hugging_face_bad_input_is_one_line(tiny_marian, multi30k, tmp_path):
+    not_model = tmp_path / "empty"
+    not_model.mkdir()
+    gpt = tmp_path / "gpt"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=50)).save_pretrained(gpt)
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    cases = [
+        (["compress", str(not_model), "--method", "kmeans"], "not a model directory (no config.json"),
+        (["compress", str(gpt), "--method", "kmeans"], "model type 'gpt2' is not a sequence-to-sequence"),
+        (["compress", str(tiny_marian), "--method", "kmeans", "--scope", "embeddings"],
+         "embeddings are tied to each other"),
+        (["export", str(tiny_marian), "--format", "hf", "-o", str(existing)], "exists; choose a new directory"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args, "--data-dir", str(multi30k), "-o", str(tmp_path / "out.sfz")) \
+            if args[0] == "compress" else run_cli(*args)
+        assert result.returncode != 0, args
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "out.sfz").exists() and list(existing.iterdir()) == []
