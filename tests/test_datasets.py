@@ -67,3 +67,29 @@ def test_unknown_dataset_and_missing_wmt_extra():
     except ImportError:
         with pytest.raises(UsageError, match=r"pip install 'shrinkformer\[wmt\]'"):
             resolve_data_dir("wmt14", None, ["train"], ("en", "de"))
+
+
+def test_wmt14_from_a_local_datasets_copy(multi30k, tmp_path, monkeypatch):
+    """The wmt14 preset's data path, offline: a DatasetDict with the hub's WMT14 schema, saved to
+    disk, becomes the plain {split}.{lang} files every command reads."""
+    hf_datasets = pytest.importorskip("datasets")
+    from shrinkformer.data.corpus import read_parallel
+
+    def rows(split, n):
+        raw = read_parallel(multi30k, split, "en", "de", n)
+        return {"translation": [{"de": d, "en": e} for e, d in zip(raw.source, raw.target)]}
+
+    saved = tmp_path / "wmt14-local"
+    hf_datasets.DatasetDict({"train": hf_datasets.Dataset.from_dict(rows("train", 50)),
+                             "validation": hf_datasets.Dataset.from_dict(rows("val", 10)),
+                             "test": hf_datasets.Dataset.from_dict(rows("test_2016_flickr", 20))}).save_to_disk(saved)
+    monkeypatch.setenv("SHRINKFORMER_WMT14_DATASET", str(saved))
+    got = resolve_data_dir("wmt14", None, ["train", "val", "test"], ("en", "de"))
+    assert got == datasets.cache_root() / "wmt14"
+    train = read_parallel(got, "train", "en", "de")
+    assert train.source == read_parallel(multi30k, "train", "en", "de", 50).source and len(train.target) == 50
+    assert len(read_parallel(got, "test", "en", "de").source) == 20
+    monkeypatch.setenv("SHRINKFORMER_WMT14_DATASET", str(tmp_path / "nothing"))
+    monkeypatch.setenv("SHRINKFORMER_CACHE", str(tmp_path / "fresh-cache"))
+    with pytest.raises(DataError, match="not a saved datasets dataset"):
+        resolve_data_dir("wmt14", None, ["train"], ("en", "de"))

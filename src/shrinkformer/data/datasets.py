@@ -89,19 +89,30 @@ def download_multi30k(dest: Path, names: list[str], base_url: str | None = None)
 
 
 def prepare_wmt14(dest: Path, splits: list[str], langs: tuple[str, str]) -> Path:
-    """Write WMT14 En-De from Hugging Face ``datasets`` as plain ``{split}.{lang}`` files, once."""
+    """Write WMT14 En-De from Hugging Face ``datasets`` as plain ``{split}.{lang}`` files, once.
+    ``SHRINKFORMER_WMT14_DATASET`` names a local copy (``DatasetDict.save_to_disk``, the hub's
+    schema) to read instead of the hub: the offline route."""
     if _has_files(dest, [f"{s}.{lang}" for s in splits for lang in langs]):
         return dest
     try:
         import datasets  # optional extra
     except ImportError:
         raise UsageError("the wmt14 dataset needs Hugging Face datasets: pip install 'shrinkformer[wmt]'") from None
+    local = os.environ.get("SHRINKFORMER_WMT14_DATASET")
+    if local:
+        try:
+            saved = datasets.load_from_disk(local)
+        except (FileNotFoundError, OSError, ValueError) as err:
+            raise DataError(f"SHRINKFORMER_WMT14_DATASET={local}: not a saved datasets dataset ({err})") from None
     dest.mkdir(parents=True, exist_ok=True)
     hf_split = {"train": "train", "val": "validation", "valid": "validation", "test": "test"}
     for split in splits:
         if split not in hf_split:
             raise UsageError(f"wmt14 has splits {', '.join(hf_split)}, not {split!r}")
-        rows = datasets.load_dataset("wmt14", "de-en", split=hf_split[split])
+        if local and hf_split[split] not in saved:
+            raise DataError(f"SHRINKFORMER_WMT14_DATASET={local}: no {hf_split[split]!r} split "
+                            f"(has {', '.join(saved)})")
+        rows = saved[hf_split[split]] if local else datasets.load_dataset("wmt14", "de-en", split=hf_split[split])
         for lang in langs:
             with atomic_write(dest / f"{split}.{lang}") as f:
                 for row in rows:
