@@ -139,3 +139,36 @@ def test_hugging_face_bad_input_is_one_line(tiny_marian, multi30k, tmp_path):
         assert result.returncode != 0, args
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "out.sfz").exists() and list(existing.iterdir()) == []
+
+
+def test_killed_marian_retraining_resumes_to_the_same_weights(tiny_marian, multi30k, tmp_path, monkeypatch):
+    from shrinkformer.compress import KMeansConfig, PruneConfig
+    from shrinkformer.data.corpus import read_parallel
+    from shrinkformer.huggingface import retrain as hf_retrain
+    from shrinkformer.huggingface.model import load_pretrained
+    from shrinkformer.train.retrain import RetrainConfig, Stage
+
+    stages = [Stage(PruneConfig(0.3, 0.5, 2), ["ffn"]), Stage(KMeansConfig(3), ["ffn"])]
+    rc = RetrainConfig(epochs=1, lr=1e-3, warmup_steps=2)
+    pairs = read_parallel(multi30k, "train", "en", "de", 48)
+
+    whole = load_pretrained(tiny_marian)
+    hf_retrain.retrain(whole, stages, rc, pairs, work_dir=tmp_path / "a")
+
+    fit, calls = hf_retrain.fit, []
+
+    def dies_on_the_second_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(hf_retrain, "fit", dies_on_the_second_step)
+    with pytest.raises(KeyboardInterrupt):
+        hf_retrain.retrain(load_pretrained(tiny_marian), stages, rc, pairs, work_dir=tmp_path / "b")
+    monkeypatch.setattr(hf_retrain, "fit", fit)
+    resumed = load_pretrained(tiny_marian)
+    outcome = hf_retrain.retrain(resumed, stages, rc, pairs, work_dir=tmp_path / "b")
+    assert [h.get("when") for h in outcome.history].count("retrained") == 3
+    want = whole.model.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in resumed.model.state_dict().items())

@@ -8,6 +8,7 @@ import logging
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -270,10 +271,12 @@ def compress_pretrained(args: argparse.Namespace, stages: list, rc: Any, half_de
     run = RunConfig(data=hf.data)
     train = read_split(run, hf.data.train_split, args.train_limit)
     valid = read_split(run, hf.data.valid_split, 100)
-    outcome = retrain(hf, stages, rc, train, valid)
+    work = args.work_dir or args.output.with_name(args.output.name + ".work")
+    outcome = retrain(hf, stages, rc, train, valid, work)
     if half_dense:
         round_dense_to_half(hf.model)
     file_bytes, tokenizer_bytes = hfm.write_packed(hf, args.output, {"history": outcome.history}, half_dense=half_dense)
+    shutil.rmtree(work, ignore_errors=True)  # the packed file now holds everything
     ratio = 4 * outcome.total_params / (file_bytes - tokenizer_bytes)
     report: dict[str, Any] = {
         "method": args.method, "command": args.command_line, "checkpoint": str(args.checkpoint),
@@ -444,7 +447,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if is_pretrained(args.checkpoint):
         raise UsageError("a Hugging Face model goes to CTranslate2 through its own converter: export --format hf, "
                          "then ct2-transformers-converter --model DIR")
-    cfg, tok, model = load_any(args.checkpoint)
+    _, tok, model = load_any(args.checkpoint)
     out = ctranslate2.export(model, tok, args.output, args.quantization)
     print(f"CTranslate2 model ({args.quantization}) with its SentencePiece model: {out}")
     return 0

@@ -93,6 +93,13 @@ def load_hypotheses(output: Path, name: str, split: str) -> list[str] | None:
     return gzip.decompress(path.read_bytes()).decode("utf-8").splitlines()
 
 
+def _size_fields(sizes: ModelSizes) -> dict[str, Any]:
+    """A row's sizes: the packed bytes, the tokenizer's, every size and, at the top, the ratios."""
+    d = sizes.to_dict()
+    return {"packed_bytes": sizes.packed_file_bytes, "tokenizer_bytes": sizes.tokenizer_bytes, "sizes": d,
+            **{k: v for k, v in d.items() if k.endswith("_ratio")}}
+
+
 def _row_scores(tests: dict[str, SplitResult]) -> dict[str, Any]:
     first = next(iter(tests.values()))
     return {"test_split": first.split, "bleu": first.scores.bleu, "chrf": first.scores.chrf,
@@ -124,9 +131,7 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
         if out.exists() and out.resolve() == checkpoint.resolve():  # never write over the model being read
             out = out.with_name(f"{out.stem}.repacked{out.suffix}")
         sizes = ModelSizes.measure(model, tok, write_packed(model, cfg, tok, out))
-        row.update(_row_scores(tests), params_compressed_share=0.0, packed_bytes=sizes.packed_file_bytes,
-                   tokenizer_bytes=sizes.tokenizer_bytes, sizes=sizes.to_dict(),
-                   **{k: v for k, v in sizes.to_dict().items() if k.endswith("_ratio")},
+        row.update(_row_scores(tests), params_compressed_share=0.0, **_size_fields(sizes),
                    retrain_seconds=0.0, wall_seconds=round(time.perf_counter() - started, 1))
         save_hypotheses(output, exp.name, tests)
         return row
@@ -154,9 +159,8 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
         row["allocation"] = {"choices": describe(allocation.choices()), "budget_bytes": allocation.budget_bytes,
                              "search_seconds": round(allocation.search_seconds, 1)}
     row.update(_row_scores(result.tests), params_compressed_share=d["params_compressed_share"],
-               packed_bytes=d["packed_bytes"], tokenizer_bytes=result.sizes.tokenizer_bytes, sizes=d["sizes"],
-               **{k: v for k, v in d.items() if k.endswith("_ratio")}, history=d["history"],
-               retrain_seconds=d["retrain_seconds"], wall_seconds=d["wall_seconds"])
+               **_size_fields(result.sizes), history=d["history"], retrain_seconds=d["retrain_seconds"],
+               wall_seconds=d["wall_seconds"])
     save_hypotheses(output, exp.name, result.tests)
     return row
 

@@ -2,16 +2,21 @@
 
 The stages and their order are the ones ``train/retrain.py`` runs for our models (prune along the
 schedule, then quantize, retraining after each step); the training step is the model's own loss
-(``labels=``), Adam with the inverse-square-root schedule. Unlike our models' retraining, this one
-does not resume after a kill yet.
+(``labels=``), Adam with the inverse-square-root schedule. A work directory keeps the model after
+each finished step (as ours does): a killed run started again replays the finished steps'
+compression, loads their weights and goes on; the step that was in progress starts over.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +26,8 @@ from ..compress import count_params
 from ..data.corpus import Parallel
 from ..evaluate.bleu import score
 from ..train.loop import inverse_sqrt
-from ..train.retrain import RetrainConfig, Stage, _Compressor, plan
+from ..checkpoint import save_atomic
+from ..train.retrain import RetrainConfig, Stage, _Compressor, _replay, plan, read_state, work_directory
 from .model import HFModel
 from .translate import HFTranslator
 
@@ -79,25 +85,50 @@ def fit(hf: HFModel, pairs: Parallel, rc: RetrainConfig, batch_sentences: int = 
     return time.perf_counter() - started
 
 
+def run_key(hf: HFModel, stages: list[Stage], rc: RetrainConfig, train: Parallel) -> str:
+    """What a work directory belongs to: the model's weights, the stages, the settings, the data."""
+    h = hashlib.sha256(json.dumps({"stages": [s.to_dict() for s in stages], "retrain": dataclasses.asdict(rc),
+                                   "pairs": len(train.source), "config": hf.model.config.to_dict()},
+                                  sort_keys=True, default=str).encode())
+    for name, value in sorted(hf.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def retrain(hf: HFModel, stages: list[Stage], rc: RetrainConfig, train: Parallel,
-            valid: Parallel | None = None) -> HFRetrainOutcome:
-    """Compress ``hf.model`` in place step by step, retraining after each."""
+            valid: Parallel | None = None, work_dir: Path | None = None) -> HFRetrainOutcome:
+    """Compress ``hf.model`` in place step by step, retraining after each; resumes from ``work_dir``."""
     compressor = _Compressor(hf.model, stages)  # type: ignore[arg-type]  # any nn.Module compresses
     total = count_params(hf.model)
+    key = run_key(hf, stages, rc, train)
+    steps = plan(stages)
 
     def valid_bleu() -> float | None:
         if valid is None:
             return None
         return score(HFTranslator(hf.model, hf.tokenizer, beam_size=1).translate(valid.source), valid.target).bleu
 
-    history: list[dict[str, Any]] = [{"stage": "uncompressed", "valid_bleu": valid_bleu()}]
-    seconds = 0.0
-    for step in plan(stages):
-        name = step.name(stages)
-        compressor.apply(step)
-        history.append({"stage": name, "when": "compressed", "valid_bleu": valid_bleu()})
-        if rc.epochs and stages[step.stage].retrain:
-            seconds += fit(hf, train, rc)
-            history.append({"stage": name, "when": "retrained", "valid_bleu": valid_bleu()})
-        log.info("%s: validation BLEU %s", name, history[-1]["valid_bleu"])
-    return HFRetrainOutcome(compressor.modules, compressor.compressed_params, total, history, round(seconds, 1))
+    with work_directory(work_dir) as work:
+        state = read_state(work, key)
+        if state is None:
+            state = {"key": key, "done": 0, "retrain_seconds": 0.0,
+                     "history": [{"stage": "uncompressed", "valid_bleu": valid_bleu()}]}
+        else:
+            log.info("resuming the retraining in %s: %d of %d steps done", work, state["done"], len(steps))
+            _replay(hf.model, compressor, steps, state, work)  # type: ignore[arg-type]
+        for j in range(state["done"], len(steps)):
+            step, name = steps[j], steps[j].name(stages)
+            compressor.apply(step)
+            state["history"].append({"stage": name, "when": "compressed", "valid_bleu": valid_bleu()})
+            if rc.epochs and stages[step.stage].retrain:
+                state["retrain_seconds"] += fit(hf, train, rc)
+                state["history"].append({"stage": name, "when": "retrained", "valid_bleu": valid_bleu()})
+            log.info("%s: validation BLEU %s", name, state["history"][-1]["valid_bleu"])
+            snapshot = {k: v.detach().cpu().clone() for k, v in hf.model.state_dict().items()}
+            if j + 1 < len(steps) and steps[j + 1].position == 0:
+                save_atomic(snapshot, work / f"stage{steps[j + 1].stage}.pt")  # what the next stage starts from
+            state.update(done=j + 1, model=snapshot)
+            save_atomic(state, work / "state.pt")
+    return HFRetrainOutcome(compressor.modules, compressor.compressed_params, total, state["history"],
+                            round(state["retrain_seconds"], 1))

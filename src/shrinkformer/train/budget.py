@@ -123,6 +123,8 @@ SLACK_BYTES = 64  # what the history's real numbers may add over the placeholder
 
 def plan_allocation(model: Transformer, tok: Tokenizer, cfg: RunConfig, bc: BudgetConfig,
                     train_limit: int | None = None) -> Allocation:
+    """Price every choice, check the budget is reachable, estimate sensitivities, solve, and check
+    the answer by packing it (steps 1-3 of the module's description)."""
     started = time.perf_counter()
     if codecs(model):
         raise UsageError("budgeted compression starts from an uncompressed model; this one is compressed already")
