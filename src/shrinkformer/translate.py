@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from itertools import islice
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -57,7 +57,11 @@ class Translator:
         return out
 
     def stream(self, lines: Iterable[str], chunk: int = 256) -> Iterator[str]:
-        """Translate an unbounded stream, a chunk at a time, keeping the order."""
-        it = (line.rstrip("\n") for line in lines)
-        while block := list(islice(it, chunk)):
-            yield from self.translate(block)
+        return stream(self.translate, lines, chunk)
+
+
+def stream(translate: Callable[[Sequence[str]], list[str]], lines: Iterable[str], chunk: int = 256) -> Iterator[str]:
+    """Translate an unbounded stream, a chunk at a time, keeping the order."""
+    it = (line.rstrip("\n") for line in lines)
+    while block := list(islice(it, chunk)):
+        yield from translate(block)

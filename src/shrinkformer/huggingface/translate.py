@@ -3,12 +3,11 @@ in input order, with our settings for the beam and batch sizes."""
 
 from __future__ import annotations
 
-from itertools import islice
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
-from ..translate import evaluating
+from ..translate import evaluating, stream
 
 
 class HFTranslator:
@@ -33,6 +32,4 @@ class HFTranslator:
         return out
 
     def stream(self, lines: Iterable[str], chunk: int = 256) -> Iterator[str]:
-        it = (line.rstrip("\n") for line in lines)
-        while block := list(islice(it, chunk)):
-            yield from self.translate(block)
+        return stream(self.translate, lines, chunk)
