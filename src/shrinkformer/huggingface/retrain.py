@@ -27,7 +27,7 @@ from ..data.corpus import Parallel
 from ..evaluate.bleu import score
 from ..train.loop import inverse_sqrt
 from ..checkpoint import save_atomic
-from ..train.retrain import RetrainConfig, Stage, _Compressor, _replay, plan, read_state, work_directory
+from ..train.retrain import RetrainConfig, Stage, Compressor, replay, plan, read_state, work_directory
 from .model import HFModel
 from .translate import HFTranslator
 
@@ -99,7 +99,7 @@ def run_key(hf: HFModel, stages: list[Stage], rc: RetrainConfig, train: Parallel
 def retrain(hf: HFModel, stages: list[Stage], rc: RetrainConfig, train: Parallel,
             valid: Parallel | None = None, work_dir: Path | None = None) -> HFRetrainOutcome:
     """Compress ``hf.model`` in place step by step, retraining after each; resumes from ``work_dir``."""
-    compressor = _Compressor(hf.model, stages)  # type: ignore[arg-type]  # any nn.Module compresses
+    compressor = Compressor(hf.model, stages)  # type: ignore[arg-type]  # any nn.Module compresses
     total = count_params(hf.model)
     key = run_key(hf, stages, rc, train)
     steps = plan(stages)
@@ -116,7 +116,7 @@ def retrain(hf: HFModel, stages: list[Stage], rc: RetrainConfig, train: Parallel
                      "history": [{"stage": "uncompressed", "valid_bleu": valid_bleu()}]}
         else:
             log.info("resuming the retraining in %s: %d of %d steps done", work, state["done"], len(steps))
-            _replay(hf.model, compressor, steps, state, work)  # type: ignore[arg-type]
+            replay(hf.model, compressor, steps, state, work)  # type: ignore[arg-type]
         for j in range(state["done"], len(steps)):
             step, name = steps[j], steps[j].name(stages)
             compressor.apply(step)

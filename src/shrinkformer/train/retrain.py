@@ -169,7 +169,7 @@ def read_state(work: Path, key: str) -> dict[str, Any] | None:
     return state
 
 
-class _Compressor:
+class Compressor:
     """Applies steps to the model, remembering what it compressed (set_sparsity needs the codecs)."""
 
     def __init__(self, model: Transformer, stages: list[Stage]) -> None:
@@ -206,7 +206,7 @@ def retrain(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Sta
     train = Split.encode(read_split(cfg, cfg.data.train_split, train_limit), tok, cfg.data.max_tokens_per_sentence)
     valid = Split.encode(read_split(cfg, cfg.data.valid_split, cfg.data.valid_limit), tok)
     teacher = copy.deepcopy(model).eval() if rc.distill > 0 else None
-    compressor = _Compressor(model, stages)
+    compressor = Compressor(model, stages)
     total_params = count_params(model)
 
     with work_directory(work_dir) as work:
@@ -216,7 +216,7 @@ def retrain(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Sta
                      "history": [{"stage": "uncompressed", "valid_bleu": valid_bleu(model, tok, cfg, valid, world)}]}
         else:
             log.info("resuming the retraining in %s: %d of %d steps done", work, state["done"], len(steps))
-            _replay(model, compressor, steps, state, work)
+            replay(model, compressor, steps, state, work)
         for j in range(state["done"], len(steps)):
             step, name = steps[j], steps[j].name(stages)
             compressor.apply(step)
@@ -239,7 +239,7 @@ def retrain(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Sta
                           round(state["retrain_seconds"], 1))
 
 
-def _replay(model: Transformer, compressor: _Compressor, steps: list[Step], state: dict[str, Any],
+def replay(model: Transformer, compressor: Compressor, steps: list[Step], state: dict[str, Any],
             work: Path) -> None:
     """Rebuild the compressed structure of the finished steps, then load their saved weights. A
     quantizer after pruning must see the pruned model its stage began from (its masks decide how
