@@ -91,11 +91,13 @@ def test_target_ratio_writes_a_model_within_the_budget(tiny_run, multi30k, tmp_p
 def test_budget_bytes_and_the_dense_dtype(tiny_run, multi30k, tmp_path):
     out = tmp_path / "b.sfz"
     assert main(["-q", "compress", str(tiny_run / "model.pt"), "--budget-bytes", "60000", "--dense-dtype", "fp32",
-                 "--retrain-epochs", "0", "--sensitivity-sentences", "50", "--data-dir", str(multi30k), "--no-test",
-                 "-o", str(out)]) == 0
+                 "--sensitivity", "loss", "--retrain-epochs", "0", "--sensitivity-sentences", "50", "--data-dir",
+                 str(multi30k), "--no-test", "-o", str(out)]) == 0
     _, tok, model, _ = load_packed(out)
     assert out.stat().st_size - len(tok.model_proto) <= 60000
-    assert json.loads((tmp_path / "b.allocation.json").read_text())["half_dense"] is False
+    allocation = json.loads((tmp_path / "b.allocation.json").read_text())
+    assert allocation["half_dense"] is False and allocation["sensitivity_method"] == "loss"
+    assert all(row["sensitivity"] == 0 for row in allocation["layers"] if row["choice"] == "dense")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -132,6 +132,9 @@ def test_hugging_face_bad_input_is_one_line(tiny_marian, multi30k, tmp_path):
         (["compress", str(tiny_marian), "--method", "kmeans", "--scope", "embeddings"],
          "embeddings are tied to each other"),
         (["export", str(tiny_marian), "--format", "hf", "-o", str(existing)], "exists; choose a new directory"),
+        (["export", str(tiny_marian), "-o", str(tmp_path / "ct2")], "through its own converter: export --format hf"),
+        (["attention", str(tiny_marian), "-o", str(tmp_path / "att")], "Hugging Face models are not supported"),
+        (["reproduce", "--baseline", str(tiny_marian), "-o", str(tmp_path / "rep")], "reproduce --baseline takes"),
     ]
     for args, message in cases:
         result = run_cli(*args, "--data-dir", str(multi30k), "-o", str(tmp_path / "out.sfz")) \

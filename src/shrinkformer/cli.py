@@ -314,6 +314,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     check_writable(args.output, directory=True)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.baseline is not None and is_pretrained(args.baseline):
+        raise UsageError("reproduce --baseline takes a shrinkformer model (.pt or .sfz); a Hugging Face model goes "
+                         "through compress, translate, evaluate and export")
     only = args.only.split(",") if args.only else None
     result = reproduce(args.preset, args.output, args.data_dir, args.baseline, only, commit, args.cached)
     result.update(command=args.command_line, git_commit=commit,
@@ -341,6 +344,9 @@ def cmd_attention(args: argparse.Namespace) -> int:
     if not ks or min(ks) < 2 or max(ks) > 256:
         raise UsageError(f"--k values must be in 2..256, got {args.k}")
     check_writable(args.output, directory=True)
+    if is_pretrained(args.checkpoint):
+        raise UsageError("the attention analysis works on shrinkformer models; Hugging Face models are not supported "
+                         "by it yet")
     cfg, tok, model = load_any(args.checkpoint, training=args.dense)
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
