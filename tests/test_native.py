@@ -99,3 +99,36 @@ def test_pruned_layer_kernels_agree_with_the_tile_path(fresh, encoding, sparsity
             x = torch.randn(m, cols)
             torch.testing.assert_close(packed.matmul_t(x, bias), torch.nn.functional.linear(x, packed.dense(), bias),
                                        rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.95])
+def test_narrow_and_pruned_codebooks_load_as_4bit_with_the_same_values(fresh, bits, sparsity):
+    from shrinkformer.compress.primitives import magnitude_mask
+
+    g = torch.Generator().manual_seed(bits)
+    w = torch.randn(40, 48, generator=g)
+    mask = magnitude_mask(w, sparsity) if sparsity else None
+    centroids = torch.sort(torch.randn(2 ** bits, generator=g)).values
+    values = w[mask] if mask is not None else w.flatten()
+    codec = CodebookCodec(w.shape, centroids, assign(values, centroids).to(torch.uint8), mask)
+    packed = PackedWeight.from_codec(codec)
+    if bits == 1 and mask is None:  # the 1-bit kernel runs it as it is
+        assert packed.bits == 1 and packed.index.numel() == w.numel() // 8
+    else:
+        assert packed.bits == 4 and packed.mask is None and packed.index.numel() == w.numel() // 2
+    assert torch.equal(packed.dense(), codec())  # pruned positions are an exact 0.0 centroid
+    for m in (1, 5):
+        x = torch.randn(m, 48, generator=g)
+        torch.testing.assert_close(packed.matmul_t(x), torch.nn.functional.linear(x, codec()), rtol=1e-5, atol=1e-4)
+
+
+def test_pruned_4bit_codebooks_keep_their_mask(fresh):
+    from shrinkformer.compress.primitives import magnitude_mask
+
+    w = torch.randn(16, 32)
+    mask = magnitude_mask(w, 0.5)
+    centroids = torch.sort(torch.randn(16)).values
+    packed = PackedWeight.from_codec(CodebookCodec(w.shape, centroids, assign(w[mask], centroids).to(torch.uint8),
+                                                   mask))
+    assert packed.mask is not None and packed.bits == 4  # 17 values do not fit 4 bits
