@@ -10,7 +10,7 @@ Layouts, chosen so that resident bytes match the packed file's, but where speed 
   centroids, and for a pruned layer the survivors' mask as a bitmask with each row's first survivor;
   a codebook of at most 16 values (2- and 3-bit layers, pruned 1- to 3-bit ones) loads as 4-bit
   indices (``as_4bit``): the budgeted allocations are mostly such layers, and the masked and
-  odd-width paths decoded them 3.7x slower than fp32;
+  odd-width tile paths decoded them several times slower than fp32;
 - sparse: the surviving fp32 values, the bitmask and each row's first survivor.
 """
 
