@@ -175,3 +175,11 @@ def test_killed_marian_retraining_resumes_to_the_same_weights(tiny_marian, multi
     assert [h.get("when") for h in outcome.history].count("retrained") == 3
     want = whole.model.state_dict()
     assert all(torch.equal(v, want[k]) for k, v in resumed.model.state_dict().items())
+
+
+def test_a_model_without_encoder_and_decoder_layers_cannot_be_scoped():
+    from shrinkformer.errors import UsageError
+    from shrinkformer.huggingface.model import check_scopable
+
+    with pytest.raises(UsageError, match="no Linear layers under encoder/decoder modules"):
+        check_scopable(torch.nn.Sequential(torch.nn.Linear(4, 4)), "some/model")
