@@ -430,8 +430,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split = args.split or cfg.data.test_split
         test = read_split(cfg, split, args.test_sentences)
         scores = score(translator.translate(test.source), test.target)
-        beam = translator.search.beam_size if hasattr(translator, "search") else translator.beam_size
-        result = {"checkpoint": str(args.checkpoint), "split": split, "beam_size": beam}
+        result = {"checkpoint": str(args.checkpoint), "split": split, "beam_size": translator.beam_size}
     result.update(scores.to_dict())
     print(json.dumps(result, indent=2) if args.json else str(scores))
     return 0

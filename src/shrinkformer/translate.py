@@ -35,6 +35,10 @@ class Translator:
         # Longest source the positional table allows once the target budget is added.
         self.max_source = max(1, model.cfg.max_positions // 2 - 1)
 
+    @property
+    def beam_size(self) -> int:
+        return self.search.beam_size
+
     def translate_ids(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # similar lengths batch well
         out: list[list[int]] = [[] for _ in sources]

@@ -25,7 +25,6 @@ from typing import Any
 
 from torch import nn
 
-from ..compress import codecs, count_params
 from ..compress.base import CompressedEmbedding, CompressedLinear
 from ..compress.scopes import select
 from ..config import DataConfig
@@ -45,10 +44,6 @@ class HFModel:
     source: str
     data: DataConfig = field(default_factory=DataConfig)
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def params(self) -> int:
-        return count_params(self.model)
 
 
 def is_pretrained_source(path: str | Path) -> bool:
