@@ -126,6 +126,11 @@ def test_hugging_face_bad_input_is_one_line(tiny_marian, multi30k, tmp_path):
     transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=50)).save_pretrained(gpt)
     existing = tmp_path / "exists"
     existing.mkdir()
+    t5 = tmp_path / "t5"  # T5 names its attention SelfAttention, inside blocks
+    transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=len(json.loads((tiny_marian / "vocab.json").read_text())), d_model=8, d_kv=4, d_ff=16, num_layers=1,
+        num_heads=2, decoder_start_token_id=0)).save_pretrained(t5)
+    transformers.AutoTokenizer.from_pretrained(tiny_marian).save_pretrained(t5)
     cases = [
         (["compress", str(not_model), "--method", "kmeans"], "not a model directory (no config.json"),
         (["compress", str(gpt), "--method", "kmeans"], "model type 'gpt2' is not a sequence-to-sequence"),
@@ -133,8 +138,8 @@ def test_hugging_face_bad_input_is_one_line(tiny_marian, multi30k, tmp_path):
          "embeddings are tied to each other"),
         (["export", str(tiny_marian), "--format", "hf", "-o", str(existing)], "exists; choose a new directory"),
         (["export", str(tiny_marian), "-o", str(tmp_path / "ct2")], "through its own converter: export --format hf"),
-        (["attention", str(tiny_marian), "-o", str(tmp_path / "att")], "Hugging Face models are not supported"),
-        (["reproduce", "--baseline", str(tiny_marian), "-o", str(tmp_path / "rep")], "reproduce --baseline takes"),
+        (["attention", str(t5), "-o", str(tmp_path / "att"), "--data-dir", str(multi30k)],
+         "the attention analysis needs encoder and decoder layers with a self_attn module"),
     ]
     for args, message in cases:
         result = run_cli(*args, "--data-dir", str(multi30k), "-o", str(tmp_path / "out.sfz")) \
@@ -183,3 +188,73 @@ def test_a_model_without_encoder_and_decoder_layers_cannot_be_scoped():
 
     with pytest.raises(UsageError, match="no Linear layers under encoder/decoder modules"):
         check_scopable(torch.nn.Sequential(torch.nn.Linear(4, 4)), "some/model")
+
+
+def test_attention_analysis_of_a_marian_model(tiny_marian, multi30k, tmp_path, capsys):
+    from shrinkformer.experiments.attention import decode_with
+    from shrinkformer.huggingface.attention import HFProbe
+    from shrinkformer.huggingface.model import load_pretrained
+
+    out = tmp_path / "att"
+    assert main(["attention", str(tiny_marian), "--data-dir", str(multi30k), "--sentences", "6",
+                 "--test-sentences", "6", "--k", "4,16", "--beam", "1", "-o", str(out)]) == 0
+    r = json.loads((out / "attention.json").read_text())
+    layers = set(r["levels"]["kmeans"]["16"]["layers"])
+    assert layers == {"encoder.layers.0", "encoder.layers.1", "decoder.layers.0", "decoder.layers.1"}
+    assert r["test_sentences"] == 6 and r["beam"] == 1 and (out / "attention_hist.png").stat().st_size > 0
+
+    hf = load_pretrained(tiny_marian)
+    probe = HFProbe(hf, beam_size=1)
+    sources, targets = _lines(multi30k, "en", 4), _lines(multi30k, "de", 4)
+    rec = probe.record(sources, targets)
+    for name, maps in rec.layers.items():
+        for m in maps:  # real rows only, each a distribution; the decoder's causal
+            assert torch.allclose(m.sum(-1), torch.ones(m.shape[:2]), atol=1e-5)
+            if name.startswith("decoder"):
+                assert torch.equal(m.triu(1), torch.zeros_like(m))
+    # Our attention function is eager attention: with nothing set, generate() is unchanged ...
+    plain = [[t for t in row] for row in generate(tiny_marian, sources)]
+    with torch.no_grad():
+        ids = hf.model.generate(**hf.tokenizer(sources, return_tensors="pt", padding=True), num_beams=1,
+                                do_sample=False, max_new_tokens=16)
+    assert [[t for t in row.tolist() if t != hf.tokenizer.pad_token_id] for row in ids] == plain
+    # ... and a transform set on the self-attention modules is applied there and only there.
+    seen = []
+    for name, module in probe.self_attention().items():
+        module.prob_transform = lambda p, name=name: seen.append(name) or p
+    probe.translate(sources[:1])
+    assert set(seen) == set(probe.self_attention())
+    assert decode_with(probe, None, sources) == probe.translate(sources)
+
+
+def test_reproduce_from_a_marian_baseline(tiny_marian, multi30k, tmp_path, monkeypatch, capsys):
+    from shrinkformer.experiments import grid
+
+    tiny = grid.SweepPreset("hf-test", "tiny", rows=("baseline", "control", "kmeans-4bit-all"), retrain_epochs=1,
+                            retrain_lr=1e-3, train_limit=64, valid_limit=8, test_limit=12)
+    monkeypatch.setitem(grid.SWEEP_PRESETS, "hf-test", tiny)
+    out = tmp_path / "rep"
+    args = ["-q", "reproduce", "--preset", "hf-test", "--baseline", str(tiny_marian), "--data-dir", str(multi30k),
+            "-o", str(out), "--only", "kmeans-4bit-all,kmeans-4bit-all+embeddings,mixed-10x"]
+    assert main(args) == 0
+    rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert set(rows) == {"baseline", "control", "kmeans-4bit-all"}  # the tied embeddings and budget rows left out
+    assert all(r["status"] == "ok" and r["tests"]["test_2016_flickr"]["sentences"] == 12 for r in rows.values())
+    k4 = rows["kmeans-4bit-all"]
+    assert k4["model_compression_ratio"] > 1.5 and k4["packed_bytes"] == (out / "models/kmeans-4bit-all.sfz").stat().st_size
+    assert [h.get("when") for h in k4["history"]] == [None, "compressed", "retrained"]
+    # the packed row is a Hugging Face model that translates as the row scored it
+    from shrinkformer.huggingface.model import load_packed
+    from shrinkformer.huggingface.pipeline import score_pretrained
+    from shrinkformer.experiments.sweep import load_hypotheses
+
+    hf = load_packed(out / "models/kmeans-4bit-all.sfz")
+    hf.data.data_dir = str(multi30k)
+    assert score_pretrained(hf, ["test_2016_flickr"], 12)["test_2016_flickr"].hypotheses == \
+        load_hypotheses(out, "kmeans-4bit-all", "test_2016_flickr")
+    from shrinkformer.experiments import sweep
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a cached row ran again")
+    monkeypatch.setattr(sweep, "run_experiment", must_not_run)
+    assert main(args) == 0  # a second run takes every row from the cache

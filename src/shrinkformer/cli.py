@@ -8,7 +8,6 @@ import logging
 import os
 import platform
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -76,10 +75,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def is_pretrained(path: Path) -> bool:
-    """A Hugging Face model: a model directory or hub name, or a .sfz packed from one."""
-    from .huggingface.model import is_packed_pretrained, is_pretrained_source
+    from .huggingface.model import is_huggingface
 
-    return is_pretrained_source(path) or (path.suffix == ".sfz" and is_packed_pretrained(path))
+    return is_huggingface(path)
 
 
 def _translator(args: argparse.Namespace):
@@ -194,7 +192,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         if budget is not None:
             raise UsageError("--target-ratio/--budget-bytes work on shrinkformer models only, not yet on Hugging "
                              "Face models")
-        return compress_pretrained(args, stages, rc, half_dense)
+        return report_compression(args, compress_pretrained(args, stages, rc, half_dense))
     cfg, tok, model = load_any(args.checkpoint, training=True)  # retraining updates the codecs
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
@@ -231,9 +229,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
             raise ShrinkformerError(f"{args.output}: {used:,} bytes packed, over the budget of "
                                     f"{allocation.budget_bytes:,}")
         print(f"allocation: {table}, {picture}")
-    report.update(method=args.method, command=args.command_line,
-                  checkpoint=str(args.checkpoint), output=str(args.output), torch_version=torch.__version__,
-                  world_size=world.size)
+    report.update(world_size=world.size)
+    return report_compression(args, result, report)
+
+
+def report_compression(args: argparse.Namespace, result: Any, report: dict[str, Any] | None = None) -> int:
+    """What ``compress`` prints and writes to ``--report``, for our models and Hugging Face ones alike."""
+    report = {**(report or result.to_dict()), "method": args.method, "command": args.command_line,
+              "checkpoint": str(args.checkpoint), "output": str(args.output), "torch_version": torch.__version__}
     if args.report:
         write_json_atomic(report, args.report)
     s = result.sizes
@@ -247,20 +250,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def compress_pretrained(args: argparse.Namespace, stages: list, rc: Any, half_dense: bool) -> int:
+def compress_pretrained(args: argparse.Namespace, stages: list, rc: Any, half_dense: bool) -> Any:
     """``compress`` for a Hugging Face model: its tokenizer, its loss, its generate()."""
     from torch import nn
 
     from .compress import select
-    from .config import RunConfig
-    from .data.splits import read_split
-    from .evaluate.bleu import score
-    from .huggingface import model as hfm
-    from .huggingface.retrain import retrain
-    from .huggingface.translate import HFTranslator
-    from .pack.format import round_dense_to_half
+    from .huggingface.model import load
+    from .huggingface.pipeline import compress_pretrained as run
 
-    hf = hfm.load(args.checkpoint, training=True)
+    hf = load(args.checkpoint, training=True)
     for stage in stages:  # a scope that matches nothing, or the tied embeddings, fail before any work
         chosen = select(hf.model, stage.scopes, stage.include, stage.exclude)
         if any(isinstance(m, nn.Embedding) for m in chosen.values()):
@@ -268,31 +266,9 @@ def compress_pretrained(args: argparse.Namespace, stages: list, rc: Any, half_de
                              "compressing them is not supported yet")
     if args.data_dir:
         hf.data.data_dir = args.data_dir
-    run = RunConfig(data=hf.data)
-    train = read_split(run, hf.data.train_split, args.train_limit)
-    valid = read_split(run, hf.data.valid_split, 100)
     work = args.work_dir or args.output.with_name(args.output.name + ".work")
-    outcome = retrain(hf, stages, rc, train, valid, work)
-    if half_dense:
-        round_dense_to_half(hf.model)
-    file_bytes, tokenizer_bytes = hfm.write_packed(hf, args.output, {"history": outcome.history}, half_dense=half_dense)
-    shutil.rmtree(work, ignore_errors=True)  # the packed file now holds everything
-    ratio = 4 * outcome.total_params / (file_bytes - tokenizer_bytes)
-    report: dict[str, Any] = {
-        "method": args.method, "command": args.command_line, "checkpoint": str(args.checkpoint),
-        "output": str(args.output), "modules": outcome.modules, "params_compressed_share": round(outcome.share, 4),
-        "packed_bytes": file_bytes, "tokenizer_bytes": tokenizer_bytes, "model_compression_ratio": round(ratio, 3),
-        "history": outcome.history, "retrain_seconds": outcome.retrain_seconds, "torch_version": torch.__version__}
-    print(f"{len(outcome.modules)} modules ({outcome.share:.1%} of parameters); packed {file_bytes:,} bytes, "
-          f"{ratio:.2f}x its parameters: {args.output}")
-    if not args.no_test:
-        test = read_split(run, hf.data.test_split)
-        scores = score(HFTranslator(hf.model, hf.tokenizer).translate(test.source), test.target)
-        report.update(test_split=hf.data.test_split, **scores.to_dict())
-        print(f"{hf.data.test_split}: BLEU {scores.bleu:.2f}, chrF {scores.chrf:.2f}")
-    if args.report:
-        write_json_atomic(report, args.report)
-    return 0
+    return run(hf, stages, rc, args.output, args.train_limit, work, [] if args.no_test else None,
+               half_dense=half_dense)
 
 
 def git_commit() -> str | None:
@@ -314,9 +290,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     check_writable(args.output, directory=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.baseline is not None and is_pretrained(args.baseline):
-        raise UsageError("reproduce --baseline takes a shrinkformer model (.pt or .sfz); a Hugging Face model goes "
-                         "through compress, translate, evaluate and export")
     only = args.only.split(",") if args.only else None
     result = reproduce(args.preset, args.output, args.data_dir, args.baseline, only, commit, args.cached)
     result.update(command=args.command_line, git_commit=commit,
@@ -333,7 +306,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
-    from .experiments.attention import analyse, quantizer, render, search_for
+    from .experiments.attention import AttentionProbe, TransformerProbe, analyse, quantizer, render, search_for
     from .experiments.plots import attention_histograms
     from .data.splits import read_split
 
@@ -345,15 +318,22 @@ def cmd_attention(args: argparse.Namespace) -> int:
         raise UsageError(f"--k values must be in 2..256, got {args.k}")
     check_writable(args.output, directory=True)
     if is_pretrained(args.checkpoint):
-        raise UsageError("the attention analysis works on shrinkformer models; Hugging Face models are not supported "
-                         "by it yet")
-    cfg, tok, model = load_any(args.checkpoint, training=args.dense)
+        from .config import RunConfig
+        from .huggingface.attention import HFProbe
+        from .huggingface.model import load
+
+        hf = load(args.checkpoint, training=args.dense)
+        cfg, beam = RunConfig(data=hf.data), args.beam or 5
+        probe: AttentionProbe = HFProbe(hf, beam)
+    else:
+        cfg, tok, model = load_any(args.checkpoint, training=args.dense)
+        search = search_for(cfg.decode, args.beam)
+        beam, probe = search.beam_size, TransformerProbe(model, tok, search)
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
     rec = read_split(cfg, cfg.data.valid_split, args.sentences)
     test = read_split(cfg, args.split or cfg.data.test_split, args.test_sentences)
-    search = search_for(cfg.decode, args.beam)
-    results = analyse(model, tok, rec.source, rec.target, test.source, test.target, ks, search)
+    results = analyse(probe, rec.source, rec.target, test.source, test.target, ks)
     recorded = results.pop("_recorded")
     args.output.mkdir(parents=True, exist_ok=True)
     k_hist = 16 if 16 in ks else ks[-1]
@@ -361,7 +341,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     attention_histograms(recorded.layers, {n: quantizer(lv) for n, lv in levels.items()}, k_hist,
                          args.output / "attention_hist.png")
     command = args.command_line
-    results.update(beam=search.beam_size, command=command, checkpoint=str(args.checkpoint),
+    results.update(beam=beam, command=command, checkpoint=str(args.checkpoint),
                    torch_version=torch.__version__, machine=machine(), wall_seconds=round(time.perf_counter() - started, 1))
     write_json_atomic(results, args.output / "attention.json")
     md = args.output / "attention.md"
@@ -538,8 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "wmt14 (default quick)")
     p.add_argument("--output", "-o", type=Path, required=True, help="directory for results, report, plot, models")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
-    p.add_argument("--baseline", type=Path, help="start from this trained model (.pt or .sfz) instead of the "
-                                                 "preset's")
+    p.add_argument("--baseline", type=Path, help="start from this trained model instead of the preset's: .pt, "
+                   ".sfz, or a Hugging Face model (directory or hub name; rows it cannot take are left out, with why)")
     p.add_argument("--only", help="comma-separated experiment names (the baseline and control always run)")
     p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--cached", action="store_true", help="run nothing: report the rows already cached and list "
@@ -551,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the probabilities to k values (k-means and uniform levels), report JS divergence "
                                    "and max difference per layer and head, and BLEU when decoding with the quantized "
                                    "attention in place. Writes attention.json, attention.md, attention_hist.png.")
-    p.add_argument("checkpoint", type=Path, help="model.pt or a packed .sfz")
+    p.add_argument("checkpoint", type=Path, help="model.pt, a packed .sfz, or a Hugging Face model (directory, hub "
+                   "name, or a .sfz packed from one)")
     p.add_argument("--output", "-o", type=Path, required=True, help="directory for attention.json/.md and the plot")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--sentences", type=int, default=200, help="validation sentences to record attention on")

@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..compress.primitives import kmeans_1d
 from ..data.batching import collate
@@ -36,24 +36,53 @@ class Recorded:
     layers: dict[str, list[Tensor]]  # layer name -> list of (H, T, S) per sentence
 
 
-def record(model: Transformer, tok: Tokenizer, sources: list[str], targets: list[str], batch: int = 32) -> Recorded:
-    """Teacher-forced self-attention probabilities of every encoder and decoder layer."""
-    model.eval()
-    src_ids, tgt_ids = tok.encode(sources), tok.encode(targets)
-    layers: dict[str, list[Tensor]] = {}
-    with torch.no_grad():
-        for start in range(0, len(sources), batch):
-            idx = list(range(start, min(start + batch, len(sources))))
-            b = collate([src_ids[i] for i in idx], [tgt_ids[i] for i in idx], idx)
-            _, attn = model(b.src, b.tgt_in, need_weights=True)
-            s_len, t_len = b.src.ne(PAD).sum(1), b.tgt_in.ne(PAD).sum(1)
-            for kind, maps, lens in (("encoder", attn.encoder_self, (s_len, s_len)),
-                                     ("decoder", attn.decoder_self, (t_len, t_len))):
-                for li, p in enumerate(maps):
-                    rows = layers.setdefault(f"{kind}.layers.{li}", [])
-                    for j in range(len(idx)):
-                        rows.append(p[j, :, : lens[0][j], : lens[1][j]].clone())
-    return Recorded(layers)
+class AttentionProbe(Protocol):
+    """What the analysis needs of a model, whoever built it: teacher-forced self-attention
+    probabilities, the self-attention modules by layer name ("encoder.layers.0", ...), whose
+    ``prob_transform`` attribute rewrites their probabilities while set, and translation."""
+
+    def record(self, sources: list[str], targets: list[str]) -> Recorded: ...
+
+    def self_attention(self) -> dict[str, nn.Module]: ...
+
+    def translate(self, sources: list[str]) -> list[str]: ...
+
+
+def keep_real(layers: dict[str, list[Tensor]], kind: str, maps: list[Tensor] | tuple[Tensor, ...], q_len: Tensor,
+              k_len: Tensor) -> None:
+    """Append each sentence's (H, T, S) attention, padding rows and columns cut, under its layer's name."""
+    for li, p in enumerate(maps):
+        rows = layers.setdefault(f"{kind}.layers.{li}", [])
+        for j in range(p.shape[0]):
+            rows.append(p[j, :, : q_len[j], : k_len[j]].detach().clone())
+
+
+class TransformerProbe:
+    """A shrinkformer model: its own attention recording and beam search."""
+
+    def __init__(self, model: Transformer, tok: Tokenizer, search: SearchConfig, batch: int = 32) -> None:
+        self.model, self.tok, self.search, self.batch = model, tok, search, batch
+
+    def record(self, sources: list[str], targets: list[str]) -> Recorded:
+        self.model.eval()
+        src_ids, tgt_ids = self.tok.encode(sources), self.tok.encode(targets)
+        layers: dict[str, list[Tensor]] = {}
+        with torch.no_grad():
+            for start in range(0, len(sources), self.batch):
+                idx = list(range(start, min(start + self.batch, len(sources))))
+                b = collate([src_ids[i] for i in idx], [tgt_ids[i] for i in idx], idx)
+                _, attn = self.model(b.src, b.tgt_in, need_weights=True)
+                s_len, t_len = b.src.ne(PAD).sum(1), b.tgt_in.ne(PAD).sum(1)
+                keep_real(layers, "encoder", attn.encoder_self, s_len, s_len)
+                keep_real(layers, "decoder", attn.decoder_self, t_len, t_len)
+        return Recorded(layers)
+
+    def self_attention(self) -> dict[str, nn.Module]:
+        return {name.removesuffix(".self_attn"): m for name, m in self.model.attention_modules().items()
+                if name.endswith(".self_attn")}
+
+    def translate(self, sources: list[str]) -> list[str]:
+        return Translator(self.model, self.tok, self.search).translate(sources)
 
 
 def uniform_levels(k: int) -> Tensor:
@@ -110,32 +139,30 @@ def compare(rec: Recorded, k: int, kind: str) -> tuple[dict[str, Tensor], dict]:
     return levels, stats
 
 
-def decode_with(model: Transformer, tok: Tokenizer, levels: dict[str, Tensor] | None, sources: list[str],
-                search: SearchConfig) -> list[str]:
+def decode_with(probe: AttentionProbe, levels: dict[str, Tensor] | None, sources: list[str]) -> list[str]:
     """Translate with every self-attention's probabilities replaced by its layer's quantized ones."""
-    mods = model.attention_modules()
+    mods = probe.self_attention()
     try:
         if levels is not None:
             for name, lv in levels.items():
-                mods[f"{name}.self_attn"].prob_transform = quantizer(lv)
-        return Translator(model, tok, search).translate(sources)
+                mods[name].prob_transform = quantizer(lv)
+        return probe.translate(sources)
     finally:
         for m in mods.values():
             m.prob_transform = None
 
 
-def analyse(model: Transformer, tok: Tokenizer, record_src: list[str], record_tgt: list[str],
-            test_src: list[str], test_ref: list[str], ks: list[int], search: SearchConfig,
-            kinds: tuple[str, ...] = ("kmeans", "uniform")) -> dict:
-    rec = record(model, tok, record_src, record_tgt)
-    base = score(decode_with(model, tok, None, test_src, search), test_ref)
+def analyse(probe: AttentionProbe, record_src: list[str], record_tgt: list[str], test_src: list[str],
+            test_ref: list[str], ks: list[int], kinds: tuple[str, ...] = ("kmeans", "uniform")) -> dict:
+    rec = probe.record(record_src, record_tgt)
+    base = score(decode_with(probe, None, test_src), test_ref)
     log.info("unquantized attention: BLEU %.2f", base.bleu)
     results: dict = {"unquantized_bleu": base.bleu, "bleu_signature": base.bleu_signature,
                      "record_sentences": len(record_src), "test_sentences": len(test_src), "levels": {}}
     for kind in kinds:
         for k in ks:
             levels, stats = compare(rec, k, kind)
-            bleu = score(decode_with(model, tok, levels, test_src, search), test_ref).bleu
+            bleu = score(decode_with(probe, levels, test_src), test_ref).bleu
             log.info("%s, k=%d: BLEU %.2f", kind, k, bleu)
             results["levels"].setdefault(kind, {})[str(k)] = {
                 "bleu": bleu, "bleu_delta": round(bleu - base.bleu, 2), "layers": stats,

@@ -87,6 +87,9 @@ def findings(rows: list[dict], comps: list[dict], splits: Sequence[str]) -> list
     out = []
     pct = lambda r: 100 * r["bleu_retention"]  # noqa: E731
     base, control = _row(rows, "baseline"), _row(rows, "control")
+    if base and not base.get("bleu"):  # e.g. an untrained model: retention is undefined
+        return [f"**No findings.** The baseline scores {base.get('bleu', 0):.2f} BLEU, so no row's share of it is "
+                "defined."]
     if base and control:
         out.append("**Compression or more training?** The control (the baseline retrained as the compressed rows "
                    f"are, without compression) keeps {pct(control):.1f}% of the baseline. "

@@ -17,10 +17,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, model_fingerprint
-from ..config import load_config
+from ..compress.scopes import select
+from ..config import RunConfig, load_config
 from ..data.datasets import cache_root
 from ..data.splits import read_split
 from ..errors import UsageError
@@ -29,7 +32,10 @@ from ..loading import load_any
 from ..pack.format import write_packed
 from ..pack.sizes import ModelSizes
 from ..train.loop import train
-from ..train.pipeline import SplitResult, compress_model, score_splits
+from ..train.pipeline import CompressionResult, SplitResult, compress_model, score_splits
+from ..huggingface.model import fingerprint as hf_fingerprint, is_huggingface, load as load_huggingface, \
+    tokenizer_files, write_packed as write_huggingface
+from ..huggingface.pipeline import compress_pretrained, score_pretrained
 from ..compress.allocate import describe
 from ..train.budget import BudgetConfig, allocation_stages, load_or_plan
 from ..train.retrain import RetrainConfig, Stage
@@ -114,29 +120,30 @@ def work_dir(exp: Experiment, key: str) -> Path:
     return cache_root() / "sweep" / f"{exp.name}-{key}"
 
 
+def stages_of(exp: Experiment) -> list[Stage]:
+    last = len(exp.stages) - 1
+    return [Stage(c, list(scope) if isinstance(scope, tuple) else [scope],
+                  retrain=not exp.retrain_last_only or i == last) for i, (c, scope) in enumerate(exp.stages)]
+
+
 def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir: str | None,
                    output: Path, work: Path | None = None) -> dict[str, Any]:
+    if is_huggingface(checkpoint):
+        return run_pretrained_experiment(exp, sp, checkpoint, data_dir, output, work)
     cfg, tok, model = load_any(checkpoint, training=True)
     if data_dir:
         cfg.data.data_dir = data_dir
     if sp.valid_limit is not None:
         cfg.data.valid_limit = sp.valid_limit
     splits = list(sp.test_splits or [cfg.data.test_split])
-    row: dict[str, Any] = {"name": exp.name, "method": exp.method, "scope": exp.scope, "bits": exp.bits,
-                           "sparsity": exp.sparsity}
-    out = output / "models" / f"{exp.name}.sfz"
+    row = new_row(exp)
+    out = model_path(output, exp, checkpoint)
     if not exp.retrains:  # the baseline, packed uncompressed
         started = time.perf_counter()
         tests = score_splits(model, tok, cfg, splits, sp.test_limit)
-        if out.exists() and out.resolve() == checkpoint.resolve():  # never write over the model being read
-            out = out.with_name(f"{out.stem}.repacked{out.suffix}")
         sizes = ModelSizes.measure(model, tok, write_packed(model, cfg, tok, out))
-        row.update(_row_scores(tests), params_compressed_share=0.0, **_size_fields(sizes),
-                   retrain_seconds=0.0, wall_seconds=round(time.perf_counter() - started, 1))
-        save_hypotheses(output, exp.name, tests)
-        return row
-    rc = RetrainConfig(epochs=sp.retrain_epochs, lr=sp.retrain_lr, distill=exp.distill,
-                       **({"warmup_steps": sp.retrain_warmup} if sp.retrain_warmup is not None else {}))
+        return baseline_row(row, output, exp, tests, sizes, started)
+    rc = retrain_config(exp, sp)
     work = work or out.with_name(out.name + ".work")
     allocation, half_dense = None, False
     if exp.target_ratio is not None:
@@ -144,9 +151,7 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
         allocation, half_dense = load_or_plan(model, tok, cfg, budget, work, sp.train_limit), budget.half_dense
         stages = allocation_stages(allocation.choices())
     else:
-        last = len(exp.stages) - 1
-        stages = [Stage(c, list(scope) if isinstance(scope, tuple) else [scope],
-                        retrain=not exp.retrain_last_only or i == last) for i, (c, scope) in enumerate(exp.stages)]
+        stages = stages_of(exp)
     result = compress_model(model, tok, cfg, stages, rc, out, sp.train_limit, work_dir=work, test_splits=splits,
                             test_limit=sp.test_limit, half_dense=half_dense)
     assert result is not None  # a sweep runs in one process
@@ -158,6 +163,66 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
                            f"{exp.name}: {summary['packed_bytes']:,} bytes, {d['model_compression_ratio']:.1f}x")
         row["allocation"] = {"choices": describe(allocation.choices()), "budget_bytes": allocation.budget_bytes,
                              "search_seconds": round(allocation.search_seconds, 1)}
+    return compressed_row(row, output, exp, result)
+
+
+def run_pretrained_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir: str | None,
+                              output: Path, work: Path | None = None) -> dict[str, Any]:
+    """A row for a Hugging Face baseline: the same stages, retrained with its own loss and tokenizer."""
+    hf = load_huggingface(checkpoint, training=True)
+    if data_dir:
+        hf.data.data_dir = data_dir
+    if sp.valid_limit is not None:
+        hf.data.valid_limit = sp.valid_limit
+    splits = list(sp.test_splits or [hf.data.test_split])
+    row, out = new_row(exp), model_path(output, exp, checkpoint)
+    if not exp.retrains:
+        started = time.perf_counter()
+        tests = score_pretrained(hf, splits, sp.test_limit)
+        sizes = ModelSizes.measure(hf.model, tokenizer_files(hf.tokenizer), write_huggingface(hf, out))
+        return baseline_row(row, output, exp, tests, sizes, started)
+    result = compress_pretrained(hf, stages_of(exp), retrain_config(exp, sp), out, sp.train_limit,
+                                 work or out.with_name(out.name + ".work"), splits, sp.test_limit)
+    return compressed_row(row, output, exp, result)
+
+
+def unsupported_for_huggingface(exp: Experiment, model: Any) -> str | None:
+    """Why a row cannot run on a Hugging Face model, or None."""
+    if exp.target_ratio is not None:
+        return "budgeted allocation works on shrinkformer models only"
+    for _, scope in exp.stages:
+        chosen = select(model, list(scope) if isinstance(scope, tuple) else [scope])
+        if any(isinstance(m, nn.Embedding) for m in chosen.values()):
+            return "its embeddings are tied to each other and to the output layer"
+    return None
+
+
+def new_row(exp: Experiment) -> dict[str, Any]:
+    return {"name": exp.name, "method": exp.method, "scope": exp.scope, "bits": exp.bits, "sparsity": exp.sparsity}
+
+
+def model_path(output: Path, exp: Experiment, checkpoint: Path) -> Path:
+    out = output / "models" / f"{exp.name}.sfz"
+    if out.exists() and out.resolve() == checkpoint.resolve():  # never write over the model being read
+        out = out.with_name(f"{out.stem}.repacked{out.suffix}")
+    return out
+
+
+def retrain_config(exp: Experiment, sp: SweepPreset) -> RetrainConfig:
+    return RetrainConfig(epochs=sp.retrain_epochs, lr=sp.retrain_lr, distill=exp.distill,
+                         **({"warmup_steps": sp.retrain_warmup} if sp.retrain_warmup is not None else {}))
+
+
+def baseline_row(row: dict[str, Any], output: Path, exp: Experiment, tests: dict[str, SplitResult],
+                 sizes: ModelSizes, started: float) -> dict[str, Any]:
+    row.update(_row_scores(tests), params_compressed_share=0.0, **_size_fields(sizes),
+               retrain_seconds=0.0, wall_seconds=round(time.perf_counter() - started, 1))
+    save_hypotheses(output, exp.name, tests)
+    return row
+
+
+def compressed_row(row: dict[str, Any], output: Path, exp: Experiment, result: CompressionResult) -> dict[str, Any]:
+    d = result.to_dict()
     row.update(_row_scores(result.tests), params_compressed_share=d["params_compressed_share"],
                **_size_fields(result.sizes), history=d["history"], retrain_seconds=d["retrain_seconds"],
                wall_seconds=d["wall_seconds"])
@@ -198,9 +263,19 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
     started = time.perf_counter()
     cache = output / "cache"
     checkpoint = baseline_checkpoint(sp, output, data_dir, baseline)
-    cfg, tok, model = load_any(checkpoint, training=True)  # the fingerprint hashes the training form
-    base_hash = model_fingerprint(cfg, tok, model)
-    del model
+    if is_huggingface(checkpoint):
+        hf = load_huggingface(checkpoint, training=True)
+        cfg, base_hash = RunConfig(data=hf.data), hf_fingerprint(hf)
+        for exp in list(grid):
+            why = unsupported_for_huggingface(exp, hf.model)
+            if why:
+                log.warning("%s left out: %s", exp.name, why)
+                grid.remove(exp)
+        del hf
+    else:
+        cfg, tok, model = load_any(checkpoint, training=True)  # the fingerprint hashes the training form
+        base_hash = model_fingerprint(cfg, tok, model)
+        del model
     if data_dir:
         cfg.data.data_dir = data_dir
     rows = []

@@ -15,6 +15,7 @@ modules. MarianMT, BART/mBART, M2M100/NLLB, Pegasus and FSMT name their layers `
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ from ..compress.scopes import select
 from ..config import DataConfig
 from ..errors import CheckpointError, ShrinkformerError, UsageError
 from ..io import atomic_write
-from ..pack.format import dense_state, encode_file, load_dense, read_file, restore_layers
+from ..pack.format import PackedFile, dense_state, encode_file, load_dense, read_file, restore_layers
 
 FILE_PREFIX = "__hf__/"  # tokenizer files inside a packed file
 
@@ -52,6 +53,12 @@ def is_pretrained_source(path: str | Path) -> bool:
     if p.is_dir():
         return True
     return not p.exists() and p.suffix not in (".pt", ".sfz") and str(path).count("/") == 1
+
+
+def is_huggingface(path: str | Path) -> bool:
+    """A Hugging Face model: a model directory or hub name, or a .sfz packed from one."""
+    p = Path(path)
+    return is_pretrained_source(p) or (p.suffix == ".sfz" and is_packed_pretrained(p))
 
 
 def _transformers():
@@ -96,7 +103,7 @@ def check_scopable(model: nn.Module, where: str) -> None:
                          "shrinkformer's scopes recognise") from None
 
 
-def _tokenizer_files(tokenizer: Any) -> dict[str, bytes]:
+def tokenizer_files(tokenizer: Any) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
         return {FILE_PREFIX + f.name: f.read_bytes() for f in sorted(Path(tmp).iterdir()) if f.is_file()}
@@ -107,16 +114,28 @@ def encode_packed(hf: HFModel, extra: dict[str, Any] | None = None, huffman: boo
     header = {"huggingface": hf.model.config.to_json_string(), "data": json.dumps(hf.data.__dict__)}
     if getattr(hf.model, "generation_config", None) is not None:  # beams, lengths, forced tokens: how it decodes
         header["generation"] = hf.model.generation_config.to_json_string()
-    return encode_file(hf.model, header, _tokenizer_files(hf.tokenizer), extra, huffman, half_dense)
+    return encode_file(hf.model, header, tokenizer_files(hf.tokenizer), extra, huffman, half_dense)
 
 
 def write_packed(hf: HFModel, path: Path, extra: dict[str, Any] | None = None, huffman: bool = False,
-                 half_dense: bool = False) -> tuple[int, int]:
-    """Write atomically; returns (file bytes, tokenizer bytes)."""
-    data, _, tokenizer_bytes = encode_packed(hf, extra, huffman, half_dense)
+                 half_dense: bool = False) -> PackedFile:
+    """Write atomically; what was written, as ``pack.format.write_packed`` reports it."""
+    data, layer_bytes, tokenizer_bytes = encode_packed(hf, extra, huffman, half_dense)
     with atomic_write(path) as f:
         f.write(data)
-    return len(data), tokenizer_bytes
+    return PackedFile(Path(path), len(data), layer_bytes, tokenizer_bytes)
+
+
+def fingerprint(hf: HFModel) -> str:
+    """SHA-256 of the model itself (config, tokenizer files, weights), whatever file held it."""
+    config = {k: v for k, v in hf.model.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, blob in tokenizer_files(hf.tokenizer).items():
+        h.update(name.encode() + blob)
+    for name, value in sorted(dense_state(hf.model).items()):
+        h.update(name.encode())
+        h.update(value.numpy().tobytes())
+    return h.hexdigest()
 
 
 def is_packed_pretrained(path: Path) -> bool:

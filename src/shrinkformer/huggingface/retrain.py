@@ -15,9 +15,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -27,24 +25,12 @@ from ..data.corpus import Parallel
 from ..evaluate.bleu import score
 from ..train.loop import inverse_sqrt
 from ..checkpoint import save_atomic
-from ..train.retrain import RetrainConfig, Stage, Compressor, replay, plan, read_state, work_directory
+from ..train.retrain import (RetrainConfig, RetrainOutcome, Stage, Compressor, replay, plan, read_state,
+                             work_directory)
 from .model import HFModel
 from .translate import HFTranslator
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class HFRetrainOutcome:
-    modules: list[str]
-    compressed_params: int
-    total_params: int
-    history: list[dict[str, Any]]
-    retrain_seconds: float
-
-    @property
-    def share(self) -> float:
-        return self.compressed_params / max(self.total_params, 1)
 
 
 def batches(pairs: Parallel, sentences: int, seed: int, epoch: int) -> list[list[int]]:
@@ -97,7 +83,7 @@ def run_key(hf: HFModel, stages: list[Stage], rc: RetrainConfig, train: Parallel
 
 
 def retrain(hf: HFModel, stages: list[Stage], rc: RetrainConfig, train: Parallel,
-            valid: Parallel | None = None, work_dir: Path | None = None) -> HFRetrainOutcome:
+            valid: Parallel | None = None, work_dir: Path | None = None) -> RetrainOutcome:
     """Compress ``hf.model`` in place step by step, retraining after each; resumes from ``work_dir``."""
     compressor = Compressor(hf.model, stages)  # type: ignore[arg-type]  # any nn.Module compresses
     total = count_params(hf.model)
@@ -130,5 +116,5 @@ def retrain(hf: HFModel, stages: list[Stage], rc: RetrainConfig, train: Parallel
                 save_atomic(snapshot, work / f"stage{steps[j + 1].stage}.pt")  # what the next stage starts from
             state.update(done=j + 1, model=snapshot)
             save_atomic(state, work / "state.pt")
-    return HFRetrainOutcome(compressor.modules, compressor.compressed_params, total, state["history"],
+    return RetrainOutcome(compressor.modules, compressor.compressed_params, total, state["history"],
                             round(state["retrain_seconds"], 1))

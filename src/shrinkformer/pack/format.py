@@ -271,10 +271,16 @@ def dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def fp32_size(model: nn.Module, tokenizer: Tokenizer | None = None) -> int:
+def fp32_size(model: nn.Module, tokenizer: Tokenizer | dict[str, bytes] | None = None) -> int:
     """Bytes of the model as an fp32 safetensors file (with the tokenizer, as the packed file has
-    it): the numerator of every compression ratio."""
-    state = dense_state(model)
-    if tokenizer is not None:
-        state["__tokenizer__"] = torch.frombuffer(bytearray(tokenizer.model_proto), dtype=torch.uint8)
+    it: our SentencePiece model, or a Hugging Face tokenizer's files): the numerator of every
+    compression ratio. A tensor tied under several names is counted once, as ``save_pretrained``
+    stores it."""
+    blobs = {"__tokenizer__": tokenizer.model_proto} if isinstance(tokenizer, Tokenizer) else tokenizer or {}
+    state, seen = {}, set()
+    for key, value in dense_state(model).items():
+        if (value.data_ptr(), tuple(value.shape)) not in seen or not value.numel():
+            seen.add((value.data_ptr(), tuple(value.shape)))
+            state[key] = value
+    state.update({k: torch.frombuffer(bytearray(b), dtype=torch.uint8) for k, b in blobs.items() if b})
     return len(st_save(state))

@@ -30,7 +30,7 @@ class ModelSizes:
     scope_huffman_bytes: int | None = None
 
     @classmethod
-    def measure(cls, model: nn.Module, tokenizer: Tokenizer, packed: PackedFile,
+    def measure(cls, model: nn.Module, tokenizer: Tokenizer | dict[str, bytes], packed: PackedFile,
                 huffman: PackedFile | None = None) -> "ModelSizes":
         return cls(fp32_size(model, tokenizer), packed.file_bytes, packed.tokenizer_bytes, count_params(model),
                    sum(c.shape.numel() for c in codecs(model).values()), sum(packed.layer_bytes.values()),

@@ -12,7 +12,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..config import RunConfig
 from ..data.splits import read_split
@@ -38,11 +38,16 @@ class SplitResult:
 def score_splits(model: Transformer, tok: Tokenizer, cfg: RunConfig, splits: Sequence[str],
                  limit: int | None = None, device: Any = "cpu") -> dict[str, SplitResult]:
     """Beam search (the model's decode settings) on each split; ``limit``: its first N sentences."""
-    translator = Translator(model, tok, cfg.decode, device=device)
+    return score_translations(Translator(model, tok, cfg.decode, device=device).translate, cfg, splits, limit)
+
+
+def score_translations(translate: Callable[[list[str]], list[str]], cfg: RunConfig, splits: Sequence[str],
+                       limit: int | None = None) -> dict[str, SplitResult]:
+    """Any translator's scores on each split (its first ``limit`` sentences)."""
     out = {}
     for split in splits:
         data = read_split(cfg, split, limit)
-        hyps = translator.translate(data.source)
+        hyps = translate(data.source)
         out[split] = SplitResult(split, score(hyps, data.target), hyps)
     return out
 
