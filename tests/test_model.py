@@ -99,3 +99,30 @@ def test_untied_output_projection_and_position_limit():
     src, tgt = batch()
     with pytest.raises(ValueError, match="sequence of 7 tokens exceeds max_positions=6"):
         model(src, tgt)
+
+
+def test_fused_projection_weights_follow_every_change_of_the_weights():
+    """Decoding keeps the concatenated q/k/v weights between calls; any change to a weight, in place
+    (an optimizer step, load_state_dict) or by a new tensor, must show in the next forward."""
+    torch.manual_seed(0)
+    model, (src, tgt) = Transformer(TINY).eval(), batch()
+
+    def logits() -> torch.Tensor:
+        with torch.no_grad():
+            return model(src, tgt)[0]
+
+    def fresh() -> torch.Tensor:  # no cache: autograd on concatenates anew
+        return model(src, tgt)[0].detach()
+
+    first = logits()
+    assert torch.equal(first, fresh()) and torch.equal(logits(), first)
+    attn = model.decoder.layers[0].self_attn
+    with torch.no_grad():
+        attn.k_proj.weight.mul_(1.5)  # in place
+    assert torch.equal(logits(), fresh()) and not torch.equal(logits(), first)
+    attn.v_proj.bias = torch.nn.Parameter(torch.randn_like(attn.v_proj.bias))  # a new tensor
+    assert torch.equal(logits(), fresh())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["decoder.layers.0.cross_attn.k_proj.weight"].add_(0.1)
+    model.load_state_dict(state)
+    assert torch.equal(logits(), fresh())

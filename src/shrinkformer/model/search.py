@@ -57,6 +57,7 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
         else:
             logits = model.decode(tokens, memory, src_mask)[:, -1]
         logp = logits.float().log_softmax(-1)  # (n*k, V)
+        del logits  # (n*k, V) buffers are the largest a step holds: one alive at a time keeps peak memory down
         logp[:, PAD] = logp[:, BOS] = float("-inf")
         at_limit = (max_len[alive] <= step + 1).repeat_interleave(k)
         if at_limit.any():  # out of length: EOS is the only choice
@@ -64,8 +65,9 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
             logp[at_limit] = float("-inf")
             logp[at_limit, EOS] = eos_col
         vocab = logp.shape[-1]
-        cand = (scores.view(-1, 1) + logp).view(len(alive), k * vocab)
+        cand = logp.add_(scores.view(-1, 1)).view(len(alive), k * vocab)
         top_scores, top_idx = cand.topk(2 * k, dim=1)  # 2k: at least k of them are not EOS
+        del logp, cand
         top_beam, top_tok = top_idx // vocab, top_idx % vocab
 
         # EOS among the best k candidates ends a hypothesis.

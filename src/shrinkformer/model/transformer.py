@@ -47,17 +47,30 @@ class MultiHeadAttention(nn.Module):
         # Applied to the attention probabilities (B, H, T_q, T_k) before they weight the values;
         # the analysis uses it to decode with quantized attention. None keeps the fused kernel.
         self.prob_transform: Callable[[Tensor], Tensor] | None = None
+        self._fused_cache: dict[int, tuple[list[Tensor], list[int], tuple[Tensor, Tensor]]] = {}
 
-    @staticmethod
-    def _project(x: Tensor, *linears: nn.Linear) -> tuple[Tensor, ...]:
+    def _project(self, x: Tensor, *linears: nn.Linear) -> tuple[Tensor, ...]:
         """Several projections of one input as a single matmul: one large GEMM beats two or three
         small ones, and the modules keep their own names (and compressed weights) all the same.
         Layers kept packed for inference compute their own products: their dense weight never exists."""
         if any(hasattr(m, "packed") for m in linears):
             return tuple(m(x) for m in linears)
-        weight = torch.cat([m.weight for m in linears])
-        bias = torch.cat([m.bias for m in linears])
+        weight, bias = self._fused(linears)
         return F.linear(x, weight, bias).chunk(len(linears), dim=-1)
+
+    def _fused(self, linears: tuple[nn.Linear, ...]) -> tuple[Tensor, Tensor]:
+        """The concatenated weights and biases. Without autograd (decoding) they are kept between
+        calls — concatenating them anew was a tenth of a decoding step — and rebuilt when any of
+        them changes (another tensor, or one modified in place: its version counter moves)."""
+        tensors = [t for m in linears for t in (m.weight, m.bias)]
+        if torch.is_grad_enabled():
+            return torch.cat(tensors[0::2]), torch.cat(tensors[1::2])
+        versions = [t._version for t in tensors]
+        cached = self._fused_cache.get(len(linears))  # (tensors, their versions, fused)
+        if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], tensors)):
+            cached = (tensors, versions, (torch.cat(tensors[0::2]), torch.cat(tensors[1::2])))
+            self._fused_cache[len(linears)] = cached
+        return cached[2]
 
     def _heads(self, x: Tensor) -> Tensor:  # (B, T, C) -> (B, H, T, D)
         return x.unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)
