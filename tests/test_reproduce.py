@@ -45,7 +45,7 @@ def test_smoke_sweep_writes_everything_and_rerenders_from_cache(multi30k, tmp_pa
     assert json.loads((out / "results.json").read_text())["rows"] == result["rows"]
 
 
-def test_failed_experiment_is_recorded_and_the_rest_continue(multi30k, tmp_path, monkeypatch):
+def test_failed_experiment_is_recorded_and_the_rest_continue(multi30k, tiny_run, tmp_path, monkeypatch):
     from shrinkformer.experiments import sweep
 
     real = sweep.run_experiment
@@ -58,7 +58,7 @@ def test_failed_experiment_is_recorded_and_the_rest_continue(multi30k, tmp_path,
     monkeypatch.setattr(sweep, "run_experiment", flaky)
     out = tmp_path / "s"
     code = main(["-q", "reproduce", "--preset", "smoke", "--data-dir", str(multi30k), "-o", str(out),
-                 "--threads", "1", "--only", "kmeans-2bit-all,kmeans-4bit-all"])
+                 "--baseline", str(tiny_run / "model.pt"), "--threads", "1", "--only", "kmeans-2bit-all,kmeans-4bit-all"])
     assert code == 1
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert rows["kmeans-2bit-all"]["status"] == "failed" and "simulated failure" in rows["kmeans-2bit-all"]["error"]
