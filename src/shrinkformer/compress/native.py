@@ -30,6 +30,8 @@ FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c11"]
 MAX_ROWS = 64  # above this many rows of x, dequantized tiles and BLAS win (benchmarks/kernels.py)
 KERNELS = {4: "lut4_matmul_t", 1: "bin1_matmul_t"}
 AVX512_KERNELS = {bits: name + "_avx512" for bits, name in KERNELS.items()}
+SPARSE_KERNELS = {"sparse": "sparse_matmul_t", "codebook": "lut4_sparse_matmul_t"}  # pruned layers, by encoding
+AVX512_SPARSE_KERNELS = {enc: name + "_avx512" for enc, name in SPARSE_KERNELS.items()}
 SCRATCH = {"lut4_matmul_t_avx512"}  # kernels that take a scratch buffer of M * K floats
 PARALLEL_FROM = 1 << 22  # weights per call from which the rows of W are split across threads (output projection)
 
@@ -108,7 +110,7 @@ def library() -> ctypes.CDLL | None:
                 fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] + \
                     ([ctypes.c_void_p] if name in SCRATCH else [])
-            for name in ("sparse_matmul_t_avx512", "lut4_sparse_matmul_t_avx512"):
+            for name in [*SPARSE_KERNELS.values(), *AVX512_SPARSE_KERNELS.values()]:
                 fn = getattr(lib, name)
                 fn.restype = None
                 fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3 + \
@@ -128,11 +130,18 @@ def reset() -> None:
     global _library, _tried
     _library, _tried = None, False
     _kernel.cache_clear()
+    _sparse_kernel.cache_clear()
 
 
 @functools.lru_cache(maxsize=None)
 def _kernel(bits: int):
     return getattr(library(), _kernel_names()[bits])
+
+
+@functools.lru_cache(maxsize=None)
+def _sparse_kernel(encoding: str):
+    wide = _kernel_names() is AVX512_KERNELS
+    return getattr(library(), (AVX512_SPARSE_KERNELS if wide else SPARSE_KERNELS)[encoding])
 
 
 def supports(bits: int, cols: int, x: Tensor) -> bool:
@@ -172,24 +181,22 @@ def matmul_t(bits: int, x: Tensor, index: Tensor, rows: int, table: Tensor, bias
 
 
 def supports_masked(encoding: str, bits: int, cols: int, x: Tensor) -> bool:
-    """Pruned layers (fp32 survivors, or 4-bit codebook survivors) have AVX-512 kernels only."""
+    """Pruned layers: fp32 survivors, or 4-bit codebook survivors."""
     return ((encoding == "sparse" or bits == 4) and cols % 16 == 0 and x.dtype == torch.float32
-            and x.device.type == "cpu" and x.numel() // cols <= MAX_ROWS and library() is not None
-            and _kernel_names() is AVX512_KERNELS)
+            and x.device.type == "cpu" and x.numel() // cols <= MAX_ROWS and library() is not None)
 
 
 def masked_matmul_t(encoding: str, x: Tensor, mask: Tensor, row_start: Tensor, survivors: Tensor, rows: int,
                     table: Tensor | None, bias: Tensor | None) -> Tensor:
     """x (..., K) @ W.T (+ bias) for a pruned W: a bitmask of survivors and their values (fp32, or
     4-bit indices into ``table`` with 16 bytes of slack after the last)."""
-    lib = library()
+    fn = _sparse_kernel(encoding)
     cols = x.shape[-1]
     x2 = x.reshape(-1, cols)
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     out = torch.empty(x2.shape[0], rows, dtype=torch.float32)
     b = None if bias is None else bias.data_ptr()
-    fn = lib.sparse_matmul_t_avx512 if encoding == "sparse" else lib.lut4_sparse_matmul_t_avx512
     fn(x2.data_ptr(), x2.shape[0], cols, mask.data_ptr(), row_start.data_ptr(), survivors.data_ptr(), rows,
        None if table is None else table.data_ptr(), b, out.data_ptr())
     return out.view(*x.shape[:-1], rows)

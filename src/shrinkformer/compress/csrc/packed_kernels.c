@@ -162,14 +162,21 @@ AVX512 void lut4_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uin
 }
 
 static uint8_t reversed_bits[256];
+/* AVX2 has no expanding load: for a lane mask m (lane i = bit i), expand_index[m][i] is the
+   survivor a set lane i takes (how many lanes below it are set); first_lanes[c] loads c survivors. */
+static int32_t expand_index[256][8];
+static int32_t first_lanes[9][8];
 
 /* Called once when the library is loaded, before any thread runs a kernel. */
 void packed_kernels_init(void) {
     for (int b = 0; b < 256; b++) {
-        int r = 0;
+        int r = 0, c = 0;
         for (int i = 0; i < 8; i++) r |= ((b >> i) & 1) << (7 - i);
         reversed_bits[b] = (uint8_t)r;
+        for (int i = 0; i < 8; i++) expand_index[b][i] = (b >> i) & 1 ? c++ : 0;
     }
+    for (int c = 0; c <= 8; c++)
+        for (int i = 0; i < 8; i++) first_lanes[c][i] = i < c ? -1 : 0;
 }
 
 AVX512 void bin1_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N,
@@ -274,3 +281,59 @@ AVX512 static inline __m512 survivors_lut4(__mmask16 on, const uint8_t *index, i
 
 SPARSE_KERNEL(sparse_matmul_t_avx512, const float *, survivors_f32(on, survivors, &s[r]))
 SPARSE_KERNEL(lut4_sparse_matmul_t_avx512, const uint8_t *, survivors_lut4(on, survivors, &s[r], table))
+
+/* The pruned-layer kernels with AVX2: 8 columns at a time, the mask byte (bit order reversed) is
+   the lane mask; the next popcount survivors are loaded (a masked load: nothing read past them)
+   or decoded from the nibble stream (the buffer's 16 bytes of slack cover the 8-byte read), and
+   permuted into their lanes, the others zeroed. */
+
+static inline __m256 expand8(uint8_t on, __m256 packed) {
+    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    __m256 w = _mm256_permutevar8x32_ps(packed, _mm256_loadu_si256((const __m256i *)expand_index[on]));
+    __m256i lanes = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(on), bit), bit);
+    return _mm256_and_ps(w, _mm256_castsi256_ps(lanes));
+}
+
+static inline __m256 survivors8_f32(uint8_t on, const float *values, int64_t *s) {
+    int c = __builtin_popcount(on);
+    __m256 raw = _mm256_maskload_ps(values + *s, _mm256_loadu_si256((const __m256i *)first_lanes[c]));
+    *s += c;
+    return expand8(on, raw);
+}
+
+static inline __m256 survivors8_lut4(uint8_t on, const uint8_t *index, int64_t *s, __m256 lo8, __m256 hi8) {
+    uint64_t raw;
+    memcpy(&raw, index + *s / 2, 8);
+    raw = __builtin_bswap64(raw) << (4 * (*s & 1)); /* nibble *s now the most significant */
+    uint32_t top = __builtin_bswap32((uint32_t)(raw >> 32));
+    *s += __builtin_popcount(on);
+    return expand8(on, decode4((const uint8_t *)&top, lo8, hi8));
+}
+
+#define SPARSE_KERNEL_AVX2(NAME, SURVIVORS_T, DECODE)                                                       \
+    void NAME(const float *x, int64_t M, int64_t K, const uint8_t *mask, const int64_t *row_start,         \
+              SURVIVORS_T survivors, int64_t N, const float *codebook, const float *bias, float *y) {      \
+        __m256 lo8 = codebook ? _mm256_loadu_ps(codebook) : _mm256_setzero_ps();                          \
+        __m256 hi8 = codebook ? _mm256_loadu_ps(codebook + 8) : _mm256_setzero_ps();                      \
+        (void)lo8, (void)hi8;                                                                             \
+        for (int64_t m0 = 0; m0 < M; m0 += MB) {                                                          \
+            int64_t mb = M - m0 < MB ? M - m0 : MB;                                                       \
+            for (int64_t n = 0; n < N; n++) {                                                             \
+                const uint8_t *bits = mask + n * (K / 8);                                                 \
+                int64_t s = row_start[n];                                                                 \
+                __m256 acc[MB];                                                                           \
+                for (int j = 0; j < MB; j++) acc[j] = _mm256_setzero_ps();                                \
+                for (int64_t k = 0; k < K; k += 8) {                                                      \
+                    uint8_t on = reversed_bits[bits[k / 8]];                                              \
+                    if (!on) continue;                                                                    \
+                    __m256 w = DECODE;                                                                    \
+                    for (int j = 0; j < mb; j++)                                                          \
+                        acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + (m0 + j) * K + k), acc[j]);       \
+                }                                                                                         \
+                for (int j = 0; j < mb; j++) y[(m0 + j) * N + n] = hsum(acc[j]) + (bias ? bias[n] : 0.0f); \
+            }                                                                                             \
+        }                                                                                                 \
+    }
+
+SPARSE_KERNEL_AVX2(sparse_matmul_t, const float *, survivors8_f32(on, survivors, &s))
+SPARSE_KERNEL_AVX2(lut4_sparse_matmul_t, const uint8_t *, survivors8_lut4(on, survivors, &s, lo8, hi8))
