@@ -66,8 +66,19 @@ def main() -> None:
                                 "packed_ms_per_layer": round(1e3 * times[k] / n_layers, 4),
                                 "speedup_over_fp32": round(times["fp32"] / times[k], 3)})
                 print(results[-1], file=sys.stderr)
-    report("kernels", {"command": shlex.join(["python", *sys.argv]), "path": "tile (pure PyTorch)",
+    report("kernels", {"command": shlex.join(["python", *sys.argv]), "path": kernel_path(),
                        "results": results}, args.out)
+
+
+def kernel_path() -> str:
+    """Which code ran the packed products: the native kernels (and which), or the tile path."""
+    from shrinkformer.compress import native
+
+    if native.library() is None:
+        return "tile (pure PyTorch)"
+    names = native._kernel_names()
+    sparse = native.AVX512_SPARSE_KERNELS if names is native.AVX512_KERNELS else native.SPARSE_KERNELS
+    return "native: " + ", ".join([*names.values(), *sparse.values()])
 
 
 if __name__ == "__main__":

@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "csrc" / "packed_kernels.c"
 FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c11"]
 MAX_ROWS = 64  # above this many rows of x, dequantized tiles and BLAS win (benchmarks/kernels.py)
-KERNELS = {4: "lut4_matmul_t", 1: "bin1_matmul_t"}
-AVX512_KERNELS = {bits: name + "_avx512" for bits, name in KERNELS.items()}
+KERNELS = {4: "lut4_matmul_t_avx2", 1: "bin1_matmul_t"}
+AVX512_KERNELS = {4: "lut4_matmul_t_avx512", 1: "bin1_matmul_t_avx512"}
 SPARSE_KERNELS = {"sparse": "sparse_matmul_t", "codebook": "lut4_sparse_matmul_t"}  # pruned layers, by encoding
 AVX512_SPARSE_KERNELS = {enc: name + "_avx512" for enc, name in SPARSE_KERNELS.items()}
-SCRATCH = {"lut4_matmul_t_avx512"}  # kernels that take a scratch buffer of M * K floats
+SCRATCH = {"lut4_matmul_t_avx2", "lut4_matmul_t_avx512"}  # kernels that take a scratch buffer of M * K floats
 PARALLEL_FROM = 1 << 22  # weights per call from which the rows of W are split across threads (output projection)
 
 _library: ctypes.CDLL | None = None

@@ -60,6 +60,71 @@ void lut4_matmul_t(const float *x, int64_t M, int64_t K, const uint8_t *w, int64
     }
 }
 
+/* The 4-bit kernel proper (lut4_matmul_t above is its fallback for K not a multiple of 16).
+   As in the AVX-512 kernel below: x is split once per call into its even and odd columns (xe, xo)
+   so that 8 bytes of a weight row, 16 indices, decode with one widening load, a shift and a mask
+   (high nibbles are the even columns, low nibbles the odd ones), and several weight rows are
+   processed together so that one row of x (greedy decoding, a beam of one) still has independent
+   accumulation chains. AVX2 has 16 registers: 4 rows of W with 1 row of x, 2 with 2, 1 with 3 or 4. */
+static inline __m256 lookup16(__m256i idx, __m256 lo8, __m256 hi8) {
+    __m256 a = _mm256_permutevar8x32_ps(lo8, idx), b = _mm256_permutevar8x32_ps(hi8, idx);
+    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+
+static inline __attribute__((always_inline)) void lut4_block_avx2(
+        const float *xe, const float *xo, int64_t half, const uint8_t *w, int64_t N, __m256 lo8, __m256 hi8,
+        const float *bias, float *y, int64_t ldy, const int mb, const int rbmax) {
+    const __m256i fifteen = _mm256_set1_epi32(15);
+    for (int64_t n0 = 0; n0 < N; n0 += rbmax) {
+        int rb = N - n0 < rbmax ? (int)(N - n0) : rbmax;
+        __m256 ae[MB][MB], ao[MB][MB]; /* [row of x][row of W] */
+#pragma GCC unroll 4
+        for (int j = 0; j < mb; j++)
+#pragma GCC unroll 4
+            for (int r = 0; r < rbmax; r++) ae[j][r] = ao[j][r] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < half; b += 8) {
+#pragma GCC unroll 4
+            for (int r = 0; r < rbmax; r++) {
+                if (r >= rb) break;
+                __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w + (n0 + r) * half + b)));
+                __m256 even = lookup16(_mm256_srli_epi32(idx, 4), lo8, hi8);
+                __m256 odd = lookup16(_mm256_and_si256(idx, fifteen), lo8, hi8);
+#pragma GCC unroll 4
+                for (int j = 0; j < mb; j++) {
+                    ae[j][r] = _mm256_fmadd_ps(even, _mm256_loadu_ps(xe + j * half + b), ae[j][r]);
+                    ao[j][r] = _mm256_fmadd_ps(odd, _mm256_loadu_ps(xo + j * half + b), ao[j][r]);
+                }
+            }
+        }
+        for (int j = 0; j < mb; j++)
+            for (int r = 0; r < rb; r++)
+                y[j * ldy + n0 + r] = hsum(_mm256_add_ps(ae[j][r], ao[j][r])) + (bias ? bias[n0 + r] : 0.0f);
+    }
+}
+
+void lut4_matmul_t_avx2(const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N, const float *codebook,
+                        const float *bias, float *y, float *scratch) {
+    if (K % 16) { lut4_matmul_t(x, M, K, w, N, codebook, bias, y); return; }
+    __m256 lo8 = _mm256_loadu_ps(codebook), hi8 = _mm256_loadu_ps(codebook + 8);
+    int64_t half = K / 2;
+    float *xe = scratch, *xo = scratch + M * half; /* (M, K/2) each */
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < half; k++) {
+            xe[m * half + k] = x[m * K + 2 * k];
+            xo[m * half + k] = x[m * K + 2 * k + 1];
+        }
+    for (int64_t m0 = 0; m0 < M; m0 += MB) {
+        const float *e = xe + m0 * half, *o = xo + m0 * half;
+        float *out = y + m0 * N;
+        switch (M - m0 < MB ? M - m0 : MB) {
+            case 1: lut4_block_avx2(e, o, half, w, N, lo8, hi8, bias, out, N, 1, 4); break;
+            case 2: lut4_block_avx2(e, o, half, w, N, lo8, hi8, bias, out, N, 2, 2); break;
+            case 3: lut4_block_avx2(e, o, half, w, N, lo8, hi8, bias, out, N, 3, 1); break;
+            default: lut4_block_avx2(e, o, half, w, N, lo8, hi8, bias, out, N, 4, 1); break;
+        }
+    }
+}
+
 void bin1_matmul_t(const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N, const float *codebook,
                    const float *bias, float *y) {
     const __m256i bit = _mm256_setr_epi32(128, 64, 32, 16, 8, 4, 2, 1);
