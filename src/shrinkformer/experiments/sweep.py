@@ -209,7 +209,7 @@ def model_path(output: Path, exp: Experiment, checkpoint: Path) -> Path:
 
 
 def retrain_config(exp: Experiment, sp: SweepPreset) -> RetrainConfig:
-    return RetrainConfig(epochs=sp.retrain_epochs, lr=sp.retrain_lr, distill=exp.distill,
+    return RetrainConfig(epochs=exp.retrain_epochs or sp.retrain_epochs, lr=sp.retrain_lr, distill=exp.distill,
                          **({"warmup_steps": sp.retrain_warmup} if sp.retrain_warmup is not None else {}))
 
 
