@@ -60,6 +60,16 @@ void lut4_matmul_t(const float *x, int64_t M, int64_t K, const uint8_t *w, int64
     }
 }
 
+/* x (M, K) -> its even columns xe (M, K/2) and odd columns xo (M, K/2). */
+static void split_even_odd(const float *x, int64_t M, int64_t K, float *xe, float *xo) {
+    int64_t half = K / 2;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < half; k++) {
+            xe[m * half + k] = x[m * K + 2 * k];
+            xo[m * half + k] = x[m * K + 2 * k + 1];
+        }
+}
+
 /* The 4-bit kernel proper (lut4_matmul_t above is its fallback for K not a multiple of 16).
    As in the AVX-512 kernel below: x is split once per call into its even and odd columns (xe, xo)
    so that 8 bytes of a weight row, 16 indices, decode with one widening load, a shift and a mask
@@ -108,11 +118,7 @@ void lut4_matmul_t_avx2(const float *x, int64_t M, int64_t K, const uint8_t *w, 
     __m256 lo8 = _mm256_loadu_ps(codebook), hi8 = _mm256_loadu_ps(codebook + 8);
     int64_t half = K / 2;
     float *xe = scratch, *xo = scratch + M * half; /* (M, K/2) each */
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t k = 0; k < half; k++) {
-            xe[m * half + k] = x[m * K + 2 * k];
-            xo[m * half + k] = x[m * K + 2 * k + 1];
-        }
+    split_even_odd(x, M, K, xe, xo);
     for (int64_t m0 = 0; m0 < M; m0 += MB) {
         const float *e = xe + m0 * half, *o = xo + m0 * half;
         float *out = y + m0 * N;
@@ -209,11 +215,7 @@ AVX512 void lut4_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uin
     __m512 table = _mm512_loadu_ps(codebook);
     int64_t half = K / 2;
     float *xe = scratch, *xo = scratch + M * half; /* (M, K/2) each */
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t k = 0; k < half; k++) {
-            xe[m * half + k] = x[m * K + 2 * k];
-            xo[m * half + k] = x[m * K + 2 * k + 1];
-        }
+    split_even_odd(x, M, K, xe, xo);
     for (int64_t m0 = 0; m0 < M; m0 += MB) {
         const float *e = xe + m0 * half, *o = xo + m0 * half;
         float *out = y + m0 * N;
