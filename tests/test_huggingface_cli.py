@@ -233,12 +233,14 @@ def test_reproduce_from_a_marian_baseline(tiny_marian, multi30k, tmp_path, monke
     tiny = grid.SweepPreset("hf-test", "tiny", rows=("baseline", "control", "kmeans-4bit-all"), retrain_epochs=1,
                             retrain_lr=1e-3, train_limit=64, valid_limit=8, test_limit=12)
     monkeypatch.setitem(grid.SWEEP_PRESETS, "hf-test", tiny)
+    monkeypatch.setitem(grid.EXPERIMENTS, "mixed-3x", grid.mixed(3))  # its tied embeddings put 4x out of reach
     out = tmp_path / "rep"
     args = ["-q", "reproduce", "--preset", "hf-test", "--baseline", str(tiny_marian), "--data-dir", str(multi30k),
-            "-o", str(out), "--only", "kmeans-4bit-all,kmeans-4bit-all+embeddings,mixed-10x"]
+            "-o", str(out), "--only", "kmeans-4bit-all,kmeans-4bit-all+embeddings,mixed-3x"]
     assert main(args) == 0
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
-    assert set(rows) == {"baseline", "control", "kmeans-4bit-all"}  # the tied embeddings and budget rows left out
+    assert set(rows) == {"baseline", "control", "kmeans-4bit-all", "mixed-3x"}  # the tied embeddings' row left out
+    assert rows["mixed-3x"]["model_compression_ratio"] >= 3.0 and (out / "models/mixed-3x.allocation.png").exists()
     assert all(r["status"] == "ok" and r["tests"]["test_2016_flickr"]["sentences"] == 12 for r in rows.values())
     k4 = rows["kmeans-4bit-all"]
     assert k4["model_compression_ratio"] > 1.5 and k4["packed_bytes"] == (out / "models/kmeans-4bit-all.sfz").stat().st_size
@@ -258,3 +260,27 @@ def test_reproduce_from_a_marian_baseline(tiny_marian, multi30k, tmp_path, monke
         raise AssertionError("a cached row ran again")
     monkeypatch.setattr(sweep, "run_experiment", must_not_run)
     assert main(args) == 0  # a second run takes every row from the cache
+
+
+def test_a_marian_model_compressed_to_a_byte_budget(tiny_marian, multi30k, tmp_path, capsys):
+    packed, report = tmp_path / "m.sfz", tmp_path / "r.json"
+    args = ["-q", "compress", str(tiny_marian), "--target-ratio", "3", "--retrain-epochs", "1", "--train-limit", "64",
+            "--sensitivity-sentences", "32", "--data-dir", str(multi30k), "--no-test", "-o", str(packed),
+            "--report", str(report)]
+    assert main(args) == 0
+    r = json.loads(report.read_text())
+    alloc = r["allocation"]
+    assert len(alloc["layers"]) == 2 * 6 + 2 * 10  # every Linear under encoder/decoder; the tied embeddings stay
+    assert r["packed_bytes"] - r["sizes"]["tokenizer_bytes"] == alloc["packed_bytes"] <= alloc["budget_bytes"]
+    assert r["model_compression_ratio"] >= 3.0
+    assert (tmp_path / "m.allocation.json").exists() and (tmp_path / "m.allocation.png").stat().st_size > 0
+    from shrinkformer.huggingface.model import load_packed
+
+    hf = load_packed(packed)  # it loads and generates
+    with torch.no_grad():
+        hf.model.generate(**hf.tokenizer(LINES, return_tensors="pt", padding=True), num_beams=1, max_new_tokens=8)
+    capsys.readouterr()
+    too_small = run_cli("compress", str(tiny_marian), "--budget-bytes", "1000", "--data-dir", str(multi30k),
+                        "-o", str(tmp_path / "small.sfz"))
+    assert too_small.returncode != 0 and "is below the smallest model these choices reach" in too_small.stderr
+    assert len(too_small.stderr.strip().splitlines()) == 1 and not (tmp_path / "small.sfz").exists()

@@ -189,10 +189,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if is_pretrained(args.checkpoint):
-        if budget is not None:
-            raise UsageError("--target-ratio/--budget-bytes work on shrinkformer models only, not yet on Hugging "
-                             "Face models")
-        return report_compression(args, compress_pretrained(args, stages, rc, half_dense))
+        result, allocation = compress_pretrained(args, stages, rc, half_dense, budget)
+        report = result.to_dict()
+        if allocation is not None:
+            report["allocation"] = write_allocation(args, allocation, result)
+        return report_compression(args, result, report)
     cfg, tok, model = load_any(args.checkpoint, training=True)  # retraining updates the codecs
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
@@ -216,21 +217,25 @@ def cmd_compress(args: argparse.Namespace) -> int:
         return 0
     report = result.to_dict()
     if allocation is not None:
-        from .experiments.plots import allocation_heatmap
-
-        used = result.sizes.packed_file_bytes - result.sizes.tokenizer_bytes
-        report["allocation"] = {**allocation.to_dict(), "packed_bytes": used}
-        table, picture = allocation_outputs(args.output)
-        write_json_atomic(report["allocation"], table)
-        allocation_heatmap(report["allocation"]["layers"], picture,
-                           f"{args.output.name}: {used:,} bytes for {allocation.budget_bytes:,} allowed "
-                           f"({result.sizes.model_compression_ratio:.1f}x)")
-        if used > allocation.budget_bytes:  # the dry run sized the file exactly; this would be a bug
-            raise ShrinkformerError(f"{args.output}: {used:,} bytes packed, over the budget of "
-                                    f"{allocation.budget_bytes:,}")
-        print(f"allocation: {table}, {picture}")
+        report["allocation"] = write_allocation(args, allocation, result)
     report.update(world_size=world.size)
     return report_compression(args, result, report)
+
+
+def write_allocation(args: argparse.Namespace, allocation: Any, result: Any) -> dict[str, Any]:
+    """The allocation table and heat map beside the output; the packed file must meet the budget."""
+    from .experiments.plots import allocation_heatmap
+
+    used = result.sizes.packed_file_bytes - result.sizes.tokenizer_bytes
+    summary = {**allocation.to_dict(), "packed_bytes": used}
+    table, picture = allocation_outputs(args.output)
+    write_json_atomic(summary, table)
+    allocation_heatmap(summary["layers"], picture, f"{args.output.name}: {used:,} bytes for "
+                       f"{allocation.budget_bytes:,} allowed ({result.sizes.model_compression_ratio:.1f}x)")
+    if used > allocation.budget_bytes:  # the dry run sized the file exactly; this would be a bug
+        raise ShrinkformerError(f"{args.output}: {used:,} bytes packed, over the budget of {allocation.budget_bytes:,}")
+    print(f"allocation: {table}, {picture}")
+    return summary
 
 
 def report_compression(args: argparse.Namespace, result: Any, report: dict[str, Any] | None = None) -> int:
@@ -250,13 +255,19 @@ def report_compression(args: argparse.Namespace, result: Any, report: dict[str, 
     return 0
 
 
-def compress_pretrained(args: argparse.Namespace, stages: list, rc: Any, half_dense: bool) -> Any:
-    """``compress`` for a Hugging Face model: its tokenizer, its loss, its generate()."""
+def compress_pretrained(args: argparse.Namespace, stages: list, rc: Any, half_dense: bool,
+                        budget: Any = None) -> tuple[Any, Any]:
+    """``compress`` for a Hugging Face model: its tokenizer, its loss, its generate(). Returns the
+    result and the allocation (None without a budget)."""
     from torch import nn
 
     from .compress import select
+    from .config import RunConfig
+    from .data.splits import read_split
+    from .huggingface.budget import load_or_plan_pretrained
     from .huggingface.model import load
     from .huggingface.pipeline import compress_pretrained as run
+    from .train.budget import allocation_stages
 
     hf = load(args.checkpoint, training=True)
     for stage in stages:  # a scope that matches nothing, or the tied embeddings, fail before any work
@@ -267,8 +278,16 @@ def compress_pretrained(args: argparse.Namespace, stages: list, rc: Any, half_de
     if args.data_dir:
         hf.data.data_dir = args.data_dir
     work = args.work_dir or args.output.with_name(args.output.name + ".work")
-    return run(hf, stages, rc, args.output, args.train_limit, work, [] if args.no_test else None,
-               half_dense=half_dense)
+    allocation = None
+    if budget is not None:
+        limit = min(budget.sentences, args.train_limit or budget.sentences)
+        allocation = load_or_plan_pretrained(
+            hf, budget, lambda: read_split(RunConfig(data=hf.data), hf.data.train_split, limit), work, args.train_limit)
+        print(allocation.table(), flush=True)
+        stages = allocation_stages(allocation.choices())
+    result = run(hf, stages, rc, args.output, args.train_limit, work, [] if args.no_test else None,
+                 half_dense=half_dense)
+    return result, allocation
 
 
 def git_commit() -> str | None:

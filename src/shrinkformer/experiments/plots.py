@@ -146,7 +146,7 @@ def allocation_heatmap(layers: list[dict[str, Any]], path: Path, title: str) -> 
     cells: dict[tuple[str, str], dict[str, Any]] = {}
     others = []
     for layer in layers:
-        m = re.match(r"(encoder|decoder)\.layers\.(\d+)\.(.+)$", layer["name"])
+        m = re.search(r"(?:^|\.)(encoder|decoder)\.layers\.(\d+)\.(.+)$", layer["name"])  # HF: model.encoder...
         role = m and m.group(3).replace("encoder_attn", "cross_attn")
         if m and role in ROLE_COLUMNS:
             row = f"{m.group(1)} {m.group(2)}"

@@ -35,8 +35,9 @@ from ..train.loop import train
 from ..train.pipeline import CompressionResult, SplitResult, compress_model, score_splits
 from ..huggingface.model import fingerprint as hf_fingerprint, is_huggingface, load as load_huggingface, \
     tokenizer_files, write_packed as write_huggingface
+from ..huggingface.budget import load_or_plan_pretrained
 from ..huggingface.pipeline import compress_pretrained, score_pretrained
-from ..compress.allocate import describe
+from ..compress.allocate import Allocation, describe
 from ..train.budget import BudgetConfig, allocation_stages, load_or_plan
 from ..train.retrain import RetrainConfig, Stage
 from .comparisons import compare
@@ -155,15 +156,20 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
     result = compress_model(model, tok, cfg, stages, rc, out, sp.train_limit, work_dir=work, test_splits=splits,
                             test_limit=sp.test_limit, half_dense=half_dense)
     assert result is not None  # a sweep runs in one process
-    d = result.to_dict()
     if allocation is not None:
-        summary = {**allocation.to_dict(), "packed_bytes": d["sizes"]["packed_file_bytes"] - d["sizes"]["tokenizer_bytes"]}
-        write_text_atomic(out.with_name(f"{exp.name}.allocation.json"), json.dumps(summary, indent=1))
-        allocation_heatmap(summary["layers"], out.with_name(f"{exp.name}.allocation.png"),
-                           f"{exp.name}: {summary['packed_bytes']:,} bytes, {d['model_compression_ratio']:.1f}x")
-        row["allocation"] = {"choices": describe(allocation.choices()), "budget_bytes": allocation.budget_bytes,
-                             "search_seconds": round(allocation.search_seconds, 1)}
+        row["allocation"] = save_allocation(allocation, result, out, exp)
     return compressed_row(row, output, exp, result)
+
+
+def save_allocation(allocation: Allocation, result: CompressionResult, out: Path, exp: Experiment) -> dict[str, Any]:
+    """The allocation's table and heat map beside the row's model; its summary for the row."""
+    used = result.sizes.packed_file_bytes - result.sizes.tokenizer_bytes
+    summary = {**allocation.to_dict(), "packed_bytes": used}
+    write_text_atomic(out.with_name(f"{exp.name}.allocation.json"), json.dumps(summary, indent=1))
+    allocation_heatmap(summary["layers"], out.with_name(f"{exp.name}.allocation.png"),
+                       f"{exp.name}: {used:,} bytes, {result.sizes.model_compression_ratio:.1f}x")
+    return {"choices": describe(allocation.choices()), "budget_bytes": allocation.budget_bytes,
+            "search_seconds": round(allocation.search_seconds, 1)}
 
 
 def run_pretrained_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir: str | None,
@@ -181,15 +187,23 @@ def run_pretrained_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path
         tests = score_pretrained(hf, splits, sp.test_limit)
         sizes = ModelSizes.measure(hf.model, tokenizer_files(hf.tokenizer), write_huggingface(hf, out))
         return baseline_row(row, output, exp, tests, sizes, started)
-    result = compress_pretrained(hf, stages_of(exp), retrain_config(exp, sp), out, sp.train_limit,
-                                 work or out.with_name(out.name + ".work"), splits, sp.test_limit)
+    work = work or out.with_name(out.name + ".work")
+    allocation, half_dense, stages = None, False, stages_of(exp)
+    if exp.target_ratio is not None:
+        budget = BudgetConfig(target_ratio=exp.target_ratio)
+        limit = min(budget.sentences, sp.train_limit or budget.sentences)
+        allocation = load_or_plan_pretrained(
+            hf, budget, lambda: read_split(RunConfig(data=hf.data), hf.data.train_split, limit), work, sp.train_limit)
+        half_dense, stages = budget.half_dense, allocation_stages(allocation.choices())
+    result = compress_pretrained(hf, stages, retrain_config(exp, sp), out, sp.train_limit, work, splits,
+                                 sp.test_limit, half_dense)
+    if allocation is not None:
+        row["allocation"] = save_allocation(allocation, result, out, exp)
     return compressed_row(row, output, exp, result)
 
 
 def unsupported_for_huggingface(exp: Experiment, model: Any) -> str | None:
     """Why a row cannot run on a Hugging Face model, or None."""
-    if exp.target_ratio is not None:
-        return "budgeted allocation works on shrinkformer models only"
     for _, scope in exp.stages:
         chosen = select(model, list(scope) if isinstance(scope, tuple) else [scope])
         if any(isinstance(m, nn.Embedding) for m in chosen.values()):

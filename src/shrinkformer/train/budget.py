@@ -19,7 +19,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from torch import Tensor, nn
 
 from ..compress import BinaryConfig, KMeansConfig, PruneConfig, codecs, compress, count_params
 from ..compress.allocate import CHOICES, Allocation, Choice, LayerAllocation, choice_bytes, smallest_bytes, solve
@@ -32,7 +34,7 @@ from ..io import write_text_atomic
 from ..model.transformer import Transformer
 from ..pack.format import encode_packed
 from .retrain import Stage
-from .sensitivity import METHODS, price, sample_batches
+from .sensitivity import METHODS, LossBatch, price, sample_batches
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,9 @@ def allocation_stages(choices: dict[str, Choice]) -> list[Stage]:
     return stages
 
 
-def _history_placeholder(stages: list[Stage]) -> list[dict[str, Any]]:
-    """Metadata as long as the history retraining will record (so the dry run sizes it too)."""
+def history_placeholder(stages: list[Stage]) -> list[dict[str, Any]]:
+    """The history a retrained file will carry, with placeholder figures: sizing a file before
+    retraining must count its metadata too."""
     entries = [{"stage": "uncompressed", "valid_bleu": 100.0}]
     for s in stages:
         name = type(s.config).__name__ + (f"@{s.config.end:.2f}" if isinstance(s.config, PruneConfig) else "")
@@ -101,10 +104,9 @@ def _history_placeholder(stages: list[Stage]) -> list[dict[str, Any]]:
     return entries
 
 
-def packed_model_bytes(model: Transformer, cfg: RunConfig, tok: Tokenizer, choices: dict[str, Choice],
-                       half_dense: bool) -> int:
-    """The packed file's bytes without the tokenizer, for ``model`` compressed as ``choices`` say
-    (on a copy; no retraining changes a size)."""
+def compressed_copy(model: nn.Module, choices: dict[str, Choice]) -> tuple[nn.Module, list[Stage]]:
+    """A copy of ``model`` compressed as ``choices`` say, no retraining (no retraining changes a
+    size), and the stages that did it."""
     trial = copy.deepcopy(model)
     stages = allocation_stages(choices)
     logging.disable(logging.INFO)
@@ -113,7 +115,14 @@ def packed_model_bytes(model: Transformer, cfg: RunConfig, tok: Tokenizer, choic
             compress(trial, s.config, s.scopes, s.include, s.exclude)
     finally:
         logging.disable(logging.NOTSET)
-    data, _, tokenizer_bytes = encode_packed(trial, cfg, tok, {"history": _history_placeholder(stages)},
+    return trial, stages
+
+
+def packed_model_bytes(model: Transformer, cfg: RunConfig, tok: Tokenizer, choices: dict[str, Choice],
+                       half_dense: bool) -> int:
+    """The packed file's bytes without the tokenizer, for ``model`` compressed as ``choices`` say."""
+    trial, stages = compressed_copy(model, choices)
+    data, _, tokenizer_bytes = encode_packed(trial, cfg, tok, {"history": history_placeholder(stages)},
                                              half_dense=half_dense)
     return len(data) - tokenizer_bytes
 
@@ -123,33 +132,44 @@ SLACK_BYTES = 64  # what the history's real numbers may add over the placeholder
 
 def plan_allocation(model: Transformer, tok: Tokenizer, cfg: RunConfig, bc: BudgetConfig,
                     train_limit: int | None = None) -> Allocation:
-    """Price every choice, check the budget is reachable, estimate sensitivities, solve, and check
-    the answer by packing it (steps 1-3 of the module's description)."""
+    """The allocation for one of our models: every Linear and Embedding is a candidate, the
+    sensitivity is estimated on the first training pairs."""
+    def batches() -> tuple[list[LossBatch], int]:
+        pairs = read_split(cfg, cfg.data.train_split, min(bc.sentences, train_limit or bc.sentences))
+        split = Split.encode(pairs, tok, cfg.data.max_tokens_per_sentence)
+        return sample_batches(split, bc.sentences, bc.batch_tokens), len(split.src)
+
+    return allocate(model, {name: m.weight for name, m in eligible(model).items()}, bc, batches,
+                    lambda choices: packed_model_bytes(model, cfg, tok, choices, bc.half_dense))
+
+
+def allocate(model: nn.Module, weights: dict[str, Tensor], bc: BudgetConfig,
+             batches: Callable[[], tuple[list[LossBatch], int]],
+             packed_bytes: Callable[[dict[str, Choice]], int]) -> Allocation:
+    """Price every choice of every candidate weight, check the budget is reachable, estimate
+    sensitivities on ``batches()`` (the batches and how many sentences they hold; read only once
+    the budget is known to be reachable), solve, and check the answer with ``packed_bytes(choices)``
+    (the packed file's bytes without the tokenizer) — steps 1-3 of the module's description."""
     started = time.perf_counter()
     if codecs(model):
         raise UsageError("budgeted compression starts from an uncompressed model; this one is compressed already")
     params = count_params(model)
     budget = bc.budget(params)
-    weights = {name: m.weight for name, m in eligible(model).items()}
     # What no choice changes: the model packed with every candidate dense, less those weights.
-    fixed = packed_model_bytes(model, cfg, tok, {}, bc.half_dense) - sum(
-        choice_bytes(name, w, Choice(), bc.half_dense) for name, w in weights.items())
+    fixed = packed_bytes({}) - sum(choice_bytes(name, w, Choice(), bc.half_dense) for name, w in weights.items())
     log.debug("fixed bytes (biases, norms, headers, metadata): %d", fixed)
     costs, masks = price(weights, bc.choices, bc.half_dense)
     smallest = smallest_bytes(costs, fixed)
     if budget < smallest:
         raise UsageError(f"a budget of {budget:,} bytes ({4 * params / budget:.1f}x) is below the smallest model "
                          f"these choices reach: {smallest:,} bytes ({4 * params / smallest:.1f}x)")
-
-    split = Split.encode(read_split(cfg, cfg.data.train_split, min(bc.sentences, train_limit or bc.sentences)), tok,
-                         cfg.data.max_tokens_per_sentence)
-    batches = sample_batches(split, bc.sentences, bc.batch_tokens)
-    sens = METHODS[bc.sensitivity](model, weights, batches, bc.choices, masks)
+    sample, sentences = batches()
+    sens = METHODS[bc.sensitivity](model, weights, sample, bc.choices, masks)
 
     target = budget - fixed - SLACK_BYTES
     for attempt in range(6):
         choices = solve(costs, sens, target)
-        actual = packed_model_bytes(model, cfg, tok, choices, bc.half_dense) + SLACK_BYTES
+        actual = packed_bytes(choices) + SLACK_BYTES
         log.info("allocation try %d: %d bytes packed for a budget of %d", attempt + 1, actual, budget)
         if actual <= budget:
             break
@@ -158,16 +178,19 @@ def plan_allocation(model: Transformer, tok: Tokenizer, cfg: RunConfig, bc: Budg
         raise UsageError(f"no allocation found within {budget:,} bytes after 6 tries (last {actual:,})")
     layers = [LayerAllocation(name, tuple(weights[name].shape), c, costs[name][c], sens[name][c])
               for name, c in choices.items()]
-    alloc = Allocation(layers, budget, actual - SLACK_BYTES - sum(costs[n][c] for n, c in choices.items()), params,
-                       bc.sensitivity, time.perf_counter() - started,
-                       {"checked_bytes": actual - SLACK_BYTES, "half_dense": bc.half_dense,
-                        "sensitivity_sentences": len(split.src)})
-    return alloc
+    return Allocation(layers, budget, actual - SLACK_BYTES - sum(costs[n][c] for n, c in choices.items()), params,
+                      bc.sensitivity, time.perf_counter() - started,
+                      {"checked_bytes": actual - SLACK_BYTES, "half_dense": bc.half_dense,
+                       "sensitivity_sentences": sentences})
 
 
 def load_or_plan(model: Transformer, tok: Tokenizer, cfg: RunConfig, bc: BudgetConfig, work: Path,
                  train_limit: int | None = None) -> Allocation:
     """The allocation saved in ``work`` for these settings, or a new one (then saved there)."""
+    return saved_or_new(work, bc, train_limit, lambda: plan_allocation(model, tok, cfg, bc, train_limit))
+
+
+def saved_or_new(work: Path, bc: BudgetConfig, train_limit: int | None, plan: Callable[[], Allocation]) -> Allocation:
     path = work / "allocation.json"
     key = json.dumps({"budget": bc.to_dict(), "train_limit": train_limit}, sort_keys=True)
     if path.exists():
@@ -175,8 +198,7 @@ def load_or_plan(model: Transformer, tok: Tokenizer, cfg: RunConfig, bc: BudgetC
         if saved.get("key") == key:
             log.info("allocation taken from %s", path)
             return Allocation.from_dict(saved["allocation"])
-    alloc = plan_allocation(model, tok, cfg, bc, train_limit)
+    alloc = plan()
     work.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps({"key": key, "allocation": alloc.to_dict()}))
     return alloc
-

@@ -13,7 +13,8 @@ Two estimates:
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,37 +30,57 @@ from ..model.transformer import PAD
 log = logging.getLogger(__name__)
 
 
-def sample_batches(split: Split, sentences: int, batch_tokens: int) -> list[Batch]:
+class LossBatch(Protocol):
+    """A batch that knows the model's mean token loss on it: our models and Hugging Face ones
+    compute it differently, the estimates below need nothing else."""
+
+    tokens: int
+
+    def loss(self, model: nn.Module) -> Tensor: ...
+
+
+@dataclass
+class TokenBatch:
+    """A batch of ours: teacher-forced logits against the shifted targets."""
+
+    batch: Batch
+
+    @property
+    def tokens(self) -> int:
+        return self.batch.target_tokens
+
+    def loss(self, model: nn.Module) -> Tensor:
+        logits, _ = model(self.batch.src, self.batch.tgt_in)
+        return F.cross_entropy(logits.flatten(0, 1).float(), self.batch.tgt_out.flatten(), ignore_index=PAD)
+
+
+def sample_batches(split: Split, sentences: int, batch_tokens: int) -> list[TokenBatch]:
     """Small fixed batches from the first ``sentences`` pairs (small, so the per-batch squared
     gradients average over many batches)."""
     n = min(sentences, len(split.src))
     lengths = [max(len(split.src[i]), len(split.tgt[i])) + 1 for i in range(n)]
-    return [collate([split.src[i] for i in idx], [split.tgt[i] for i in idx], idx)
+    return [TokenBatch(collate([split.src[i] for i in idx], [split.tgt[i] for i in idx], idx))
             for idx in token_batches(lengths, batch_tokens, shuffle=False)]
 
 
-def nll(model: nn.Module, batches: Sequence[Batch]) -> float:
+def nll(model: nn.Module, batches: Sequence[LossBatch]) -> float:
     """Mean per-token negative log-likelihood."""
     total, tokens = 0.0, 0
     with torch.no_grad():
         for b in batches:
-            logits, _ = model(b.src, b.tgt_in)
-            total += float(F.cross_entropy(logits.flatten(0, 1).float(), b.tgt_out.flatten(), ignore_index=PAD,
-                                           reduction="sum"))
-            tokens += b.target_tokens
+            total += float(b.loss(model)) * b.tokens
+            tokens += b.tokens
     return total / max(tokens, 1)
 
 
-def fisher_diagonal(model: nn.Module, weights: dict[str, Tensor], batches: Sequence[Batch]) -> dict[str, Tensor]:
+def fisher_diagonal(model: nn.Module, weights: dict[str, Tensor], batches: Sequence[LossBatch]) -> dict[str, Tensor]:
     """Mean over batches of the squared gradient of the mean token loss, for each named weight."""
     was_training = model.training
     model.eval()  # no dropout: the curvature of the model as it will be used
     acc = {name: torch.zeros_like(w) for name, w in weights.items()}
     for b in tqdm(batches, desc="sensitivity (gradients)", unit="batch", disable=None, leave=False):
         model.zero_grad(set_to_none=True)
-        logits, _ = model(b.src, b.tgt_in)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), b.tgt_out.flatten(), ignore_index=PAD)
-        loss.backward()
+        b.loss(model).backward()
         for name, w in weights.items():
             if w.grad is not None:
                 acc[name] += w.grad.detach() ** 2
@@ -110,7 +131,7 @@ def score_choices(weights: dict[str, Tensor], choices: Iterable[Choice], masks: 
     return sens
 
 
-def fisher_scores(model: nn.Module, weights: dict[str, Tensor], batches: Sequence[Batch], choices: Iterable[Choice],
+def fisher_scores(model: nn.Module, weights: dict[str, Tensor], batches: Sequence[LossBatch], choices: Iterable[Choice],
                   masks: Masks) -> dict[str, dict[Choice, float]]:
     """``0.5 * sum F (w - q)^2`` for every (layer, choice). Worked on the surviving values only:
     the pruned ones contribute ``F w^2`` whatever the bits, and no dense ``q`` is ever built (it
@@ -135,7 +156,7 @@ def fisher_scores(model: nn.Module, weights: dict[str, Tensor], batches: Sequenc
     return sens
 
 
-def loss_scores(model: nn.Module, weights: dict[str, Tensor], batches: Sequence[Batch], choices: Iterable[Choice],
+def loss_scores(model: nn.Module, weights: dict[str, Tensor], batches: Sequence[LossBatch], choices: Iterable[Choice],
                 masks: Masks) -> dict[str, dict[Choice, float]]:
     was_training = model.training
     model.eval()
