@@ -136,3 +136,14 @@ def test_pruned_4bit_codebooks_keep_their_mask(fresh):
     packed = PackedWeight.from_codec(CodebookCodec(w.shape, centroids, assign(w[mask], centroids).to(torch.uint8),
                                                    mask))
     assert packed.mask is not None and packed.bits == 4  # 17 values do not fit 4 bits
+
+
+def test_without_openmp_the_kernels_run_on_one_thread_with_the_same_results(fresh):
+    if native.library() is None:
+        pytest.skip("no native kernels on this machine")
+    w, x = layer(4, 300, 256), torch.randn(5, 256)
+    threaded = w.matmul_t(x)
+    native.reset()
+    fresh.setattr(native, "OPENMP_FLAG", "-fno-such-flag")  # the compiler refuses it: built without OpenMP
+    assert native.library() is not None and not native._threaded()
+    assert torch.equal(w.matmul_t(x), threaded)  # rows split across threads or not, each row sums alike

@@ -1,5 +1,6 @@
 """Native kernels for packed layers (``csrc/packed_kernels.c``): compiled on first use with the
-system's C compiler into a cache, loaded with ctypes, called on tensors' data pointers.
+system's C compiler into a cache, loaded with ctypes, called on tensors' data pointers. Built
+with OpenMP where the compiler has it: the rows of W are split across torch's threads.
 
 No compiler, a CPU without AVX2/FMA, or ``SHRINKFORMER_NATIVE=0``: the pure-PyTorch tile path does
 the work instead, after one warning. The kernels and the tile path compute the same products (up to
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "packed_kernels.c"
 FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c11"]
+OPENMP_FLAG = "-fopenmp"
 MAX_ROWS = 64  # above this many rows of x, dequantized tiles and BLAS win (benchmarks/kernels.py)
 KERNELS = {4: "lut4_matmul_t_avx2", 1: "bin1_matmul_t"}
 AVX512_KERNELS = {4: "lut4_matmul_t_avx512", 1: "bin1_matmul_t_avx512"}
@@ -68,11 +70,20 @@ def _kernel_names() -> dict[int, str]:
 
 
 def _compile() -> Path:
+    """The compiled library: with OpenMP (rows split across torch's threads) where the compiler
+    has it, else without (one thread)."""
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         raise OSError(f"no C compiler ({cc}) on PATH")
+    try:
+        return _build(cc, [*FLAGS, OPENMP_FLAG])
+    except OSError:
+        return _build(cc, FLAGS)
+
+
+def _build(cc: str, flags: list[str]) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()).hexdigest()[:16]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
     target = _cache_dir() / f"packed_kernels-{key}.so"
     if target.exists():
         return target
@@ -80,7 +91,7 @@ def _compile() -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
     os.close(fd)
     try:
-        result = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120)
+        result = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise OSError(f"{cc} failed: {result.stderr.strip().splitlines()[-1] if result.stderr else result.returncode}")
         os.replace(tmp, target)  # concurrent first uses each compile; the last one wins, all identical
@@ -131,11 +142,18 @@ def reset() -> None:
     _library, _tried = None, False
     _kernel.cache_clear()
     _sparse_kernel.cache_clear()
+    _threaded.cache_clear()
 
 
 @functools.lru_cache(maxsize=None)
 def _kernel(bits: int):
     return getattr(library(), _kernel_names()[bits])
+
+
+@functools.lru_cache(maxsize=None)
+def _threaded() -> bool:
+    """Whether the kernels split their rows across OpenMP threads themselves."""
+    return bool(library().packed_kernels_threaded())
 
 
 @functools.lru_cache(maxsize=None)
@@ -167,7 +185,7 @@ def matmul_t(bits: int, x: Tensor, index: Tensor, rows: int, table: Tensor, bias
            *(() if scratch is None else (scratch.data_ptr(),)))
 
     threads = torch.get_num_threads()
-    if threads > 1 and rows * cols >= PARALLEL_FROM:  # ctypes releases the GIL: row blocks run in parallel
+    if threads > 1 and rows * cols >= PARALLEL_FROM and not _threaded():  # ctypes releases the GIL
         global _pool
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shrinkformer-kernel")

@@ -15,6 +15,22 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Rows of W split across threads: built with -fopenmp, the library uses the OpenMP runtime torch
+   already loaded (same soname), so torch.set_num_threads governs both and no second pool spins. */
+#ifdef _OPENMP
+#define PARALLEL_ROWS _Pragma("omp parallel for schedule(static)")
+#else
+#define PARALLEL_ROWS
+#endif
+
+int packed_kernels_threaded(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 static inline float hsum(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
     lo = _mm_add_ps(lo, hi);
@@ -46,6 +62,7 @@ void lut4_matmul_t(const float *x, int64_t M, int64_t K, const uint8_t *w, int64
     int64_t row_bytes = K / 2;
     for (int64_t m0 = 0; m0 < M; m0 += MB) {
         int64_t mb = M - m0 < MB ? M - m0 : MB;
+        PARALLEL_ROWS
         for (int64_t n = 0; n < N; n++) {
             const uint8_t *row = w + n * row_bytes;
             __m256 acc[MB];
@@ -85,6 +102,7 @@ static inline __attribute__((always_inline)) void lut4_block_avx2(
         const float *xe, const float *xo, int64_t half, const uint8_t *w, int64_t N, __m256 lo8, __m256 hi8,
         const float *bias, float *y, int64_t ldy, const int mb, const int rbmax) {
     const __m256i fifteen = _mm256_set1_epi32(15);
+    PARALLEL_ROWS
     for (int64_t n0 = 0; n0 < N; n0 += rbmax) {
         int rb = N - n0 < rbmax ? (int)(N - n0) : rbmax;
         __m256 ae[MB][MB], ao[MB][MB]; /* [row of x][row of W] */
@@ -144,6 +162,7 @@ void bin1_matmul_t(const float *x, int64_t M, int64_t K, const uint8_t *w, int64
             for (int64_t k = 0; k < K; k += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + (m0 + j) * K + k));
             xsum[j] = hsum(s);
         }
+        PARALLEL_ROWS
         for (int64_t n = 0; n < N; n++) {
             const uint8_t *row = w + n * row_bytes;
             __m256 acc[MB];
@@ -182,6 +201,7 @@ AVX512 static inline __attribute__((always_inline)) void lut4_block(
         const float *xe, const float *xo, int64_t half, const uint8_t *w, int64_t N, __m512 table,
         const float *bias, float *y, int64_t ldy, const int mb) {
     const __m512i fifteen = _mm512_set1_epi32(15);
+    PARALLEL_ROWS
     for (int64_t n0 = 0; n0 < N; n0 += RB) {
         int rb = N - n0 < RB ? (int)(N - n0) : RB;
         __m512 ae[MB][RB], ao[MB][RB];
@@ -259,6 +279,7 @@ AVX512 void bin1_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uin
             for (int64_t k = 0; k < K; k += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(x + (m0 + j) * K + k));
             xsum[j] = hsum512(s);
         }
+        PARALLEL_ROWS
         for (int64_t n0 = 0; n0 < N; n0 += RB) {
             int64_t rb = N - n0 < RB ? N - n0 : RB;
             __m512 acc[MB][RB];
@@ -322,6 +343,7 @@ AVX512 static inline __m512 survivors_lut4(__mmask16 on, const uint8_t *index, i
         (void)table;                                                                                       \
         for (int64_t m0 = 0; m0 < M; m0 += MB) {                                                           \
             int64_t mb = M - m0 < MB ? M - m0 : MB;                                                        \
+            PARALLEL_ROWS                                                                                  \
             for (int64_t n0 = 0; n0 < N; n0 += RB) {                                                       \
                 int rb = N - n0 < RB ? (int)(N - n0) : RB;                                                 \
                 int64_t s[RB];                                                                             \
@@ -385,6 +407,7 @@ static inline __m256 survivors8_lut4(uint8_t on, const uint8_t *index, int64_t *
         (void)lo8, (void)hi8;                                                                             \
         for (int64_t m0 = 0; m0 < M; m0 += MB) {                                                          \
             int64_t mb = M - m0 < MB ? M - m0 : MB;                                                       \
+            PARALLEL_ROWS                                                                                 \
             for (int64_t n = 0; n < N; n++) {                                                             \
                 const uint8_t *bits = mask + n * (K / 8);                                                 \
                 int64_t s = row_start[n];                                                                 \
