@@ -142,3 +142,14 @@ def test_a_rows_retraining_state_lives_outside_the_work_tree(tmp_path, monkeypat
     where = work_dir(exp, key)
     assert where.parent == tmp_path / "cache" / "sweep" and where.name == f"kmeans-4bit-all-{key}"
     assert work_dir(exp, cache_key(exp, SWEEP_PRESETS["quick"], "0" * 64)) != where  # other settings, other state
+
+
+def test_a_finding_says_on_how_many_test_sets_it_holds():
+    from shrinkformer.experiments.report import _verdict
+
+    args = ("A and B", "A is better", "A is worse")
+    assert _verdict(3, 0, 3, *args) == "A is better on every test set, significantly"
+    assert _verdict(1, 0, 3, *args) == "A is better on 1 of 3 test sets, significantly; the others do not separate A and B"
+    assert _verdict(0, 2, 3, *args).startswith("A is worse on 2 of 3 test sets")
+    assert _verdict(0, 0, 3, *args) == "the tests do not separate A and B"
+    assert _verdict(1, 1, 3, *args) == "A and B trade places across the test sets"

@@ -76,6 +76,19 @@ def _count(splits: list[str], n: int) -> str:
     return f"{len(splits)} of {n} ({', '.join(splits)})"
 
 
+def _verdict(hi: int, lo: int, n: int, subject: str, better: str, worse: str) -> str:
+    """A finding worded by how many test sets the paired bootstrap separates: "significantly"
+    only where every tested set agrees; one set of several is reported as such, not as a result."""
+    if hi and lo:
+        return f"{subject} trade places across the test sets"
+    if not hi and not lo:
+        return f"the tests do not separate {subject}"
+    k, word = (hi, better) if hi else (lo, worse)
+    if k == n:
+        return f"{word} on every test set, significantly"
+    return f"{word} on {k} of {n} test sets, significantly; the others do not separate {subject}"
+
+
 def _sig(comps: list[dict], a: str, b: str, splits: Sequence[str]) -> tuple[int, int, int]:
     """(significantly higher, significantly lower, tested) counts of b against a."""
     found = [c for s in splits if (c := find(comps, a, b, s))]
@@ -116,10 +129,7 @@ def findings(rows: list[dict], comps: list[dict], splits: Sequence[str]) -> list
         flex, fixed = _row(rows, f"bsflex-{scope}"), _row(rows, f"binary-fixed-{scope}")
         if flex and fixed:
             hi, lo, n = _sig(comps, fixed["name"], flex["name"], splits)
-            verdict = ("BS-Flex is significantly better than fixed binarization" if hi and not lo else
-                       "BS-Flex is significantly worse than fixed binarization" if lo and not hi else
-                       "the tests do not separate BS-Flex from fixed binarization" if not hi and not lo else
-                       "the two schemes trade places across the test sets")
+            verdict = _verdict(hi, lo, n, "BS-Flex and fixed binarization", "BS-Flex is better", "BS-Flex is worse")
             out.append(f"**BS-Flex vs fixed binarization ({scope}).** {flex['bleu']:.2f} vs {fixed['bleu']:.2f} BLEU "
                        f"on {splits[0] if splits else 'the test split'}. "
                        + summary(comps, fixed["name"], flex["name"], splits, "BS-Flex minus fixed") + f": {verdict}.")
@@ -149,8 +159,7 @@ def findings(rows: list[dict], comps: list[dict], splits: Sequence[str]) -> list
     d, nd = _row(rows, "bsflex-all-distill"), _row(rows, "bsflex-all")
     if d and nd:
         hi, lo, n = _sig(comps, nd["name"], d["name"], splits)
-        verdict = ("distillation helps" if hi and not lo else "distillation hurts" if lo and not hi else
-                   "no significant effect of distillation" if not hi and not lo else "mixed effects")
+        verdict = _verdict(hi, lo, n, "with and without distillation", "distillation helps", "distillation hurts")
         out.append(f"**Distillation.** BS-Flex on every layer keeps {pct(nd):.1f}% without and {pct(d):.1f}% with "
                    "distillation from the baseline. " + summary(comps, nd["name"], d["name"], splits,
                                                                 "With minus without") + f": {verdict}.")
@@ -203,16 +212,24 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
         said += (" Layers: " + ", ".join(f"{n}× {c}" for c, n in alloc["choices"].items())
                  + f"; allocation search {alloc['search_seconds']:.0f} s against {m.get('retrain_seconds', 0):.0f} s "
                  "of retraining.")
+    base, _, epochs = m["name"].rpartition("-")
+    twin = _row(rows, base) if epochs.endswith("ep") else None
+    if twin and splits and find(comps, twin["name"], m["name"], splits[0]):
+        hi, lo, n = _sig(comps, twin["name"], m["name"], splits)
+        verdict = _verdict(hi, lo, n, "longer and shorter retraining", "longer retraining helps",
+                           "longer retraining hurts")
+        said += (f" The same allocation retrained {epochs[:-2]} epochs instead of as the other rows are ({twin['name']}, "
+                 f"{pct(twin):.1f}%): " + summary(comps, twin["name"], m["name"], splits, "longer minus shorter")
+                 + f"; {verdict}.")
     below = [u for u in uniform_below(rows, m) if splits and find(comps, u["name"], m["name"], splits[0])]
     if not below:
         return said + " No uniform row between half its ratio and its ratio has been tested against it yet."
     best = max(below, key=lambda u: u["bleu"])
     hi, lo, n = _sig(comps, best["name"], m["name"], splits)
-    verdict = ("significantly better" if hi and not lo else "significantly worse" if lo and not hi else
-               "not significantly different" if not hi and not lo else "better on some test sets, worse on others")
+    verdict = _verdict(hi, lo, n, "the two", "the budgeted model is better", "the budgeted model is worse")
     return (said + f" Against the best uniform row at a ratio no higher, {best['name']} ({pct(best):.1f}% at "
-            f"{best['model_compression_ratio']:.2f}x), the budgeted model is {verdict}: "
-            + summary(comps, best["name"], m["name"], splits, "budgeted minus uniform") + ".")
+            f"{best['model_compression_ratio']:.2f}x): "
+            + summary(comps, best["name"], m["name"], splits, "budgeted minus uniform") + f"; {verdict}.")
 
 
 def pareto(rows: list[dict]) -> list[dict]:
