@@ -72,6 +72,7 @@ class PackedWeight(nn.Module):
             self.register_buffer("row_start", None)
         self._lut: Tensor | None = None
         self._padded: Tensor | None = None
+        self._kernel: tuple[int, Any] | None = None  # (native.generation(), bound kernel or None)
 
     @classmethod
     def from_codec(cls, codec: Codec) -> "PackedWeight":
@@ -148,6 +149,12 @@ class PackedWeight(nn.Module):
             return self._table().index_select(0, row_bytes.flatten().int()).view(len(which), cols)
         return torch.cat([self.tile(r, r + 1) for r in which.tolist()]) if len(which) else self.tile(0, 0)
 
+    def _bind(self) -> Any:
+        """This layer's native kernel (``native.bind``), or None: the general path below decides."""
+        if self.mask is None:
+            return native.bind(self.bits, *self.shape) if self.encoding == "codebook" else None
+        return native.bind(self.bits, *self.shape, encoding=self.encoding, masked=True)
+
     def rows_per_tile(self) -> int:
         return max(1, min(self.shape[0], TILE_FLOATS // self.shape[1]))
 
@@ -157,7 +164,22 @@ class PackedWeight(nn.Module):
     def matmul_t(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         """x @ W.T (+ bias), x (..., cols) -> (..., rows): a native kernel for the shapes decoding
         uses where there is one (``native.py``), else one dequantized tile of W at a time."""
-        rows = self.shape[0]
+        rows, cols = self.shape
+        if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() <= native.MAX_ROWS * cols:
+            if self._kernel is None or self._kernel[0] != native.generation():
+                self._kernel = (native.generation(), self._bind())
+            call = self._kernel[1]
+            if call is not None:
+                x2 = x.reshape(-1, cols)
+                if not x2.is_contiguous():
+                    x2 = x2.contiguous()
+                if self.mask is None:
+                    out = call(x2, self.index, self._codebook(), bias)
+                elif self.encoding == "sparse":
+                    out = call(x2, self.mask, self.row_start, self.values, None, bias)
+                else:
+                    out = call(x2, self.mask, self.row_start, self.index, self._codebook(), bias)
+                return out.view(*x.shape[:-1], rows)
         if self.mask is None:
             if self.encoding == "codebook" and native.supports(self.bits, self.shape[1], x):
                 return native.matmul_t(self.bits, x, self.index, rows, self._codebook(), bias)

@@ -20,6 +20,7 @@ import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -136,10 +137,18 @@ def library() -> ctypes.CDLL | None:
     return _library
 
 
+_generation = 0  # moves on each reset(): kernels bound to a layer before it are bound again
+
+
+def generation() -> int:
+    return _generation
+
+
 def reset() -> None:
     """Forget the loaded library (tests switch paths with this)."""
-    global _library, _tried
+    global _library, _tried, _generation
     _library, _tried = None, False
+    _generation += 1
     _kernel.cache_clear()
     _sparse_kernel.cache_clear()
     _threaded.cache_clear()
@@ -196,6 +205,43 @@ def matmul_t(bits: int, x: Tensor, index: Tensor, rows: int, table: Tensor, bias
     else:
         run(0, rows, out)
     return out.view(*x.shape[:-1], rows)
+
+
+def bind(bits: int, rows: int, cols: int, encoding: str = "codebook", masked: bool = False
+         ) -> Callable[..., Tensor] | None:
+    """The kernel for one layer's shape, checked once: ``call(x2, args)`` for a contiguous fp32 x2
+    of at most MAX_ROWS rows, or None where no kernel serves the layer. Decoding calls each layer
+    once per step; what ``matmul_t`` decides per call is decided here per layer."""
+    if library() is None:
+        return None
+    if masked:
+        if not ((encoding == "sparse" or bits == 4) and cols % 16 == 0):
+            return None
+        fn = _sparse_kernel(encoding)
+
+        def call_masked(x2: Tensor, mask: Tensor, row_start: Tensor, survivors: Tensor, table: Tensor | None,
+                        bias: Tensor | None) -> Tensor:
+            out = torch.empty(x2.shape[0], rows, dtype=torch.float32)
+            fn(x2.data_ptr(), x2.shape[0], cols, mask.data_ptr(), row_start.data_ptr(), survivors.data_ptr(), rows,
+               None if table is None else table.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr())
+            return out
+        return call_masked
+    if bits not in KERNELS or cols % 8 or (rows * cols >= PARALLEL_FROM and not _threaded()):
+        return None  # the general path splits large layers across a thread pool
+    fn = _kernel(bits)
+    scratch = fn.__name__ in SCRATCH
+
+    def call(x2: Tensor, index: Tensor, table: Tensor, bias: Tensor | None) -> Tensor:
+        out = torch.empty(x2.shape[0], rows, dtype=torch.float32)
+        b = None if bias is None else bias.data_ptr()
+        if scratch:
+            buffer = torch.empty(x2.numel())
+            fn(x2.data_ptr(), x2.shape[0], cols, index.data_ptr(), rows, table.data_ptr(), b, out.data_ptr(),
+               buffer.data_ptr())
+        else:
+            fn(x2.data_ptr(), x2.shape[0], cols, index.data_ptr(), rows, table.data_ptr(), b, out.data_ptr())
+        return out
+    return call
 
 
 def supports_masked(encoding: str, bits: int, cols: int, x: Tensor) -> bool:
