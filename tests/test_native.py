@@ -87,7 +87,7 @@ def test_pruned_layer_kernels_agree_with_the_tile_path(fresh, variant, encoding,
         fresh.setenv("SHRINKFORMER_NATIVE", "avx2")
     if native.library() is None:
         pytest.skip("no native kernels on this machine (the fallback test covers it)")
-    assert native.supports_masked(encoding, 4, 16, torch.zeros(1, 16))
+    assert native.bind(4, 16, 16, encoding=encoding, masked=True) is not None
     g = torch.Generator().manual_seed(1)
     for rows, cols in [(64, 512), (33, 48), (5, 16)]:
         w = torch.randn(rows, cols, generator=g)

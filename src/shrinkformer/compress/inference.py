@@ -183,9 +183,6 @@ class PackedWeight(nn.Module):
         if self.mask is None:
             if self.encoding == "codebook" and native.supports(self.bits, self.shape[1], x):
                 return native.matmul_t(self.bits, x, self.index, rows, self._codebook(), bias)
-        elif native.supports_masked(self.encoding, self.bits, self.shape[1], x):
-            survivors, table = (self.values, None) if self.encoding == "sparse" else (self.index, self._codebook())
-            return native.masked_matmul_t(self.encoding, x, self.mask, self.row_start, survivors, rows, table, bias)
         step = self.rows_per_tile()
         if step >= rows:
             return F.linear(x, self.tile(0, rows), bias)

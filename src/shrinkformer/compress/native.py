@@ -242,25 +242,3 @@ def bind(bits: int, rows: int, cols: int, encoding: str = "codebook", masked: bo
             fn(x2.data_ptr(), x2.shape[0], cols, index.data_ptr(), rows, table.data_ptr(), b, out.data_ptr())
         return out
     return call
-
-
-def supports_masked(encoding: str, bits: int, cols: int, x: Tensor) -> bool:
-    """Pruned layers: fp32 survivors, or 4-bit codebook survivors."""
-    return ((encoding == "sparse" or bits == 4) and cols % 16 == 0 and x.dtype == torch.float32
-            and x.device.type == "cpu" and x.numel() // cols <= MAX_ROWS and library() is not None)
-
-
-def masked_matmul_t(encoding: str, x: Tensor, mask: Tensor, row_start: Tensor, survivors: Tensor, rows: int,
-                    table: Tensor | None, bias: Tensor | None) -> Tensor:
-    """x (..., K) @ W.T (+ bias) for a pruned W: a bitmask of survivors and their values (fp32, or
-    4-bit indices into ``table`` with 16 bytes of slack after the last)."""
-    fn = _sparse_kernel(encoding)
-    cols = x.shape[-1]
-    x2 = x.reshape(-1, cols)
-    if not x2.is_contiguous():
-        x2 = x2.contiguous()
-    out = torch.empty(x2.shape[0], rows, dtype=torch.float32)
-    b = None if bias is None else bias.data_ptr()
-    fn(x2.data_ptr(), x2.shape[0], cols, mask.data_ptr(), row_start.data_ptr(), survivors.data_ptr(), rows,
-       None if table is None else table.data_ptr(), b, out.data_ptr())
-    return out.view(*x.shape[:-1], rows)
