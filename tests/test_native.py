@@ -99,7 +99,7 @@ def test_pruned_layer_kernels_agree_with_the_tile_path(fresh, variant, encoding,
             packed = PackedWeight.from_codec(CodebookCodec(w.shape, centroids, assign(w[mask], centroids)
                                                            .to(torch.uint8), mask))
         bias = torch.randn(rows)
-        for m in (1, 5, 9):
+        for m in (1, 5, 7, 8):  # up to MAX_MASKED_ROWS: the kernels' row blocks of 4, 1 and 3 left over
             x = torch.randn(m, cols)
             torch.testing.assert_close(packed.matmul_t(x, bias), torch.nn.functional.linear(x, packed.dense(), bias),
                                        rtol=1e-5, atol=1e-4)
@@ -147,3 +147,53 @@ def test_without_openmp_the_kernels_run_on_one_thread_with_the_same_results(fres
     fresh.setattr(native, "OPENMP_FLAG", "-fno-such-flag")  # the compiler refuses it: built without OpenMP
     assert native.library() is not None and not native._threaded()
     assert torch.equal(w.matmul_t(x), threaded)  # rows split across threads or not, each row sums alike
+
+
+def pruned(encoding: str, rows: int, cols: int, sparsity: float, seed: int = 1) -> PackedWeight:
+    from shrinkformer.compress.base import SparseCodec
+    from shrinkformer.compress.primitives import magnitude_mask
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g)
+    mask = magnitude_mask(w, sparsity)
+    if encoding == "sparse":
+        return PackedWeight.from_codec(SparseCodec(w, mask))
+    centroids = torch.sort(torch.randn(16, generator=g)).values
+    return PackedWeight.from_codec(CodebookCodec(w.shape, centroids, assign(w[mask], centroids).to(torch.uint8), mask))
+
+
+@pytest.mark.parametrize("kind", ["1-bit", "4-bit", "8-bit", "sparse", "pruned 4-bit"])
+def test_native_tiles_equal_the_pytorch_tiles_exactly(fresh, kind):
+    if native.library() is None:
+        pytest.skip("no native kernels on this machine")
+    for rows, cols in [(64, 512), (37, 48), (5, 16), (9, 3)]:
+        if kind.endswith("bit") and not kind.startswith("pruned"):
+            w = layer(int(kind.split("-")[0]), rows, cols)
+        elif cols % 8:
+            continue  # pruned layers need whole mask bytes per row for the native tiles
+        else:
+            w = pruned("sparse" if kind == "sparse" else "codebook", rows, cols, 0.7)
+        for r0, r1 in [(0, rows), (1, rows), (rows // 2, rows - 1), (3, 3)]:
+            expected = w.tile_reference(r0, r1)
+            assert torch.equal(w.tile(r0, r1), expected), (rows, cols, r0, r1)
+            out = torch.full((r1 - r0, cols), float("nan"))
+            assert w.tile(r0, r1, out) is out and torch.equal(out, expected)
+
+
+def test_many_rows_go_through_reused_tiles_with_the_same_products(fresh):
+    """Above MAX_ROWS rows of x each layer dequantizes into one scratch buffer per thread: layers
+    used one after another must not see each other's weights, and autograd gets its own tile."""
+    if native.library() is None:
+        pytest.skip("no native kernels on this machine")
+    layers = [layer(4, 300, 256, seed=1), layer(1, 40, 256, seed=2), pruned("sparse", 64, 256, 0.8),
+              pruned("codebook", 5000, 256, 0.5)]  # the last takes several tiles
+    x = torch.randn(40, 256)
+    for _ in range(2):
+        for w in layers:
+            torch.testing.assert_close(w.matmul_t(x), torch.nn.functional.linear(x, w.tile_reference(0, w.shape[0])),
+                                       rtol=1e-5, atol=1e-4)
+    xg = x.clone().requires_grad_()
+    y = layers[0].matmul_t(xg)
+    layers[1].matmul_t(x)  # would overwrite a shared tile before backward reads the saved weight
+    y.sum().backward()
+    torch.testing.assert_close(xg.grad, layers[0].tile_reference(0, 300).sum(0).expand(40, 256), rtol=1e-4, atol=1e-4)

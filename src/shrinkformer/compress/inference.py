@@ -16,6 +16,7 @@ Layouts, chosen so that resident bytes match the packed file's, but where speed 
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -127,8 +128,27 @@ class PackedWeight(nn.Module):
         codes = (stream.view(count, self.bits) << torch.arange(self.bits - 1, -1, -1, device=stream.device)).sum(1)
         return self.centroids[codes]
 
-    def tile(self, r0: int, r1: int) -> Tensor:
-        """Rows r0..r1 of the dense weight, (r1 - r0, cols) fp32."""
+    def tile(self, r0: int, r1: int, out: Tensor | None = None) -> Tensor:
+        """Rows r0..r1 of the dense weight, (r1 - r0, cols) fp32 (written into ``out`` where given):
+        natively where a kernel serves the layer, else in PyTorch (``tile_reference``), the same
+        values either way."""
+        if self.centroids is not None and self.centroids.device.type == "cpu" or \
+                self.values is not None and self.values.device.type == "cpu":
+            out = torch.empty(r1 - r0, self.shape[1]) if out is None else out
+            if self.mask is None:
+                if native.dequantize(self.index, self.bits, r0 * self.shape[1], self._codebook(), out):
+                    return out
+            elif self.encoding == "sparse" or self.bits == 4:
+                survivors = self.values if self.encoding == "sparse" else self.index
+                table = None if self.encoding == "sparse" else self._codebook()
+                if native.dequantize_masked(self.mask, self.row_start, survivors, table, r0, out):
+                    return out
+        if out is None:
+            return self.tile_reference(r0, r1)
+        return out.copy_(self.tile_reference(r0, r1))
+
+    def tile_reference(self, r0: int, r1: int) -> Tensor:
+        """``tile`` in plain PyTorch: the always-available path, and the reference the kernels match."""
         cols = self.shape[1]
         if self.mask is None:  # every position has an index
             return self._indexed(r0 * cols, (r1 - r0) * cols).view(r1 - r0, cols)
@@ -165,7 +185,8 @@ class PackedWeight(nn.Module):
         """x @ W.T (+ bias), x (..., cols) -> (..., rows): a native kernel for the shapes decoding
         uses where there is one (``native.py``), else one dequantized tile of W at a time."""
         rows, cols = self.shape
-        if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() <= native.MAX_ROWS * cols:
+        limit = native.MAX_ROWS if self.mask is None else native.MAX_MASKED_ROWS
+        if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() <= limit * cols:
             if self._kernel is None or self._kernel[0] != native.generation():
                 self._kernel = (native.generation(), self._bind())
             call = self._kernel[1]
@@ -184,13 +205,29 @@ class PackedWeight(nn.Module):
             if self.encoding == "codebook" and native.supports(self.bits, self.shape[1], x):
                 return native.matmul_t(self.bits, x, self.index, rows, self._codebook(), bias)
         step = self.rows_per_tile()
+        reusable = x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())  # autograd keeps W
+        buffer = _tile_buffer(step * cols) if reusable else None
+        tile = (lambda r0, r1: self.tile(r0, r1, buffer[: (r1 - r0) * cols].view(r1 - r0, cols))) \
+            if buffer is not None else self.tile
         if step >= rows:
-            return F.linear(x, self.tile(0, rows), bias)
+            return F.linear(x, tile(0, rows), bias)
         out = x.new_empty(*x.shape[:-1], rows)
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
-            out[..., r0:r1] = F.linear(x, self.tile(r0, r1), None if bias is None else bias[r0:r1])
+            out[..., r0:r1] = F.linear(x, tile(r0, r1), None if bias is None else bias[r0:r1])
         return out
+
+
+_buffers = threading.local()
+
+
+def _tile_buffer(floats: int) -> Tensor:
+    """This thread's scratch for dequantized tiles, grown as needed and reused: a fresh megabyte per
+    call costs more in page faults than decoding the weights into it."""
+    buffer = getattr(_buffers, "tile", None)
+    if buffer is None or buffer.numel() < floats:
+        buffer = _buffers.tile = torch.empty(floats)
+    return buffer
 
 
 class PackedLinear(nn.Module):

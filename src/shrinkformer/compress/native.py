@@ -30,7 +30,11 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "csrc" / "packed_kernels.c"
 FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c11"]
 OPENMP_FLAG = "-fopenmp"
-MAX_ROWS = 64  # above this many rows of x, dequantized tiles and BLAS win (benchmarks/kernels.py)
+# Above this many rows of x a dequantized tile and BLAS win (measured with benchmarks/kernels.py at
+# base-preset shapes, AVX2, 2 threads: the crossover lies between 12 and 24 rows for codebook
+# layers and between 8 and 12 for pruned ones).
+MAX_ROWS = 16
+MAX_MASKED_ROWS = 8
 KERNELS = {4: "lut4_matmul_t_avx2", 1: "bin1_matmul_t"}
 AVX512_KERNELS = {4: "lut4_matmul_t_avx512", 1: "bin1_matmul_t_avx512"}
 SPARSE_KERNELS = {"sparse": "sparse_matmul_t", "codebook": "lut4_sparse_matmul_t"}  # pruned layers, by encoding
@@ -127,6 +131,10 @@ def library() -> ctypes.CDLL | None:
                 fn.restype = None
                 fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3 + \
                     [ctypes.c_int64] + [ctypes.c_void_p] * 3
+            lib.lut_dequant.restype = lib.masked_dequant.restype = None
+            lib.lut_dequant.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                                        ctypes.c_void_p, ctypes.c_void_p]
+            lib.masked_dequant.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
             lib.packed_kernels_init()
             _library = lib
         except (OSError, subprocess.SubprocessError, AttributeError) as err:
@@ -207,10 +215,37 @@ def matmul_t(bits: int, x: Tensor, index: Tensor, rows: int, table: Tensor, bias
     return out.view(*x.shape[:-1], rows)
 
 
+DEQUANT_BITS = (1, 4, 8)
+
+
+def dequantize(index: Tensor, bits: int, start: int, table: Tensor, out: Tensor) -> bool:
+    """Fill ``out`` with the centroid values of b-bit indices start..start + out.numel() (``table``
+    padded to 2**bits entries); False, untouched, where no kernel serves it."""
+    lib = library()
+    if lib is None or bits not in DEQUANT_BITS:
+        return False
+    lib.lut_dequant(index.data_ptr(), bits, start, out.numel(), table.data_ptr(), out.data_ptr())
+    return True
+
+
+def dequantize_masked(mask: Tensor, row_start: Tensor, survivors: Tensor, table: Tensor | None, r0: int,
+                      out: Tensor) -> bool:
+    """Fill ``out`` (rows r0.., K columns, K a multiple of 8) with a pruned layer's rows: fp32
+    survivors (``table`` None) or 4-bit indices into ``table``; False, untouched, where no kernel
+    serves it."""
+    lib = library()
+    rows, cols = out.shape
+    if lib is None or cols % 8:
+        return False
+    lib.masked_dequant(mask.data_ptr(), row_start.data_ptr(), survivors.data_ptr(), cols, r0, r0 + rows,
+                       None if table is None else table.data_ptr(), out.data_ptr())
+    return True
+
+
 def bind(bits: int, rows: int, cols: int, encoding: str = "codebook", masked: bool = False
          ) -> Callable[..., Tensor] | None:
     """The kernel for one layer's shape, checked once: ``call(x2, args)`` for a contiguous fp32 x2
-    of at most MAX_ROWS rows, or None where no kernel serves the layer. Decoding calls each layer
+    of at most MAX_ROWS (pruned layers: MAX_MASKED_ROWS) rows, or None where no kernel serves the layer. Decoding calls each layer
     once per step; what ``matmul_t`` decides per call is decided here per layer."""
     if library() is None:
         return None

@@ -427,3 +427,75 @@ static inline __m256 survivors8_lut4(uint8_t on, const uint8_t *index, int64_t *
 
 SPARSE_KERNEL_AVX2(sparse_matmul_t, const float *, survivors8_f32(on, survivors, &s))
 SPARSE_KERNEL_AVX2(lut4_sparse_matmul_t, const uint8_t *, survivors8_lut4(on, survivors, &s, lo8, hi8))
+
+/* Dequantizing a tile: rows of W written out as fp32, for the shapes where x has too many rows for
+   the kernels above (a long source sentence, a large batch) and BLAS on a cache-sized tile wins.
+   These produce exactly the centroid values (no arithmetic), so the tile equals the PyTorch tile
+   path's bit for bit. Weights start..start+count of a b-bit stream (most significant bit first);
+   odd starts and tails go one weight at a time. */
+
+/* Split across threads only when there is enough to split: a thread costs microseconds to wake. */
+#ifdef _OPENMP
+#define PRAGMA(text) _Pragma(#text)
+#define PARALLEL_IF(cond) PRAGMA(omp parallel for schedule(static) if(cond))
+#else
+#define PARALLEL_IF(cond)
+#endif
+#define PARALLEL_FROM_FLOATS (1 << 16)
+
+static inline float code_at(const uint8_t *w, int bits, int64_t i, const float *codebook) {
+    int64_t bit = i * bits;
+    return codebook[(w[bit >> 3] >> (8 - bits - (bit & 7))) & ((1 << bits) - 1)];
+}
+
+void lut_dequant(const uint8_t *w, int bits, int64_t start, int64_t count, const float *codebook, float *out) {
+    int per_byte = 8 / bits;
+    int64_t i = 0;
+    for (; i < count && (start + i) % per_byte; i++) out[i] = code_at(w, bits, start + i, codebook);
+    const uint8_t *bytes = w + (start + i) / per_byte;
+    float *dst = out + i;
+    int64_t blocks = (count - i) / 8; /* 8 weights per block */
+    if (bits == 4) {
+        __m256 lo8 = _mm256_loadu_ps(codebook), hi8 = _mm256_loadu_ps(codebook + 8);
+        PARALLEL_IF(blocks * 8 >= PARALLEL_FROM_FLOATS)
+        for (int64_t b = 0; b < blocks; b++) _mm256_storeu_ps(dst + 8 * b, decode4(bytes + 4 * b, lo8, hi8));
+    } else if (bits == 1) {
+        const __m256i bit = _mm256_setr_epi32(128, 64, 32, 16, 8, 4, 2, 1);
+        __m256 c0 = _mm256_set1_ps(codebook[0]), c1 = _mm256_set1_ps(codebook[1]);
+        PARALLEL_IF(blocks * 8 >= PARALLEL_FROM_FLOATS)
+        for (int64_t b = 0; b < blocks; b++) {
+            __m256i on = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(bytes[b]), bit), bit);
+            _mm256_storeu_ps(dst + 8 * b, _mm256_blendv_ps(c0, c1, _mm256_castsi256_ps(on)));
+        }
+    } else if (bits == 8) {
+        PARALLEL_IF(blocks * 8 >= PARALLEL_FROM_FLOATS)
+        for (int64_t b = 0; b < blocks; b++) {
+            __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(bytes + 8 * b)));
+            _mm256_storeu_ps(dst + 8 * b, _mm256_i32gather_ps(codebook, idx, 4));
+        }
+    } else {
+        blocks = 0;
+    }
+    for (i += 8 * blocks; i < count; i++) out[i] = code_at(w, bits, start + i, codebook);
+}
+
+/* Rows r0..r1 of a pruned layer (K a multiple of 8): the survivors, fp32 (codebook NULL) or 4-bit
+   indices, expanded into their columns, zeros elsewhere. */
+void masked_dequant(const uint8_t *mask, const int64_t *row_start, const void *survivors, int64_t K, int64_t r0,
+                    int64_t r1, const float *codebook, float *out) {
+    __m256 lo8 = codebook ? _mm256_loadu_ps(codebook) : _mm256_setzero_ps();
+    __m256 hi8 = codebook ? _mm256_loadu_ps(codebook + 8) : _mm256_setzero_ps();
+    PARALLEL_IF((r1 - r0) * K >= PARALLEL_FROM_FLOATS)
+    for (int64_t n = r0; n < r1; n++) {
+        const uint8_t *bits = mask + n * (K / 8);
+        float *dst = out + (n - r0) * K;
+        int64_t s = row_start[n];
+        for (int64_t k = 0; k < K; k += 8) {
+            uint8_t on = reversed_bits[bits[k / 8]];
+            __m256 v = !on ? _mm256_setzero_ps()
+                     : codebook ? survivors8_lut4(on, (const uint8_t *)survivors, &s, lo8, hi8)
+                                : survivors8_f32(on, (const float *)survivors, &s);
+            _mm256_storeu_ps(dst + k, v);
+        }
+    }
+}
