@@ -76,10 +76,8 @@ def kernel_path() -> str:
 
     if native.library() is None:
         return "tile (pure PyTorch)"
-    names = native._kernel_names()
-    sparse = native.AVX512_SPARSE_KERNELS if names is native.AVX512_KERNELS else native.SPARSE_KERNELS
-    return "native: " + ", ".join([*names.values(), *sparse.values()])
-
+    return f"native ({'AVX-512' if native._wide() else 'AVX2'}) up to {native.MAX_ROWS} rows of x " \
+           f"({native.MAX_MASKED_ROWS} for pruned layers), dequantized tiles and BLAS above"
 
 if __name__ == "__main__":
     main()

@@ -38,9 +38,9 @@ def test_kernels_agree_with_the_tile_path(fresh, variant, bits):
     for rows, cols in [(64, 512), (37, 48), (3, 16), (8, 8)]:
         w = layer(bits, rows, cols)
         bias = torch.randn(rows)
+        assert w._bound() is not None  # the kernel, not the tile path, is under test
         for m in (1, 2, 5, 16):
             x = torch.randn(m, cols)
-            assert native.supports(bits, cols, x)
             expected = torch.nn.functional.linear(x, w.dense(), bias)
             torch.testing.assert_close(w.matmul_t(x, bias), expected, rtol=1e-5, atol=1e-4)
         batched = torch.randn(2, 3, cols)  # (batch, time, features) as the model calls it
@@ -87,7 +87,6 @@ def test_pruned_layer_kernels_agree_with_the_tile_path(fresh, variant, encoding,
         fresh.setenv("SHRINKFORMER_NATIVE", "avx2")
     if native.library() is None:
         pytest.skip("no native kernels on this machine (the fallback test covers it)")
-    assert native.bind(4, 16, 16, encoding=encoding, masked=True) is not None
     g = torch.Generator().manual_seed(1)
     for rows, cols in [(64, 512), (33, 48), (5, 16)]:
         w = torch.randn(rows, cols, generator=g)
@@ -98,6 +97,7 @@ def test_pruned_layer_kernels_agree_with_the_tile_path(fresh, variant, encoding,
             centroids = torch.sort(torch.randn(16, generator=g)).values
             packed = PackedWeight.from_codec(CodebookCodec(w.shape, centroids, assign(w[mask], centroids)
                                                            .to(torch.uint8), mask))
+        assert packed._bound() is not None  # the kernel, not the tile path, is under test
         bias = torch.randn(rows)
         for m in (1, 5, 7, 8):  # up to MAX_MASKED_ROWS: the kernels' row blocks of 4, 1 and 3 left over
             x = torch.randn(m, cols)
@@ -141,12 +141,20 @@ def test_pruned_4bit_codebooks_keep_their_mask(fresh):
 def test_without_openmp_the_kernels_run_on_one_thread_with_the_same_results(fresh):
     if native.library() is None:
         pytest.skip("no native kernels on this machine")
-    w, x = layer(4, 300, 256), torch.randn(5, 256)
-    threaded = w.matmul_t(x)
+    layers = [layer(4, 300, 256), layer(1, 300, 256), pruned("codebook", 300, 256, 0.8), pruned("sparse", 300, 256, 0.8)]
+    x, bias = torch.randn(5, 256), torch.randn(300)
+    threaded = [w.matmul_t(x, bias) for w in layers]
     native.reset()
     fresh.setattr(native, "OPENMP_FLAG", "-fno-such-flag")  # the compiler refuses it: built without OpenMP
-    assert native.library() is not None and not native._threaded()
-    assert torch.equal(w.matmul_t(x), threaded)  # rows split across threads or not, each row sums alike
+    fresh.setattr(native, "PARALLEL_FROM", 1 << 12)  # and these layers count as large: a thread pool splits them
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert native.library() is not None and not native._threaded()
+        for w, expected in zip(layers, threaded):
+            assert torch.equal(w.matmul_t(x, bias), expected)  # split across threads or not, each row sums alike
+    finally:
+        torch.set_num_threads(threads)
 
 
 def pruned(encoding: str, rows: int, cols: int, sparsity: float, seed: int = 1) -> PackedWeight:
@@ -197,3 +205,14 @@ def test_many_rows_go_through_reused_tiles_with_the_same_products(fresh):
     layers[1].matmul_t(x)  # would overwrite a shared tile before backward reads the saved weight
     y.sum().backward()
     torch.testing.assert_close(xg.grad, layers[0].tile_reference(0, 300).sum(0).expand(40, 256), rtol=1e-4, atol=1e-4)
+
+
+def test_a_layer_whose_buffers_are_replaced_binds_its_kernel_again(fresh):
+    if native.library() is None:
+        pytest.skip("no native kernels on this machine")
+    w, x = layer(4, 32, 64), torch.randn(2, 64)
+    before = w.matmul_t(x)
+    w.centroids = w.centroids * 2  # a new tensor: the bound addresses would be stale
+    torch.testing.assert_close(w.matmul_t(x), 2 * before, rtol=1e-5, atol=1e-4)
+    w.index = w.index.clone()
+    torch.testing.assert_close(w.matmul_t(x), 2 * before, rtol=1e-5, atol=1e-4)

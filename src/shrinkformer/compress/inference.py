@@ -72,8 +72,8 @@ class PackedWeight(nn.Module):
             self.register_buffer("mask", None)
             self.register_buffer("row_start", None)
         self._lut: Tensor | None = None
-        self._padded: Tensor | None = None
-        self._kernel: tuple[int, Any] | None = None  # (native.generation(), bound kernel or None)
+        self._padded: tuple[Tensor, Tensor] | None = None  # (the centroids it pads, padded)
+        self._kernel: tuple | None = None  # (what it was bound to, ..., bound kernel or None)
 
     @classmethod
     def from_codec(cls, codec: Codec) -> "PackedWeight":
@@ -100,10 +100,11 @@ class PackedWeight(nn.Module):
 
     def _codebook(self) -> Tensor:
         """The centroids padded to 2**bits entries (a layer may use fewer), built once."""
-        if self._padded is None:
-            self._padded = torch.zeros(2 ** self.bits, dtype=torch.float32)
-            self._padded[: self.centroids.numel()] = self.centroids
-        return self._padded
+        if self._padded is None or self._padded[0] is not self.centroids:
+            padded = torch.zeros(2 ** self.bits, dtype=torch.float32, device=self.centroids.device)
+            padded[: self.centroids.numel()] = self.centroids
+            self._padded = (self.centroids, padded)
+        return self._padded[1]
 
     def _table(self) -> Tensor:
         """Byte -> the 8/bits centroid values it encodes (most significant first): (256, 8/bits)."""
@@ -169,11 +170,20 @@ class PackedWeight(nn.Module):
             return self._table().index_select(0, row_bytes.flatten().int()).view(len(which), cols)
         return torch.cat([self.tile(r, r + 1) for r in which.tolist()]) if len(which) else self.tile(0, 0)
 
-    def _bind(self) -> Any:
-        """This layer's native kernel (``native.bind``), or None: the general path below decides."""
-        if self.mask is None:
-            return native.bind(self.bits, *self.shape) if self.encoding == "codebook" else None
-        return native.bind(self.bits, *self.shape, encoding=self.encoding, masked=True)
+    def _bound(self) -> Any:
+        """This layer's native kernel (``native.bind``) or None, bound again after ``native.reset()``
+        or when a buffer it reads was replaced (moved, converted, loaded anew). Runs once per layer
+        and decoding step, hence the plain dictionary reads (``self.index`` goes through
+        ``nn.Module.__getattr__``)."""
+        held, b = self._kernel, self._buffers
+        if held is not None and held[0] == native._generation and held[1] is b["index"] and \
+                held[2] is b["values"] and held[3] is b["centroids"] and held[4] is b["mask"]:
+            return held[5]
+        table = self._codebook() if self.centroids is not None else None
+        call = native.bind(self.encoding, self.bits, *self.shape, index=self.index, codebook=table,
+                           values=self.values, mask=self.mask, row_start=self.row_start)
+        self._kernel = (native._generation, b["index"], b["values"], b["centroids"], b["mask"], call)
+        return call
 
     def rows_per_tile(self) -> int:
         return max(1, min(self.shape[0], TILE_FLOATS // self.shape[1]))
@@ -185,25 +195,9 @@ class PackedWeight(nn.Module):
         """x @ W.T (+ bias), x (..., cols) -> (..., rows): a native kernel for the shapes decoding
         uses where there is one (``native.py``), else one dequantized tile of W at a time."""
         rows, cols = self.shape
-        limit = native.MAX_ROWS if self.mask is None else native.MAX_MASKED_ROWS
-        if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() <= limit * cols:
-            if self._kernel is None or self._kernel[0] != native.generation():
-                self._kernel = (native.generation(), self._bind())
-            call = self._kernel[1]
-            if call is not None:
-                x2 = x.reshape(-1, cols)
-                if not x2.is_contiguous():
-                    x2 = x2.contiguous()
-                if self.mask is None:
-                    out = call(x2, self.index, self._codebook(), bias)
-                elif self.encoding == "sparse":
-                    out = call(x2, self.mask, self.row_start, self.values, None, bias)
-                else:
-                    out = call(x2, self.mask, self.row_start, self.index, self._codebook(), bias)
-                return out.view(*x.shape[:-1], rows)
-        if self.mask is None:
-            if self.encoding == "codebook" and native.supports(self.bits, self.shape[1], x):
-                return native.matmul_t(self.bits, x, self.index, rows, self._codebook(), bias)
+        call = self._bound() if x.is_cpu else None
+        if call is not None and x.dtype == torch.float32 and x.numel() <= call.max_rows * cols:
+            return call(x if x.is_contiguous() else x.contiguous(), bias)
         step = self.rows_per_tile()
         reusable = x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())  # autograd keeps W
         buffer = _tile_buffer(step * cols) if reusable else None

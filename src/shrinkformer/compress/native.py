@@ -35,16 +35,11 @@ OPENMP_FLAG = "-fopenmp"
 # layers and between 8 and 12 for pruned ones).
 MAX_ROWS = 16
 MAX_MASKED_ROWS = 8
-KERNELS = {4: "lut4_matmul_t_avx2", 1: "bin1_matmul_t"}
-AVX512_KERNELS = {4: "lut4_matmul_t_avx512", 1: "bin1_matmul_t_avx512"}
-SPARSE_KERNELS = {"sparse": "sparse_matmul_t", "codebook": "lut4_sparse_matmul_t"}  # pruned layers, by encoding
-AVX512_SPARSE_KERNELS = {enc: name + "_avx512" for enc, name in SPARSE_KERNELS.items()}
-SCRATCH = {"lut4_matmul_t_avx2", "lut4_matmul_t_avx512"}  # kernels that take a scratch buffer of M * K floats
-PARALLEL_FROM = 1 << 22  # weights per call from which the rows of W are split across threads (output projection)
+PARALLEL_FROM = 1 << 22  # weights per call from which a build without OpenMP splits rows across a thread pool
 
 _library: ctypes.CDLL | None = None
 _tried = False
-_pool: ThreadPoolExecutor | None = None
+_pools: dict[int, ThreadPoolExecutor] = {}  # by thread count
 
 
 def _cache_dir() -> Path:
@@ -68,10 +63,9 @@ def _cpu_supported() -> bool:
     return {"avx2", "fma"} <= _cpu_flags()
 
 
-def _kernel_names() -> dict[int, str]:
-    """The AVX-512 kernels where the CPU has them (and SHRINKFORMER_NATIVE is not "avx2")."""
-    wide = {"avx512f", "avx512bw"} <= _cpu_flags() and os.environ.get("SHRINKFORMER_NATIVE") != "avx2"
-    return AVX512_KERNELS if wide else KERNELS
+def _wide() -> bool:
+    """Whether the AVX-512 kernels run (the CPU has them and SHRINKFORMER_NATIVE is not "avx2")."""
+    return {"avx512f", "avx512bw"} <= _cpu_flags() and os.environ.get("SHRINKFORMER_NATIVE") != "avx2"
 
 
 def _compile() -> Path:
@@ -120,21 +114,12 @@ def library() -> ctypes.CDLL | None:
     else:
         try:
             lib = ctypes.CDLL(str(_compile()))
-            for name in [*KERNELS.values(), *AVX512_KERNELS.values()]:
-                fn = getattr(lib, name)
-                fn.restype = None
-                fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] + \
-                    ([ctypes.c_void_p] if name in SCRATCH else [])
-            for name in [*SPARSE_KERNELS.values(), *AVX512_SPARSE_KERNELS.values()]:
-                fn = getattr(lib, name)
-                fn.restype = None
-                fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3 + \
-                    [ctypes.c_int64] + [ctypes.c_void_p] * 3
             lib.lut_dequant.restype = lib.masked_dequant.restype = None
             lib.lut_dequant.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
                                         ctypes.c_void_p, ctypes.c_void_p]
             lib.masked_dequant.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
+            lib.packed_layer_matmul_t.restype = None
+            lib.packed_layer_matmul_t.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
             lib.packed_kernels_init()
             _library = lib
         except (OSError, subprocess.SubprocessError, AttributeError) as err:
@@ -145,11 +130,7 @@ def library() -> ctypes.CDLL | None:
     return _library
 
 
-_generation = 0  # moves on each reset(): kernels bound to a layer before it are bound again
-
-
-def generation() -> int:
-    return _generation
+_generation = 0  # moves on each reset(): kernels bound to a layer before it are bound again (read per call)
 
 
 def reset() -> None:
@@ -157,62 +138,13 @@ def reset() -> None:
     global _library, _tried, _generation
     _library, _tried = None, False
     _generation += 1
-    _kernel.cache_clear()
-    _sparse_kernel.cache_clear()
     _threaded.cache_clear()
-
-
-@functools.lru_cache(maxsize=None)
-def _kernel(bits: int):
-    return getattr(library(), _kernel_names()[bits])
 
 
 @functools.lru_cache(maxsize=None)
 def _threaded() -> bool:
     """Whether the kernels split their rows across OpenMP threads themselves."""
     return bool(library().packed_kernels_threaded())
-
-
-@functools.lru_cache(maxsize=None)
-def _sparse_kernel(encoding: str):
-    wide = _kernel_names() is AVX512_KERNELS
-    return getattr(library(), (AVX512_SPARSE_KERNELS if wide else SPARSE_KERNELS)[encoding])
-
-
-def supports(bits: int, cols: int, x: Tensor) -> bool:
-    return (bits in KERNELS and cols % 8 == 0 and x.dtype == torch.float32 and x.device.type == "cpu"
-            and x.numel() // cols <= MAX_ROWS and library() is not None)
-
-
-def matmul_t(bits: int, x: Tensor, index: Tensor, rows: int, table: Tensor, bias: Tensor | None) -> Tensor:
-    """x (..., K) @ W.T (+ bias) for a W of ``rows`` rows stored as packed ``bits``-bit indices into
-    ``table`` (2**bits fp32 values). Called once per layer and decoding step: kept lean."""
-    fn = _kernel(bits)
-    cols = x.shape[-1]
-    x2 = x.reshape(-1, cols)
-    if not x2.is_contiguous():
-        x2 = x2.contiguous()
-    out = torch.empty(x2.shape[0], rows, dtype=torch.float32)
-    row_bytes = cols * bits // 8
-
-    def run(r0: int, r1: int, dest: Tensor) -> None:
-        scratch = torch.empty(x2.numel()) if fn.__name__ in SCRATCH else None  # alive until the call returns
-        fn(x2.data_ptr(), x2.shape[0], cols, index.data_ptr() + r0 * row_bytes, r1 - r0, table.data_ptr(),
-           None if bias is None else bias.data_ptr() + 4 * r0, dest.data_ptr(),
-           *(() if scratch is None else (scratch.data_ptr(),)))
-
-    threads = torch.get_num_threads()
-    if threads > 1 and rows * cols >= PARALLEL_FROM and not _threaded():  # ctypes releases the GIL
-        global _pool
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shrinkformer-kernel")
-        bounds = [rows * i // threads for i in range(threads + 1)]
-        parts = [torch.empty(x2.shape[0], r1 - r0) for r0, r1 in zip(bounds, bounds[1:])]
-        list(_pool.map(lambda a: run(*a), [(r0, r1, p) for (r0, r1), p in zip(zip(bounds, bounds[1:]), parts)]))
-        out = torch.cat(parts, dim=1)
-    else:
-        run(0, rows, out)
-    return out.view(*x.shape[:-1], rows)
 
 
 DEQUANT_BITS = (1, 4, 8)
@@ -242,38 +174,74 @@ def dequantize_masked(mask: Tensor, row_start: Tensor, survivors: Tensor, table:
     return True
 
 
-def bind(bits: int, rows: int, cols: int, encoding: str = "codebook", masked: bool = False
-         ) -> Callable[..., Tensor] | None:
-    """The kernel for one layer's shape, checked once: ``call(x2, args)`` for a contiguous fp32 x2
-    of at most MAX_ROWS (pruned layers: MAX_MASKED_ROWS) rows, or None where no kernel serves the layer. Decoding calls each layer
-    once per step; what ``matmul_t`` decides per call is decided here per layer."""
-    if library() is None:
+class _Layer(ctypes.Structure):
+    """``packed_layer`` in csrc/packed_kernels.c."""
+    _fields_ = [("kind", ctypes.c_int64), ("wide", ctypes.c_int64), ("rows", ctypes.c_int64), ("cols", ctypes.c_int64),
+                ("index", ctypes.c_void_p), ("values", ctypes.c_void_p), ("codebook", ctypes.c_void_p),
+                ("mask", ctypes.c_void_p), ("row_start", ctypes.c_void_p)]
+
+
+LAYER_KINDS = {("codebook", 4, False): 0, ("codebook", 1, False): 1, ("sparse", 32, True): 2, ("codebook", 4, True): 3}
+
+
+def bind(encoding: str, bits: int, rows: int, cols: int, *, index: Tensor | None = None, codebook: Tensor | None = None,
+         values: Tensor | None = None, mask: Tensor | None = None, row_start: Tensor | None = None
+         ) -> Callable[[Tensor, Tensor | None], Tensor] | None:
+    """One layer's kernel, its tensors' addresses set once: ``call(x, bias)`` for a contiguous fp32
+    x (..., cols) of at most ``call.max_rows`` rows, or None where no kernel serves the layer.
+    Decoding calls each layer once per step, and what is decided here is not decided per call.
+    The closure holds the tensors, so the addresses stay valid while it lives; a layer whose
+    buffers are replaced binds again."""
+    lib = library()
+    kind = LAYER_KINDS.get((encoding, bits, mask is not None))
+    if lib is None or kind is None or cols % (8 if mask is None else 16):
         return None
-    if masked:
-        if not ((encoding == "sparse" or bits == 4) and cols % 16 == 0):
-            return None
-        fn = _sparse_kernel(encoding)
+    held = [t for t in (index, codebook, values, mask, row_start) if t is not None]
+    wide, fn = _wide(), lib.packed_layer_matmul_t
 
-        def call_masked(x2: Tensor, mask: Tensor, row_start: Tensor, survivors: Tensor, table: Tensor | None,
-                        bias: Tensor | None) -> Tensor:
-            out = torch.empty(x2.shape[0], rows, dtype=torch.float32)
-            fn(x2.data_ptr(), x2.shape[0], cols, mask.data_ptr(), row_start.data_ptr(), survivors.data_ptr(), rows,
-               None if table is None else table.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr())
-            return out
-        return call_masked
-    if bits not in KERNELS or cols % 8 or (rows * cols >= PARALLEL_FROM and not _threaded()):
-        return None  # the general path splits large layers across a thread pool
-    fn = _kernel(bits)
-    scratch = fn.__name__ in SCRATCH
-
-    def call(x2: Tensor, index: Tensor, table: Tensor, bias: Tensor | None) -> Tensor:
-        out = torch.empty(x2.shape[0], rows, dtype=torch.float32)
-        b = None if bias is None else bias.data_ptr()
-        if scratch:
-            buffer = torch.empty(x2.numel())
-            fn(x2.data_ptr(), x2.shape[0], cols, index.data_ptr(), rows, table.data_ptr(), b, out.data_ptr(),
-               buffer.data_ptr())
+    def descriptor(r0: int, r1: int) -> _Layer:
+        """Rows r0..r1 alone: a dense layer's indices from row r0 on; a pruned layer's row
+        offsets and mask from row r0 (the survivors' offsets are absolute)."""
+        bits_per_row = cols * bits if mask is None else cols
+        pointers = [None if t is None else t.data_ptr() for t in (index, values, codebook, mask, row_start)]
+        if mask is None:
+            pointers[0] += r0 * bits_per_row // 8
         else:
-            fn(x2.data_ptr(), x2.shape[0], cols, index.data_ptr(), rows, table.data_ptr(), b, out.data_ptr())
-        return out
+            pointers[3] += r0 * bits_per_row // 8
+            pointers[4] += r0 * row_start.element_size()
+        return _Layer(kind, wide, r1 - r0, cols, *pointers)
+
+    if rows * cols >= PARALLEL_FROM and not _threaded():  # no OpenMP: a thread pool splits the rows
+        threads = max(1, torch.get_num_threads())
+        bounds = [rows * i // threads for i in range(threads + 1)]
+        parts = [(r0, r1, descriptor(r0, r1)) for r0, r1 in zip(bounds, bounds[1:]) if r1 > r0]
+
+        def call(x: Tensor, bias: Tensor | None) -> Tensor:
+            m = x.numel() // cols
+            pieces = [torch.empty(m, r1 - r0) for r0, r1, _ in parts]
+
+            def run(part: tuple[int, int, _Layer], out: Tensor) -> None:  # ctypes releases the GIL
+                r0, _, layer = part
+                fn(ctypes.addressof(layer), x.data_ptr(), m, None if bias is None else bias.data_ptr() + 4 * r0,
+                   out.data_ptr())
+            list(_thread_pool(threads).map(run, parts, pieces))
+            return torch.cat(pieces, dim=1).view(*x.shape[:-1], rows)
+    else:
+        layer = descriptor(0, rows)
+        address = ctypes.addressof(layer)
+
+        def call(x: Tensor, bias: Tensor | None) -> Tensor:
+            out = torch.empty(*x.shape[:-1], rows)
+            fn(address, x.data_ptr(), x.numel() // cols, None if bias is None else bias.data_ptr(), out.data_ptr())
+            return out
+        held.append(layer)
+
+    call.max_rows = MAX_ROWS if mask is None else MAX_MASKED_ROWS  # type: ignore[attr-defined]
+    call.held = held  # type: ignore[attr-defined]
     return call
+
+
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    if threads not in _pools:
+        _pools[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shrinkformer-kernel")
+    return _pools[threads]

@@ -13,6 +13,7 @@
 
 #include <immintrin.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Rows of W split across threads: built with -fopenmp, the library uses the OpenMP runtime torch
@@ -497,5 +498,48 @@ void masked_dequant(const uint8_t *mask, const int64_t *row_start, const void *s
                                 : survivors8_f32(on, (const float *)survivors, &s);
             _mm256_storeu_ps(dst + k, v);
         }
+    }
+}
+
+/* One entry point per layer for decoding's calls: the layer's pointers and shape are set once (a
+   descriptor Python builds when it binds the layer), so a call passes only x, its rows, the bias
+   and the output. Every ctypes argument costs a conversion, and these calls come once per layer
+   and decoding step: at batch 1 the Python around the kernels was most of their time. */
+typedef struct {
+    int64_t kind;  /* LAYER_* below */
+    int64_t wide;  /* the AVX-512 variants */
+    int64_t rows, cols;
+    const uint8_t *index;  /* codebook indices: every weight's, or the survivors' */
+    const float *values;   /* fp32 survivors */
+    const float *codebook; /* padded to 16 entries for 4 bits */
+    const uint8_t *mask;
+    const int64_t *row_start;
+} packed_layer;
+
+enum { LAYER_LUT4 = 0, LAYER_BIN1 = 1, LAYER_SPARSE = 2, LAYER_SPARSE_LUT4 = 3 };
+
+void packed_layer_matmul_t(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y) {
+    switch (L->kind) {
+        case LAYER_LUT4: {
+            float *scratch = malloc(sizeof(float) * M * L->cols); /* x's even and odd columns */
+            if (L->wide) lut4_matmul_t_avx512(x, M, L->cols, L->index, L->rows, L->codebook, bias, y, scratch);
+            else lut4_matmul_t_avx2(x, M, L->cols, L->index, L->rows, L->codebook, bias, y, scratch);
+            free(scratch);
+            break;
+        }
+        case LAYER_BIN1:
+            if (L->wide) bin1_matmul_t_avx512(x, M, L->cols, L->index, L->rows, L->codebook, bias, y);
+            else bin1_matmul_t(x, M, L->cols, L->index, L->rows, L->codebook, bias, y);
+            break;
+        case LAYER_SPARSE:
+            if (L->wide) sparse_matmul_t_avx512(x, M, L->cols, L->mask, L->row_start, L->values, L->rows, NULL, bias, y);
+            else sparse_matmul_t(x, M, L->cols, L->mask, L->row_start, L->values, L->rows, NULL, bias, y);
+            break;
+        case LAYER_SPARSE_LUT4:
+            if (L->wide)
+                lut4_sparse_matmul_t_avx512(x, M, L->cols, L->mask, L->row_start, L->index, L->rows, L->codebook, bias, y);
+            else
+                lut4_sparse_matmul_t(x, M, L->cols, L->mask, L->row_start, L->index, L->rows, L->codebook, bias, y);
+            break;
     }
 }
