@@ -88,7 +88,7 @@ def test_pruned_layer_kernels_agree_with_the_tile_path(fresh, variant, encoding,
     if native.library() is None:
         pytest.skip("no native kernels on this machine (the fallback test covers it)")
     g = torch.Generator().manual_seed(1)
-    for rows, cols in [(64, 512), (33, 48), (5, 16)]:
+    for rows, cols in [(64, 512), (33, 48), (5, 16), (7, 24)]:
         w = torch.randn(rows, cols, generator=g)
         mask = magnitude_mask(w, sparsity)
         if encoding == "sparse":

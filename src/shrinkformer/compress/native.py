@@ -194,7 +194,7 @@ def bind(encoding: str, bits: int, rows: int, cols: int, *, index: Tensor | None
     buffers are replaced binds again."""
     lib = library()
     kind = LAYER_KINDS.get((encoding, bits, mask is not None))
-    if lib is None or kind is None or cols % (8 if mask is None else 16):
+    if lib is None or kind is None or cols % 8:
         return None
     held = [t for t in (index, codebook, values, mask, row_start) if t is not None]
     wide, fn = _wide(), lib.packed_layer_matmul_t

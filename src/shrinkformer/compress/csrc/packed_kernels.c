@@ -254,6 +254,8 @@ static uint8_t reversed_bits[256];
    survivor a set lane i takes (how many lanes below it are set); first_lanes[c] loads c survivors. */
 static int32_t expand_index[256][8];
 static int32_t first_lanes[9][8];
+/* set_lanes[m]: the set lanes of m in increasing order (then zeros): a mask byte's surviving columns. */
+static int32_t set_lanes[256][8];
 
 /* Called once when the library is loaded, before any thread runs a kernel. */
 void packed_kernels_init(void) {
@@ -262,6 +264,8 @@ void packed_kernels_init(void) {
         for (int i = 0; i < 8; i++) r |= ((b >> i) & 1) << (7 - i);
         reversed_bits[b] = (uint8_t)r;
         for (int i = 0; i < 8; i++) expand_index[b][i] = (b >> i) & 1 ? c++ : 0;
+        for (int i = 0, j = 0; i < 8; i++)
+            if ((b >> i) & 1) set_lanes[b][j++] = i;
     }
     for (int c = 0; c <= 8; c++)
         for (int i = 0; i < 8; i++) first_lanes[c][i] = i < c ? -1 : 0;
@@ -301,81 +305,12 @@ AVX512 void bin1_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uin
     }
 }
 
-/* Pruned layers: the bitmask (row n starts at bit n * K, K a multiple of 16) says which columns
-   survive; the survivors' values follow one another, row n's starting at survivor row_start[n].
-   Per 16 columns the mask's 16 bits become a lane mask, and an expanding load puts the next
-   popcount survivors into exactly those lanes: zeros cost no arithmetic beyond the mask.
-   sparse_matmul_t: survivors are fp32 values. lut4_sparse_matmul_t: survivors are 4-bit codebook
-   indices (a nibble stream, most significant first; the buffer has 16 bytes of slack at the end). */
-
-AVX512 static inline __mmask16 mask16(const uint8_t *bits) {
-    return (__mmask16)(reversed_bits[bits[0]] | (reversed_bits[bits[1]] << 8));
-}
-
-/* Survivors' weights for 16 columns: fp32 values or 4-bit indices expanded into the mask's lanes;
-   *s advances past them. */
-AVX512 static inline __m512 survivors_f32(__mmask16 on, const float *values, int64_t *s) {
-    __m512 w = _mm512_maskz_expandloadu_ps(on, values + *s);
-    *s += __builtin_popcount(on);
-    return w;
-}
-
-AVX512 static inline __m512 survivors_lut4(__mmask16 on, const uint8_t *index, int64_t *s, __m512 table) {
-    const __m512i shifts = _mm512_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);
-    const __m512i fifteen = _mm512_set1_epi32(15);
-    /* 16 nibbles from nibble *s: bytes *s/2 .. *s/2 + 8, one nibble skipped when *s is odd */
-    __m128i raw = _mm_loadu_si128((const __m128i *)(index + *s / 2));
-    __m512i lo = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_shuffle_epi8(
-        raw, _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7))), shifts), fifteen);
-    __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_shuffle_epi8(
-        raw, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15))), shifts), fifteen);
-    /* no branch on the offset's parity: half the blocks start on an odd nibble, unpredictably */
-    lo = _mm512_mask_mov_epi32(lo, (__mmask16)-(int)(*s & 1), _mm512_alignr_epi32(hi, lo, 1));
-    *s += __builtin_popcount(on);
-    return _mm512_maskz_expand_ps(on, _mm512_permutexvar_ps(lo, table));
-}
-
-/* Four weight rows at a time, as in the dense kernels: each row's survivor offset is its own
-   dependency chain, and four of them overlap. */
-#define SPARSE_KERNEL(NAME, SURVIVORS_T, DECODE)                                                             \
-    AVX512 void NAME(const float *x, int64_t M, int64_t K, const uint8_t *mask, const int64_t *row_start,   \
-                     SURVIVORS_T survivors, int64_t N, const float *codebook, const float *bias, float *y) { \
-        __m512 table = codebook ? _mm512_loadu_ps(codebook) : _mm512_setzero_ps();                         \
-        (void)table;                                                                                       \
-        for (int64_t m0 = 0; m0 < M; m0 += MB) {                                                           \
-            int64_t mb = M - m0 < MB ? M - m0 : MB;                                                        \
-            PARALLEL_ROWS                                                                                  \
-            for (int64_t n0 = 0; n0 < N; n0 += RB) {                                                       \
-                int rb = N - n0 < RB ? (int)(N - n0) : RB;                                                 \
-                int64_t s[RB];                                                                             \
-                __m512 acc[MB][RB];                                                                        \
-                for (int r = 0; r < RB; r++) {                                                             \
-                    s[r] = r < rb ? row_start[n0 + r] : 0;                                                 \
-                    for (int j = 0; j < MB; j++) acc[j][r] = _mm512_setzero_ps();                          \
-                }                                                                                          \
-                for (int64_t k = 0; k < K; k += 16) {                                                      \
-                    for (int r = 0; r < rb; r++) {                                                         \
-                        __mmask16 on = mask16(mask + (n0 + r) * (K / 8) + k / 8);                          \
-                        if (!on) continue;                                                                 \
-                        __m512 w = DECODE;                                                                 \
-                        for (int j = 0; j < mb; j++)                                                       \
-                            acc[j][r] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + (m0 + j) * K + k), acc[j][r]); \
-                    }                                                                                      \
-                }                                                                                          \
-                for (int j = 0; j < mb; j++)                                                               \
-                    for (int r = 0; r < rb; r++)                                                           \
-                        y[(m0 + j) * N + n0 + r] = hsum512(acc[j][r]) + (bias ? bias[n0 + r] : 0.0f);      \
-            }                                                                                              \
-        }                                                                                                  \
-    }
-
-SPARSE_KERNEL(sparse_matmul_t_avx512, const float *, survivors_f32(on, survivors, &s[r]))
-SPARSE_KERNEL(lut4_sparse_matmul_t_avx512, const uint8_t *, survivors_lut4(on, survivors, &s[r], table))
-
-/* The pruned-layer kernels with AVX2: 8 columns at a time, the mask byte (bit order reversed) is
-   the lane mask; the next popcount survivors are loaded (a masked load: nothing read past them)
-   or decoded from the nibble stream (the buffer's 16 bytes of slack cover the 8-byte read), and
-   permuted into their lanes, the others zeroed. */
+/* Pruned layers store a bitmask (row n starts at bit n * K, K a multiple of 8) saying which columns
+   survive, and the survivors' values one after another, row n's from survivor row_start[n]: fp32,
+   or 4-bit codebook indices (a nibble stream, most significant first, with 16 bytes of slack at
+   the end). With AVX2, 8 columns at a time: the mask byte (bit order reversed) is the lane mask;
+   the next popcount survivors are loaded (a masked load: nothing read past them) or decoded from
+   the nibble stream, and permuted into their lanes, the others zeroed. */
 
 static inline __m256 expand8(uint8_t on, __m256 packed) {
     const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
@@ -399,35 +334,6 @@ static inline __m256 survivors8_lut4(uint8_t on, const uint8_t *index, int64_t *
     *s += __builtin_popcount(on);
     return expand8(on, decode4((const uint8_t *)&top, lo8, hi8));
 }
-
-#define SPARSE_KERNEL_AVX2(NAME, SURVIVORS_T, DECODE)                                                       \
-    void NAME(const float *x, int64_t M, int64_t K, const uint8_t *mask, const int64_t *row_start,         \
-              SURVIVORS_T survivors, int64_t N, const float *codebook, const float *bias, float *y) {      \
-        __m256 lo8 = codebook ? _mm256_loadu_ps(codebook) : _mm256_setzero_ps();                          \
-        __m256 hi8 = codebook ? _mm256_loadu_ps(codebook + 8) : _mm256_setzero_ps();                      \
-        (void)lo8, (void)hi8;                                                                             \
-        for (int64_t m0 = 0; m0 < M; m0 += MB) {                                                          \
-            int64_t mb = M - m0 < MB ? M - m0 : MB;                                                       \
-            PARALLEL_ROWS                                                                                 \
-            for (int64_t n = 0; n < N; n++) {                                                             \
-                const uint8_t *bits = mask + n * (K / 8);                                                 \
-                int64_t s = row_start[n];                                                                 \
-                __m256 acc[MB];                                                                           \
-                for (int j = 0; j < MB; j++) acc[j] = _mm256_setzero_ps();                                \
-                for (int64_t k = 0; k < K; k += 8) {                                                      \
-                    uint8_t on = reversed_bits[bits[k / 8]];                                              \
-                    if (!on) continue;                                                                    \
-                    __m256 w = DECODE;                                                                    \
-                    for (int j = 0; j < mb; j++)                                                          \
-                        acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + (m0 + j) * K + k), acc[j]);       \
-                }                                                                                         \
-                for (int j = 0; j < mb; j++) y[(m0 + j) * N + n] = hsum(acc[j]) + (bias ? bias[n] : 0.0f); \
-            }                                                                                             \
-        }                                                                                                 \
-    }
-
-SPARSE_KERNEL_AVX2(sparse_matmul_t, const float *, survivors8_f32(on, survivors, &s))
-SPARSE_KERNEL_AVX2(lut4_sparse_matmul_t, const uint8_t *, survivors8_lut4(on, survivors, &s, lo8, hi8))
 
 /* Dequantizing a tile: rows of W written out as fp32, for the shapes where x has too many rows for
    the kernels above (a long source sentence, a large batch) and BLAS on a cache-sized tile wins.
@@ -507,7 +413,7 @@ void masked_dequant(const uint8_t *mask, const int64_t *row_start, const void *s
    and decoding step: at batch 1 the Python around the kernels was most of their time. */
 typedef struct {
     int64_t kind;  /* LAYER_* below */
-    int64_t wide;  /* the AVX-512 variants */
+    int64_t wide;  /* the AVX-512 variants (dense layers) */
     int64_t rows, cols;
     const uint8_t *index;  /* codebook indices: every weight's, or the survivors' */
     const float *values;   /* fp32 survivors */
@@ -517,6 +423,81 @@ typedef struct {
 } packed_layer;
 
 enum { LAYER_LUT4 = 0, LAYER_BIN1 = 1, LAYER_SPARSE = 2, LAYER_SPARSE_LUT4 = 3 };
+
+/* Pruned layers, few rows of x (at most 8): the work follows the survivors, not the columns. x is
+   transposed once per call so that column k's values for every row of x are one 8-lane vector;
+   each row of W then lists its survivors' columns (a table lookup per mask byte) and values (fp32
+   as stored, or 4-bit indices decoded 8 at a time), and every survivor is one broadcast and one FMA
+   into an accumulator that holds all rows of x at once. At 80% sparsity that is a fifth of the
+   multiply-adds of a dense row and no per-column decoding, where the expanding kernels above do a
+   constant amount of work per 8 columns however few survive. */
+#define PRUNED_MAX_M 8
+
+static inline void survivor_values(const packed_layer *v, int64_t s, int64_t count, float *vals) {
+    if (!v->codebook) {
+        memcpy(vals, v->values + s, sizeof(float) * count);
+        return;
+    }
+    __m256 lo8 = _mm256_loadu_ps(v->codebook), hi8 = _mm256_loadu_ps(v->codebook + 8);
+    for (int64_t i = 0; i < count; i += 8) { /* the index buffer has 16 bytes of slack */
+        int64_t at = s + i;
+        uint64_t raw;
+        memcpy(&raw, v->index + at / 2, 8);
+        raw = __builtin_bswap64(raw) << (4 * (at & 1)); /* nibble `at` now the most significant */
+        uint32_t top = __builtin_bswap32((uint32_t)(raw >> 32));
+        _mm256_storeu_ps(vals + i, decode4((const uint8_t *)&top, lo8, hi8));
+    }
+}
+
+static void pruned_matmul_t(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y) {
+    int64_t K = L->cols, N = L->rows;
+    const int shift = M == 1 ? 0 : 3; /* one row of x: survivors gather x 8 at a time instead */
+    float *xt = aligned_alloc(32, sizeof(float) * 8 * K);
+    if (M > 1)
+        for (int64_t k = 0; k < K; k++)
+            for (int m = 0; m < PRUNED_MAX_M; m++) xt[8 * k + m] = m < M ? x[m * K + k] : 0.0f;
+    PARALLEL_ROWS
+    for (int64_t n = 0; n < N; n++) {
+        int32_t cols[K + 8]; /* 8 lanes written per mask byte, however many survive */
+        float vals[K + 8];
+        int64_t count = 0;
+        const uint8_t *bits = L->mask + n * (K / 8);
+        for (int64_t k = 0; k < K; k += 8) {
+            uint8_t on = reversed_bits[bits[k / 8]];
+            __m256i at = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)set_lanes[on]), _mm256_set1_epi32((int)k));
+            _mm256_storeu_si256((__m256i *)(cols + count), _mm256_slli_epi32(at, shift)); /* offset into xt */
+            count += __builtin_popcount(on);
+        }
+        survivor_values(L, L->row_start[n], count, vals);
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        int64_t j = 0;
+        if (M == 1) {
+            for (; j + 16 <= count; j += 16) {
+                acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(vals + j), _mm256_i32gather_ps(
+                    x, _mm256_loadu_si256((const __m256i *)(cols + j)), 4), acc[0]);
+                acc[1] = _mm256_fmadd_ps(_mm256_loadu_ps(vals + j + 8), _mm256_i32gather_ps(
+                    x, _mm256_loadu_si256((const __m256i *)(cols + j + 8)), 4), acc[1]);
+            }
+            float rest = 0.0f;
+            for (; j < count; j++) rest += vals[j] * x[cols[j]];
+            float lanes[8];
+            _mm256_storeu_ps(lanes, _mm256_add_ps(acc[0], acc[1]));
+            float total = rest;
+            for (int u = 0; u < 8; u++) total += lanes[u];
+            y[n] = total + (bias ? bias[n] : 0.0f);
+            continue;
+        }
+        for (; j + 4 <= count; j += 4)
+            for (int u = 0; u < 4; u++)
+                acc[u] = _mm256_fmadd_ps(_mm256_broadcast_ss(vals + j + u), _mm256_load_ps(xt + cols[j + u]), acc[u]);
+        for (; j < count; j++)
+            acc[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(vals + j), _mm256_load_ps(xt + cols[j]), acc[0]);
+        float sums[8];
+        _mm256_storeu_ps(sums, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        for (int64_t m = 0; m < M; m++) y[m * N + n] = sums[m] + (bias ? bias[n] : 0.0f);
+    }
+    free(xt);
+}
 
 void packed_layer_matmul_t(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y) {
     switch (L->kind) {
@@ -532,14 +513,9 @@ void packed_layer_matmul_t(const packed_layer *L, const float *x, int64_t M, con
             else bin1_matmul_t(x, M, L->cols, L->index, L->rows, L->codebook, bias, y);
             break;
         case LAYER_SPARSE:
-            if (L->wide) sparse_matmul_t_avx512(x, M, L->cols, L->mask, L->row_start, L->values, L->rows, NULL, bias, y);
-            else sparse_matmul_t(x, M, L->cols, L->mask, L->row_start, L->values, L->rows, NULL, bias, y);
-            break;
         case LAYER_SPARSE_LUT4:
-            if (L->wide)
-                lut4_sparse_matmul_t_avx512(x, M, L->cols, L->mask, L->row_start, L->index, L->rows, L->codebook, bias, y);
-            else
-                lut4_sparse_matmul_t(x, M, L->cols, L->mask, L->row_start, L->index, L->rows, L->codebook, bias, y);
+            for (int64_t m0 = 0; m0 < M; m0 += PRUNED_MAX_M)
+                pruned_matmul_t(L, x + m0 * L->cols, M - m0 < PRUNED_MAX_M ? M - m0 : PRUNED_MAX_M, bias, y + m0 * L->rows);
             break;
     }
 }
