@@ -105,9 +105,11 @@ def test_pruned_layer_kernels_agree_with_the_tile_path(fresh, variant, encoding,
                                        rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("bits", [1, 2, 3])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.95])
-def test_narrow_and_pruned_codebooks_load_as_4bit_with_the_same_values(fresh, bits, sparsity):
+def test_narrow_and_pruned_codebooks_keep_their_values_and_run_natively(fresh, bits, sparsity):
+    """Dense 2- and 3-bit layers load as 4-bit indices; pruned 1- to 4-bit layers keep their mask
+    and their b-bit survivors (resident bytes as in the file), and both reach a kernel."""
     from shrinkformer.compress.primitives import magnitude_mask
 
     g = torch.Generator().manual_seed(bits)
@@ -117,12 +119,16 @@ def test_narrow_and_pruned_codebooks_load_as_4bit_with_the_same_values(fresh, bi
     values = w[mask] if mask is not None else w.flatten()
     codec = CodebookCodec(w.shape, centroids, assign(values, centroids).to(torch.uint8), mask)
     packed = PackedWeight.from_codec(codec)
-    if bits == 1 and mask is None:  # the 1-bit kernel runs it as it is
-        assert packed.bits == 1 and packed.index.numel() == w.numel() // 8
+    if mask is not None:
+        assert packed.bits == bits and packed.mask is not None
+        assert packed.index.numel() == -(-int(mask.sum()) * bits // 8) + 16  # survivors at b bits, and the slack
     else:
-        assert packed.bits == 4 and packed.mask is None and packed.index.numel() == w.numel() // 2
-    assert torch.equal(packed.dense(), codec())  # pruned positions are an exact 0.0 centroid
-    for m in (1, 5):
+        assert packed.bits == (1 if bits == 1 else 4) and packed.mask is None
+    assert torch.equal(packed.tile_reference(0, 40), codec())
+    if native.library() is not None:
+        assert packed._bound() is not None
+        assert torch.equal(packed.dense(), codec())
+    for m in (1, 5, 8, 20):  # the kernels, and above their rows the tile path
         x = torch.randn(m, 48, generator=g)
         torch.testing.assert_close(packed.matmul_t(x), torch.nn.functional.linear(x, codec()), rtol=1e-5, atol=1e-4)
 

@@ -7,10 +7,11 @@ byte-wide lookup table (one gather turns a byte of 1-, 2-, 4- or 8-bit indices i
 
 Layouts, chosen so that resident bytes match the packed file's, but where speed says otherwise:
 - codebook: the bit-packed index stream (most significant bit first, as in the file), the
-  centroids, and for a pruned layer the survivors' mask as a bitmask with each row's first survivor;
-  a codebook of at most 16 values (2- and 3-bit layers, pruned 1- to 3-bit ones) loads as 4-bit
-  indices (``as_4bit``): the budgeted allocations are mostly such layers, and the masked and
-  odd-width tile paths decoded them several times slower than fp32;
+  centroids, and for a pruned layer the survivors' mask as a bitmask with each row's first survivor
+  (the pruned-layer kernels read survivors of 1 to 4 bits as they are stored); a dense 2- or 3-bit
+  layer loads as 4-bit indices, the same values run by the 4-bit kernels, at the cost of 4 bits
+  per weight resident where the file keeps 2 or 3: the budgeted allocations hold many such layers,
+  and the odd-width tile path decoded them several times slower than fp32;
 - sparse: the surviving fp32 values, the bitmask and each row's first survivor.
 """
 
@@ -35,20 +36,6 @@ TILE_FLOATS = 1 << 18  # 1 MiB of fp32 per dequantized tile: stays in a core's L
 _BITS = ((torch.arange(256)[:, None] >> torch.arange(7, -1, -1)) & 1).bool()
 
 
-def as_4bit(centroids: Tensor, codes: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """A codebook layer of any width, pruned or not, as plain 4-bit indices: a pruned position
-    becomes one more centroid, an exact 0.0. The values are the same; what changes is that the
-    4-bit kernels (and the tile path's byte table) run it, instead of the per-call mask scatter of
-    a pruned layer or the bit-by-bit path of 2- and 3-bit codes. It costs resident bytes: 4 bits
-    per weight where the file keeps b bits per survivor plus the mask."""
-    k = centroids.numel()
-    if mask is None:
-        return centroids, pack_bits(codes, 4)
-    full = torch.full((mask.numel(),), k, dtype=torch.int64)
-    full[mask.flatten()] = codes.long()
-    return torch.cat([centroids.float(), centroids.new_zeros(1).float()]), pack_bits(full, 4)
-
-
 class PackedWeight(nn.Module):
     """One layer's weight in its packed form; ``tile(r0, r1)`` dequantizes rows r0..r1."""
 
@@ -65,7 +52,9 @@ class PackedWeight(nn.Module):
         self.register_buffer("values", None if values is None else values.float().contiguous())
         if mask is not None:
             self.register_buffer("mask", pack_bits(mask.flatten().to(torch.uint8), 1))
-            first = torch.zeros(rows + 1, dtype=torch.int64)
+            if mask.sum() >= 2 ** 31:
+                raise ValueError(f"a pruned layer of {mask.sum()} survivors: row offsets are 32-bit")
+            first = torch.zeros(rows + 1, dtype=torch.int32)
             first[1:] = mask.view(rows, cols).sum(1).cumsum(0)
             self.register_buffer("row_start", first)  # survivors before each row
         else:
@@ -88,9 +77,8 @@ class PackedWeight(nn.Module):
         mask = unpack_mask(meta["mask"], parts["mask"], n) if "mask" in meta else None
         if meta["encoding"] == "codebook":
             bits, centroids, index = meta["bits"], parts["centroids"], parts["index"]
-            if (bits not in (1, 4) or mask is not None) and centroids.numel() + (mask is not None) <= 16:
-                centroids, index = as_4bit(centroids, unpack_bits(index, bits, meta["count"]), mask)
-                bits, mask = 4, None
+            if bits not in (1, 4) and mask is None and centroids.numel() <= 16:  # 2 or 3 bits: as 4-bit indices
+                index, bits = pack_bits(unpack_bits(index, bits, meta["count"]), 4), 4
             return cls(shape, "codebook", bits, centroids, index, None, mask, made_by)
         return cls(shape, "sparse", 32, None, None, parts["values"], mask, made_by)
 
@@ -101,7 +89,8 @@ class PackedWeight(nn.Module):
     def _codebook(self) -> Tensor:
         """The centroids padded to 2**bits entries (a layer may use fewer), built once."""
         if self._padded is None or self._padded[0] is not self.centroids:
-            padded = torch.zeros(2 ** self.bits, dtype=torch.float32, device=self.centroids.device)
+            size = max(2 ** self.bits, 16 if self.mask is not None else 0)  # pruned kernels read 16 entries
+            padded = torch.zeros(size, dtype=torch.float32, device=self.centroids.device)
             padded[: self.centroids.numel()] = self.centroids
             self._padded = (self.centroids, padded)
         return self._padded[1]
@@ -139,11 +128,10 @@ class PackedWeight(nn.Module):
             if self.mask is None:
                 if native.dequantize(self.index, self.bits, r0 * self.shape[1], self._codebook(), out):
                     return out
-            elif self.encoding == "sparse" or self.bits == 4:
-                survivors = self.values if self.encoding == "sparse" else self.index
-                table = None if self.encoding == "sparse" else self._codebook()
-                if native.dequantize_masked(self.mask, self.row_start, survivors, table, r0, out):
-                    return out
+            elif native.dequantize_masked(self.bits, self.shape[1], self.index, self.values,
+                                          self._codebook() if self.centroids is not None else None,
+                                          self.mask, self.row_start, r0, out):
+                return out
         if out is None:
             return self.tile_reference(r0, r1)
         return out.copy_(self.tile_reference(r0, r1))

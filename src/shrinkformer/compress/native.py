@@ -117,7 +117,7 @@ def library() -> ctypes.CDLL | None:
             lib.lut_dequant.restype = lib.masked_dequant.restype = None
             lib.lut_dequant.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
                                         ctypes.c_void_p, ctypes.c_void_p]
-            lib.masked_dequant.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
+            lib.masked_dequant.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
             lib.packed_layer_matmul_t.restype = None
             lib.packed_layer_matmul_t.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
             lib.packed_kernels_init()
@@ -160,28 +160,34 @@ def dequantize(index: Tensor, bits: int, start: int, table: Tensor, out: Tensor)
     return True
 
 
-def dequantize_masked(mask: Tensor, row_start: Tensor, survivors: Tensor, table: Tensor | None, r0: int,
-                      out: Tensor) -> bool:
-    """Fill ``out`` (rows r0.., K columns, K a multiple of 8) with a pruned layer's rows: fp32
-    survivors (``table`` None) or 4-bit indices into ``table``; False, untouched, where no kernel
-    serves it."""
+def dequantize_masked(bits: int, cols: int, index: Tensor | None, values: Tensor | None, codebook: Tensor | None,
+                      mask: Tensor, row_start: Tensor, r0: int, out: Tensor) -> bool:
+    """Fill ``out`` (rows r0.. of a pruned layer, K columns, K a multiple of 8) with fp32 survivors
+    (``values``) or b-bit indices into ``codebook`` (b <= 4, padded to 16), zeros elsewhere;
+    False, untouched, where no kernel serves it."""
     lib = library()
-    rows, cols = out.shape
-    if lib is None or cols % 8:
+    kind = LAYER_KINDS.get(("sparse" if values is not None else "codebook", bits, True))
+    if lib is None or kind is None or cols % 8:
         return False
-    lib.masked_dequant(mask.data_ptr(), row_start.data_ptr(), survivors.data_ptr(), cols, r0, r0 + rows,
-                       None if table is None else table.data_ptr(), out.data_ptr())
+    layer = _Layer(kind, False, out.shape[0], cols, bits, *_pointers(index, values, codebook, mask, row_start))
+    lib.masked_dequant(ctypes.addressof(layer), r0, r0 + out.shape[0], out.data_ptr())
     return True
 
 
 class _Layer(ctypes.Structure):
     """``packed_layer`` in csrc/packed_kernels.c."""
     _fields_ = [("kind", ctypes.c_int64), ("wide", ctypes.c_int64), ("rows", ctypes.c_int64), ("cols", ctypes.c_int64),
-                ("index", ctypes.c_void_p), ("values", ctypes.c_void_p), ("codebook", ctypes.c_void_p),
-                ("mask", ctypes.c_void_p), ("row_start", ctypes.c_void_p)]
+                ("bits", ctypes.c_int64), ("index", ctypes.c_void_p), ("values", ctypes.c_void_p),
+                ("codebook", ctypes.c_void_p), ("mask", ctypes.c_void_p), ("row_start", ctypes.c_void_p)]
 
 
-LAYER_KINDS = {("codebook", 4, False): 0, ("codebook", 1, False): 1, ("sparse", 32, True): 2, ("codebook", 4, True): 3}
+# (encoding, bits, pruned) -> LAYER_* in csrc/packed_kernels.c
+LAYER_KINDS = {("codebook", 4, False): 0, ("codebook", 1, False): 1, ("sparse", 32, True): 2,
+               **{("codebook", b, True): 3 for b in (1, 2, 3, 4)}}
+
+
+def _pointers(*tensors: Tensor | None) -> list[int | None]:
+    return [None if t is None else t.data_ptr() for t in tensors]
 
 
 def bind(encoding: str, bits: int, rows: int, cols: int, *, index: Tensor | None = None, codebook: Tensor | None = None,
@@ -202,14 +208,13 @@ def bind(encoding: str, bits: int, rows: int, cols: int, *, index: Tensor | None
     def descriptor(r0: int, r1: int) -> _Layer:
         """Rows r0..r1 alone: a dense layer's indices from row r0 on; a pruned layer's row
         offsets and mask from row r0 (the survivors' offsets are absolute)."""
-        bits_per_row = cols * bits if mask is None else cols
-        pointers = [None if t is None else t.data_ptr() for t in (index, values, codebook, mask, row_start)]
+        pointers = _pointers(index, values, codebook, mask, row_start)
         if mask is None:
-            pointers[0] += r0 * bits_per_row // 8
+            pointers[0] += r0 * cols * bits // 8
         else:
-            pointers[3] += r0 * bits_per_row // 8
+            pointers[3] += r0 * cols // 8
             pointers[4] += r0 * row_start.element_size()
-        return _Layer(kind, wide, r1 - r0, cols, *pointers)
+        return _Layer(kind, wide, r1 - r0, cols, bits, *pointers)
 
     if rows * cols >= PARALLEL_FROM and not _threaded():  # no OpenMP: a thread pool splits the rows
         threads = max(1, torch.get_num_threads())

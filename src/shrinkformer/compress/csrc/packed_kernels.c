@@ -251,11 +251,11 @@ AVX512 void lut4_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uin
 
 static uint8_t reversed_bits[256];
 /* AVX2 has no expanding load: for a lane mask m (lane i = bit i), expand_index[m][i] is the
-   survivor a set lane i takes (how many lanes below it are set); first_lanes[c] loads c survivors. */
+   survivor a set lane i takes (how many lanes below it are set). */
 static int32_t expand_index[256][8];
-static int32_t first_lanes[9][8];
 /* set_lanes[m]: the set lanes of m in increasing order (then zeros): a mask byte's surviving columns. */
 static int32_t set_lanes[256][8];
+#define lane_bits _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128)
 
 /* Called once when the library is loaded, before any thread runs a kernel. */
 void packed_kernels_init(void) {
@@ -267,8 +267,6 @@ void packed_kernels_init(void) {
         for (int i = 0, j = 0; i < 8; i++)
             if ((b >> i) & 1) set_lanes[b][j++] = i;
     }
-    for (int c = 0; c <= 8; c++)
-        for (int i = 0; i < 8; i++) first_lanes[c][i] = i < c ? -1 : 0;
 }
 
 AVX512 void bin1_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N,
@@ -303,36 +301,6 @@ AVX512 void bin1_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uin
                     y[(m0 + j) * N + n0 + r] = c0 * xsum[j] + d * hsum512(acc[j][r]) + (bias ? bias[n0 + r] : 0.0f);
         }
     }
-}
-
-/* Pruned layers store a bitmask (row n starts at bit n * K, K a multiple of 8) saying which columns
-   survive, and the survivors' values one after another, row n's from survivor row_start[n]: fp32,
-   or 4-bit codebook indices (a nibble stream, most significant first, with 16 bytes of slack at
-   the end). With AVX2, 8 columns at a time: the mask byte (bit order reversed) is the lane mask;
-   the next popcount survivors are loaded (a masked load: nothing read past them) or decoded from
-   the nibble stream, and permuted into their lanes, the others zeroed. */
-
-static inline __m256 expand8(uint8_t on, __m256 packed) {
-    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    __m256 w = _mm256_permutevar8x32_ps(packed, _mm256_loadu_si256((const __m256i *)expand_index[on]));
-    __m256i lanes = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(on), bit), bit);
-    return _mm256_and_ps(w, _mm256_castsi256_ps(lanes));
-}
-
-static inline __m256 survivors8_f32(uint8_t on, const float *values, int64_t *s) {
-    int c = __builtin_popcount(on);
-    __m256 raw = _mm256_maskload_ps(values + *s, _mm256_loadu_si256((const __m256i *)first_lanes[c]));
-    *s += c;
-    return expand8(on, raw);
-}
-
-static inline __m256 survivors8_lut4(uint8_t on, const uint8_t *index, int64_t *s, __m256 lo8, __m256 hi8) {
-    uint64_t raw;
-    memcpy(&raw, index + *s / 2, 8);
-    raw = __builtin_bswap64(raw) << (4 * (*s & 1)); /* nibble *s now the most significant */
-    uint32_t top = __builtin_bswap32((uint32_t)(raw >> 32));
-    *s += __builtin_popcount(on);
-    return expand8(on, decode4((const uint8_t *)&top, lo8, hi8));
 }
 
 /* Dequantizing a tile: rows of W written out as fp32, for the shapes where x has too many rows for
@@ -386,26 +354,10 @@ void lut_dequant(const uint8_t *w, int bits, int64_t start, int64_t count, const
     for (i += 8 * blocks; i < count; i++) out[i] = code_at(w, bits, start + i, codebook);
 }
 
-/* Rows r0..r1 of a pruned layer (K a multiple of 8): the survivors, fp32 (codebook NULL) or 4-bit
-   indices, expanded into their columns, zeros elsewhere. */
-void masked_dequant(const uint8_t *mask, const int64_t *row_start, const void *survivors, int64_t K, int64_t r0,
-                    int64_t r1, const float *codebook, float *out) {
-    __m256 lo8 = codebook ? _mm256_loadu_ps(codebook) : _mm256_setzero_ps();
-    __m256 hi8 = codebook ? _mm256_loadu_ps(codebook + 8) : _mm256_setzero_ps();
-    PARALLEL_IF((r1 - r0) * K >= PARALLEL_FROM_FLOATS)
-    for (int64_t n = r0; n < r1; n++) {
-        const uint8_t *bits = mask + n * (K / 8);
-        float *dst = out + (n - r0) * K;
-        int64_t s = row_start[n];
-        for (int64_t k = 0; k < K; k += 8) {
-            uint8_t on = reversed_bits[bits[k / 8]];
-            __m256 v = !on ? _mm256_setzero_ps()
-                     : codebook ? survivors8_lut4(on, (const uint8_t *)survivors, &s, lo8, hi8)
-                                : survivors8_f32(on, (const float *)survivors, &s);
-            _mm256_storeu_ps(dst + k, v);
-        }
-    }
-}
+/* Pruned layers store a bitmask (row n starts at bit n * K, K a multiple of 8) saying which columns
+   survive, and the survivors' values one after another, row n's from survivor row_start[n]: fp32,
+   or b-bit codebook indices (b <= 4; a bit stream, most significant first, with 16 bytes of slack
+   at the end). */
 
 /* One entry point per layer for decoding's calls: the layer's pointers and shape are set once (a
    descriptor Python builds when it binds the layer), so a call passes only x, its rows, the bias
@@ -415,11 +367,12 @@ typedef struct {
     int64_t kind;  /* LAYER_* below */
     int64_t wide;  /* the AVX-512 variants (dense layers) */
     int64_t rows, cols;
+    int64_t bits;          /* bits per codebook index; a pruned layer's fp32 survivors: 32 */
     const uint8_t *index;  /* codebook indices: every weight's, or the survivors' */
     const float *values;   /* fp32 survivors */
-    const float *codebook; /* padded to 16 entries for 4 bits */
+    const float *codebook; /* padded to 2**bits entries, and to at least 16 for a pruned layer */
     const uint8_t *mask;
-    const int64_t *row_start;
+    const int32_t *row_start;
 } packed_layer;
 
 enum { LAYER_LUT4 = 0, LAYER_BIN1 = 1, LAYER_SPARSE = 2, LAYER_SPARSE_LUT4 = 3 };
@@ -433,19 +386,55 @@ enum { LAYER_LUT4 = 0, LAYER_BIN1 = 1, LAYER_SPARSE = 2, LAYER_SPARSE_LUT4 = 3 }
    constant amount of work per 8 columns however few survive. */
 #define PRUNED_MAX_M 8
 
-static inline void survivor_values(const packed_layer *v, int64_t s, int64_t count, float *vals) {
-    if (!v->codebook) {
-        memcpy(vals, v->values + s, sizeof(float) * count);
+/* Survivors s..s+count of a pruned layer into vals (rounded up to 8; vals has room): fp32 as
+   stored, or b-bit indices (b <= 4) looked up 8 at a time: the 8*b bits from bit s*b on are moved
+   to the top of a 32-bit word, and lane i shifts out its own b bits. */
+static inline void survivor_values(const packed_layer *L, int64_t s, int64_t count, float *vals) {
+    if (L->bits == 32) {
+        memcpy(vals, L->values + s, sizeof(float) * count);
         return;
     }
-    __m256 lo8 = _mm256_loadu_ps(v->codebook), hi8 = _mm256_loadu_ps(v->codebook + 8);
+    const int b = (int)L->bits;
+    const __m256 lo8 = _mm256_loadu_ps(L->codebook), hi8 = _mm256_loadu_ps(L->codebook + 8);
+    const __m256i shifts = _mm256_sub_epi32(_mm256_set1_epi32(32), _mm256_mullo_epi32(
+        _mm256_set1_epi32(b), _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8)));
+    const __m256i low = _mm256_set1_epi32((1 << b) - 1);
     for (int64_t i = 0; i < count; i += 8) { /* the index buffer has 16 bytes of slack */
-        int64_t at = s + i;
+        int64_t bit = (s + i) * b;
         uint64_t raw;
-        memcpy(&raw, v->index + at / 2, 8);
-        raw = __builtin_bswap64(raw) << (4 * (at & 1)); /* nibble `at` now the most significant */
-        uint32_t top = __builtin_bswap32((uint32_t)(raw >> 32));
-        _mm256_storeu_ps(vals + i, decode4((const uint8_t *)&top, lo8, hi8));
+        memcpy(&raw, L->index + bit / 8, 8);
+        uint32_t top = (uint32_t)((__builtin_bswap64(raw) << (bit & 7)) >> 32);
+        __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)top), shifts), low);
+        _mm256_storeu_ps(vals + i, lookup16(idx, lo8, hi8));
+    }
+}
+
+/* A mask byte's surviving columns, k + the set lanes, written 8 at a time (the rest is overwritten
+   by the next byte's); returns how many survive. */
+static inline int64_t surviving_columns(uint8_t on, int64_t k, int shift, int32_t *cols) {
+    __m256i at = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)set_lanes[on]), _mm256_set1_epi32((int)k));
+    _mm256_storeu_si256((__m256i *)cols, _mm256_slli_epi32(at, shift));
+    return __builtin_popcount(on);
+}
+
+/* Rows r0..r1 of a pruned layer as fp32, zeros where pruned (the tile path's native half). */
+void masked_dequant(const packed_layer *L, int64_t r0, int64_t r1, float *out) {
+    int64_t K = L->cols;
+    PARALLEL_IF((r1 - r0) * K >= PARALLEL_FROM_FLOATS)
+    for (int64_t n = r0; n < r1; n++) {
+        float vals[K + 8];
+        const uint8_t *bits = L->mask + n * (K / 8);
+        float *dst = out + (n - r0) * K;
+        survivor_values(L, L->row_start[n], L->row_start[n + 1] - L->row_start[n], vals);
+        int64_t j = 0;
+        for (int64_t k = 0; k < K; k += 8) {
+            uint8_t on = reversed_bits[bits[k / 8]];
+            __m256 w = _mm256_permutevar8x32_ps(_mm256_loadu_ps(vals + j),
+                                                _mm256_loadu_si256((const __m256i *)expand_index[on]));
+            __m256i lanes = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(on), lane_bits), lane_bits);
+            _mm256_storeu_ps(dst + k, _mm256_and_ps(w, _mm256_castsi256_ps(lanes)));
+            j += __builtin_popcount(on);
+        }
     }
 }
 
@@ -462,12 +451,7 @@ static void pruned_matmul_t(const packed_layer *L, const float *x, int64_t M, co
         float vals[K + 8];
         int64_t count = 0;
         const uint8_t *bits = L->mask + n * (K / 8);
-        for (int64_t k = 0; k < K; k += 8) {
-            uint8_t on = reversed_bits[bits[k / 8]];
-            __m256i at = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)set_lanes[on]), _mm256_set1_epi32((int)k));
-            _mm256_storeu_si256((__m256i *)(cols + count), _mm256_slli_epi32(at, shift)); /* offset into xt */
-            count += __builtin_popcount(on);
-        }
+        for (int64_t k = 0; k < K; k += 8) count += surviving_columns(reversed_bits[bits[k / 8]], k, shift, cols + count);
         survivor_values(L, L->row_start[n], count, vals);
         __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
         int64_t j = 0;
