@@ -35,6 +35,7 @@ OPENMP_FLAG = "-fopenmp"
 # layers and between 8 and 12 for pruned ones).
 MAX_ROWS = 16
 MAX_MASKED_ROWS = 8
+MAX_1BIT_ROWS = 64  # the 1-bit kernel's tables serve 8 rows of x per pass at a fraction of fp32's cost
 PARALLEL_FROM = 1 << 22  # weights per call from which a build without OpenMP splits rows across a thread pool
 
 _library: ctypes.CDLL | None = None
@@ -241,7 +242,7 @@ def bind(encoding: str, bits: int, rows: int, cols: int, *, index: Tensor | None
             return out
         held.append(layer)
 
-    call.max_rows = MAX_ROWS if mask is None else MAX_MASKED_ROWS  # type: ignore[attr-defined]
+    call.max_rows = MAX_MASKED_ROWS if mask is not None else MAX_1BIT_ROWS if bits == 1 else MAX_ROWS  # type: ignore[attr-defined]
     call.held = held  # type: ignore[attr-defined]
     return call
 

@@ -359,6 +359,64 @@ void lut_dequant(const uint8_t *w, int bits, int64_t start, int64_t count, const
    or b-bit codebook indices (b <= 4; a bit stream, most significant first, with 16 bytes of slack
    at the end). */
 
+/* 1-bit layers, up to 8 rows of x, through lookup tables over the activations (as T-MAC and
+   bitnet.cpp do): for every 4 columns, the 16 possible sums of their x values (one per bit
+   pattern) for all rows of x at once, 8 lanes. A weight row's 4 bits then pick a precomputed
+   8-lane partial sum: one load and one add per 4 weights, whatever the number of rows of x, where
+   testing bits costs a mask and an add per 8 weights and row of x. The tables, 128 bytes per
+   column, are built once per call and shared by every weight row (they stay in L2). A row's
+   product is c0 * sum(x) + (c1 - c0) * (the sum of x where its bits are set). */
+#define LUT1_MAX_M 8
+
+static _Thread_local float *lut1_tables;
+static _Thread_local int64_t lut1_capacity;
+
+static void bin1_lut_matmul_t(const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N,
+                              const float *codebook, const float *bias, float *y) {
+    int64_t groups = K / 4;
+    if (lut1_capacity < groups * 16 * 8) {
+        free(lut1_tables);
+        lut1_capacity = groups * 16 * 8;
+        lut1_tables = aligned_alloc(32, sizeof(float) * lut1_capacity);
+    }
+    float *T = lut1_tables, xsum[LUT1_MAX_M] = {0};
+    for (int64_t g = 0; g < groups; g++) {
+        __m256 col[4]; /* column 4g + i for every row of x; pattern bit 3 - i selects it */
+        for (int i = 0; i < 4; i++) {
+            float v[8] = {0};
+            for (int64_t m = 0; m < M; m++) v[m] = x[m * K + 4 * g + i], xsum[m] += v[m];
+            col[i] = _mm256_loadu_ps(v);
+        }
+        float *t = T + g * 128;
+        _mm256_store_ps(t, _mm256_setzero_ps());
+        for (int v = 1; v < 16; v++) /* the pattern without its lowest set bit, plus that bit's column */
+            _mm256_store_ps(t + 8 * v, _mm256_add_ps(_mm256_load_ps(t + 8 * (v & (v - 1))), col[3 - __builtin_ctz(v)]));
+    }
+    float c0 = codebook[0], d = codebook[1] - codebook[0];
+    int64_t row_bytes = K / 8;
+    PARALLEL_ROWS
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *row = w + n * row_bytes;
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        int64_t j = 0;
+        for (; j + 2 <= row_bytes; j += 2) {
+            const float *t = T + j * 256; /* 2 groups per byte, 128 floats per group */
+            acc[0] = _mm256_add_ps(acc[0], _mm256_load_ps(t + 8 * (row[j] >> 4)));
+            acc[1] = _mm256_add_ps(acc[1], _mm256_load_ps(t + 128 + 8 * (row[j] & 15)));
+            acc[2] = _mm256_add_ps(acc[2], _mm256_load_ps(t + 256 + 8 * (row[j + 1] >> 4)));
+            acc[3] = _mm256_add_ps(acc[3], _mm256_load_ps(t + 384 + 8 * (row[j + 1] & 15)));
+        }
+        for (; j < row_bytes; j++) {
+            const float *t = T + j * 256;
+            acc[0] = _mm256_add_ps(acc[0], _mm256_load_ps(t + 8 * (row[j] >> 4)));
+            acc[1] = _mm256_add_ps(acc[1], _mm256_load_ps(t + 128 + 8 * (row[j] & 15)));
+        }
+        float sums[8];
+        _mm256_storeu_ps(sums, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        for (int64_t m = 0; m < M; m++) y[m * N + n] = c0 * xsum[m] + d * sums[m] + (bias ? bias[n] : 0.0f);
+    }
+}
+
 /* One entry point per layer for decoding's calls: the layer's pointers and shape are set once (a
    descriptor Python builds when it binds the layer), so a call passes only x, its rows, the bias
    and the output. Every ctypes argument costs a conversion, and these calls come once per layer
@@ -493,7 +551,11 @@ void packed_layer_matmul_t(const packed_layer *L, const float *x, int64_t M, con
             break;
         }
         case LAYER_BIN1:
-            if (L->wide) bin1_matmul_t_avx512(x, M, L->cols, L->index, L->rows, L->codebook, bias, y);
+            if (M > 1 && L->cols % 8 == 0) /* one row of x: testing bits is faster than building tables */
+                for (int64_t m0 = 0; m0 < M; m0 += LUT1_MAX_M)
+                    bin1_lut_matmul_t(x + m0 * L->cols, M - m0 < LUT1_MAX_M ? M - m0 : LUT1_MAX_M, L->cols, L->index,
+                                      L->rows, L->codebook, bias, y + m0 * L->rows);
+            else if (L->wide) bin1_matmul_t_avx512(x, M, L->cols, L->index, L->rows, L->codebook, bias, y);
             else bin1_matmul_t(x, M, L->cols, L->index, L->rows, L->codebook, bias, y);
             break;
         case LAYER_SPARSE:
