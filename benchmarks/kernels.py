@@ -77,7 +77,8 @@ def kernel_path() -> str:
     if native.library() is None:
         return "tile (pure PyTorch)"
     return f"native ({'AVX-512' if native._wide() else 'AVX2'}) up to {native.MAX_ROWS} rows of x " \
-           f"({native.MAX_MASKED_ROWS} for pruned layers), dequantized tiles and BLAS above"
+           f"({native.MAX_1BIT_ROWS} for 1-bit, {native.MAX_MASKED_ROWS} for pruned layers), " \
+           "dequantized tiles and BLAS above"
 
 if __name__ == "__main__":
     main()
