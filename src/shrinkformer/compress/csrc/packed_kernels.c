@@ -150,33 +150,33 @@ void lut4_matmul_t_avx2(const float *x, int64_t M, int64_t K, const uint8_t *w, 
     }
 }
 
-void bin1_matmul_t(const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N, const float *codebook,
+/* One row of x (greedy decoding, a batch of one): y[n] = c0 * sum(x) + (c1 - c0) * (the sum of x
+   where row n's bits are set). Rows of x beyond one go through the lookup tables further down.
+   Four rows of W at a time, so that four additions are in flight rather than one waiting on the
+   last. */
+void bin1_matvec_t(const float *x, int64_t K, const uint8_t *w, int64_t N, const float *codebook,
                    const float *bias, float *y) {
     const __m256i bit = _mm256_setr_epi32(128, 64, 32, 16, 8, 4, 2, 1);
     float c0 = codebook[0], d = codebook[1] - codebook[0];
     int64_t row_bytes = K / 8;
-    for (int64_t m0 = 0; m0 < M; m0 += MB) {
-        int64_t mb = M - m0 < MB ? M - m0 : MB;
-        float xsum[MB];
-        for (int j = 0; j < mb; j++) {
-            __m256 s = _mm256_setzero_ps();
-            for (int64_t k = 0; k < K; k += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + (m0 + j) * K + k));
-            xsum[j] = hsum(s);
-        }
-        PARALLEL_ROWS
-        for (int64_t n = 0; n < N; n++) {
-            const uint8_t *row = w + n * row_bytes;
-            __m256 acc[MB];
-            for (int j = 0; j < MB; j++) acc[j] = _mm256_setzero_ps();
-            for (int64_t k = 0; k < K; k += 8) {
-                __m256i b = _mm256_set1_epi32(row[k / 8]);
+    __m256 s = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + k));
+    float xsum = hsum(s);
+    PARALLEL_ROWS
+    for (int64_t n0 = 0; n0 < N; n0 += 4) {
+        int rb = N - n0 < 4 ? (int)(N - n0) : 4;
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int64_t k = 0; k < K; k += 8) {
+            __m256 xk = _mm256_loadu_ps(x + k);
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                if (r >= rb) break;
+                __m256i b = _mm256_set1_epi32(w[(n0 + r) * row_bytes + k / 8]);
                 __m256 on = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(b, bit), bit));
-                for (int j = 0; j < mb; j++)
-                    acc[j] = _mm256_add_ps(acc[j], _mm256_and_ps(on, _mm256_loadu_ps(x + (m0 + j) * K + k)));
+                acc[r] = _mm256_add_ps(acc[r], _mm256_and_ps(on, xk));
             }
-            for (int j = 0; j < mb; j++)
-                y[(m0 + j) * N + n] = c0 * xsum[j] + d * hsum(acc[j]) + (bias ? bias[n] : 0.0f);
         }
+        for (int r = 0; r < rb; r++) y[n0 + r] = c0 * xsum + d * hsum(acc[r]) + (bias ? bias[n0 + r] : 0.0f);
     }
 }
 
@@ -271,7 +271,7 @@ void packed_kernels_init(void) {
 
 AVX512 void bin1_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N,
                                  const float *codebook, const float *bias, float *y) {
-    if (K % 16) { bin1_matmul_t(x, M, K, w, N, codebook, bias, y); return; }
+    if (K % 16) { for (int64_t m = 0; m < M; m++) bin1_matvec_t(x + m * K, K, w, N, codebook, bias, y + m * N); return; }
     float c0 = codebook[0], d = codebook[1] - codebook[0];
     int64_t row_bytes = K / 8;
     for (int64_t m0 = 0; m0 < M; m0 += MB) {
@@ -551,12 +551,12 @@ void packed_layer_matmul_t(const packed_layer *L, const float *x, int64_t M, con
             break;
         }
         case LAYER_BIN1:
-            if (M > 1 && L->cols % 8 == 0) /* one row of x: testing bits is faster than building tables */
+            if (M > 1) /* one row of x: testing bits is faster than building tables */
                 for (int64_t m0 = 0; m0 < M; m0 += LUT1_MAX_M)
                     bin1_lut_matmul_t(x + m0 * L->cols, M - m0 < LUT1_MAX_M ? M - m0 : LUT1_MAX_M, L->cols, L->index,
                                       L->rows, L->codebook, bias, y + m0 * L->rows);
             else if (L->wide) bin1_matmul_t_avx512(x, M, L->cols, L->index, L->rows, L->codebook, bias, y);
-            else bin1_matmul_t(x, M, L->cols, L->index, L->rows, L->codebook, bias, y);
+            else bin1_matvec_t(x, L->cols, L->index, L->rows, L->codebook, bias, y);
             break;
         case LAYER_SPARSE:
         case LAYER_SPARSE_LUT4:
