@@ -242,7 +242,8 @@ def bind(encoding: str, bits: int, rows: int, cols: int, *, index: Tensor | None
             return out
         held.append(layer)
 
-    call.max_rows = MAX_MASKED_ROWS if mask is not None else MAX_1BIT_ROWS if bits == 1 else MAX_ROWS  # type: ignore[attr-defined]
+    max_rows = MAX_MASKED_ROWS if mask is not None else MAX_1BIT_ROWS if bits == 1 else MAX_ROWS
+    call.max_rows = max_rows  # type: ignore[attr-defined]
     call.held = held  # type: ignore[attr-defined]
     return call
 

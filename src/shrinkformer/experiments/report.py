@@ -168,7 +168,8 @@ def findings(rows: list[dict], comps: list[dict], splits: Sequence[str]) -> list
         out.append("**Failed experiments:** " + "; ".join(f"{r['name']} ({r.get('error')})" for r in failed))
     pending = [r["name"] for r in rows if r.get("status") == "pending"]
     if pending:
-        out.append(f"**Not run yet** ({len(pending)} row{'s' if len(pending) > 1 else ''}; the findings above cover the rows that have run): "
+        rows_word = "row" if len(pending) == 1 else "rows"
+        out.append(f"**Not run yet** ({len(pending)} {rows_word}; the findings above cover the rows that have run): "
                    + ", ".join(pending) + ".")
     return out
 
