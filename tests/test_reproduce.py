@@ -153,3 +153,12 @@ def test_a_finding_says_on_how_many_test_sets_it_holds():
     assert _verdict(0, 2, 3, *args).startswith("A is worse on 2 of 3 test sets")
     assert _verdict(0, 0, 3, *args) == "the tests do not separate A and B"
     assert _verdict(1, 1, 3, *args) == "A and B trade places across the test sets"
+
+
+def test_rows_not_run_yet_are_named_and_counted():
+    from shrinkformer.experiments.report import findings
+    rows = _rows(prune_30_50=(39.0, 1.5))
+    one = findings(rows + [{"name": "kmeans-1bit-all", "status": "pending"}], [], ["t"])
+    assert one[-1].startswith("**Not run yet** (1 row; ") and one[-1].endswith(": kmeans-1bit-all.")
+    two = findings(rows + [{"name": n, "status": "pending"} for n in ("a", "b")], [], ["t"])
+    assert two[-1].startswith("**Not run yet** (2 rows; ") and two[-1].endswith(": a, b.")
