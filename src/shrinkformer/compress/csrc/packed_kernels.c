@@ -2,12 +2,16 @@
 
    W (N rows, K columns) is stored as b-bit centroid indices, each row's indices packed most
    significant bit first (row n starts at byte n * K * b / 8; K * b must be a multiple of 8).
-   Decoding's shapes have few rows in x (M = 1 .. beam * batch), so each 8-wide block of a weight
-   row is decoded once, in registers, and used for every row of x:
-     4 bits: the 16 centroids live in two registers; an index picks its value with two lane
-             permutes and a blend on the index's top bit.
+   Decoding's shapes have few rows in x (M = 1 .. beam * batch):
+     4 bits: each 8-wide block of a weight row is decoded once, in registers, and used for every
+             row of x; the 16 centroids live in two registers, and an index picks its value with
+             two lane permutes and a blend on the index's top bit.
      1 bit:  value = c0 + (c1 - c0) * bit, so a row's product is c0 * sum(x) + (c1 - c0) * the
-             sum of the x entries whose bit is set: a masked add per 8 weights.
+             sum of the x entries whose bit is set: one row of x adds under a bit mask; more rows
+             look partial sums up in tables built from x (bin1_lut_matmul_t).
+     pruned: the work follows the survivors (pruned_matmul_t).
+   Larger M goes through a dequantized tile and BLAS (lut_dequant, masked_dequant). Python calls
+   one entry point per layer, packed_layer_matmul_t, with a descriptor set when the layer is bound.
    Plain C with AVX2/FMA intrinsics, no torch headers: it compiles in a second and is called
    through ctypes on the tensors' data pointers. */
 
