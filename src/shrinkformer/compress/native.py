@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import logging
 import os
 import shutil
 import subprocess
@@ -24,8 +23,6 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-
-log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "packed_kernels.c"
 FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c11"]
