@@ -151,3 +151,21 @@ def test_a_resumed_run_takes_the_saved_allocation(tiny_run, multi30k, tmp_path, 
     other = budget.BudgetConfig(target_ratio=5, sentences=40)  # other settings: not that allocation
     with pytest.raises(pytest.fail.Exception, match="searched again"):
         budget.load_or_plan(model, tok, cfg, other, tmp_path)
+
+
+def test_flex_allocation_retrains_the_same_choices_with_flexible_codebooks():
+    from shrinkformer.compress import BinaryConfig, FlexKMeansConfig, KMeansConfig, PruneConfig
+    from shrinkformer.experiments.grid import EXPERIMENTS
+    from shrinkformer.train.budget import BudgetConfig, allocation_stages
+
+    choices = {"a": Choice(0.5, 1), "b": Choice(0.0, 2), "c": Choice(0.0, 1), "d": Choice(0.8, None), "e": Choice()}
+    frozen = [(s.config, s.include) for s in allocation_stages(choices)]
+    flex = [(s.config, s.include) for s in allocation_stages(choices, flex=True)]
+    assert frozen == [(PruneConfig(0.5, 0.5, 1), ["a"]), (PruneConfig(0.8, 0.8, 1), ["d"]), (KMeansConfig(1), ["a"]),
+                      (KMeansConfig(2), ["b"]), (BinaryConfig("flex"), ["c"])]
+    assert flex == [(PruneConfig(0.5, 0.5, 1), ["a"]), (PruneConfig(0.8, 0.8, 1), ["d"]), (FlexKMeansConfig(1), ["a"]),
+                    (FlexKMeansConfig(2), ["b"]), (BinaryConfig("flex"), ["c"])]
+    # the setting enters the keys only when on: rows and allocations cached before it stay valid
+    assert "flex" not in BudgetConfig(target_ratio=20).to_dict()
+    assert "flex" not in EXPERIMENTS["mixed-20x"].spec()["budget"]
+    assert EXPERIMENTS["mixed-20x-flex"].spec()["budget"] == {**EXPERIMENTS["mixed-20x"].spec()["budget"], "flex": True}

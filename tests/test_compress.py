@@ -4,7 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from shrinkformer.compress import BinaryConfig, KMeansConfig, PruneConfig, codecs, compress, select, set_sparsity
+from shrinkformer.compress import (BinaryConfig, FlexKMeansConfig, KMeansConfig, PruneConfig, codecs, compress, select,
+                                  set_sparsity)
+from shrinkformer.compress.kmeans_flex import flex_step
+from shrinkformer.compress.primitives import magnitude_mask
 from shrinkformer.compress.base import CompressedLinear
 from shrinkformer.errors import UsageError
 from shrinkformer.model import MODEL_PRESETS, Transformer
@@ -97,6 +100,60 @@ def test_bsflex_reassigns_weights_during_training_and_fixed_does_not_move_centro
         assert codec().unique().numel() == 2
 
 
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("pruned", [False, True])
+def test_flex_step_compiled_pass_equals_tensor_ops(bits, pruned):
+    w = torch.randn(96, 130, generator=torch.Generator().manual_seed(bits))
+    mask = magnitude_mask(w, 0.5) if pruned else None
+    members = w[mask] if pruned else w.flatten()
+    centroids = torch.linspace(float(members.min()), float(members.max()), 2 ** bits) * 0.7
+    got = flex_step(w, centroids, mask)  # the compiled pass (CPU, contiguous float32)
+    want = flex_step(w.t().contiguous().t(), centroids, mask)  # not contiguous: tensor operations
+    assert torch.equal(got[0], want[0]) and got[0].dtype == torch.uint8 and got[0].numel() == members.numel()
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-7)
+    # one Lloyd step: nearest centroid, then each centroid its members' mean
+    nearest = (members[:, None] - centroids[None]).abs().argmin(1)
+    assert torch.equal(got[0].long(), nearest)
+    for k in nearest.unique():
+        torch.testing.assert_close(got[1][k], members[nearest == k].mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_flex_step_keeps_an_empty_clusters_centroid():
+    values = torch.tensor([0.0, 0.25, 0.5, 5.0, 5.5, 1.125])  # 1.125: on a midpoint, the lower cluster's
+    index, centroids = flex_step(values, torch.tensor([0.25, 2.0, 2.5, 5.0]))  # 2.0 and 2.5 get nothing
+    assert torch.equal(centroids, torch.tensor([0.46875, 2.0, 2.5, 5.25]))
+    assert index.tolist() == [0, 0, 0, 3, 3, 0]
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
+def test_flex_kmeans_reassigns_weights_and_keeps_pruned_ones_at_zero(pruned):
+    m = model()
+    if pruned:
+        compress(m, PruneConfig(0.5, 0.5), "ffn")
+    compress(m, FlexKMeansConfig(2), "ffn")
+    codec = m.encoder.layers[0].ffn.fc1.codec
+    before_index, before_c = codec.quantize()[0].clone(), codec.centroids.clone()
+    src, tgt = batch()
+    opt = torch.optim.Adam(m.parameters(), lr=0.05)
+    for _ in range(3):
+        m.train()
+        logits, _ = m(src, tgt)
+        logits.logsumexp(-1).mean().backward()
+        if pruned:
+            assert (codec.latent.grad[~codec.mask] == 0).all()
+        opt.step()
+        opt.zero_grad()
+    index, centroids = codec.quantize()
+    assert not torch.equal(index, before_index) and not torch.equal(centroids, before_c)
+    m.eval()
+    w = codec()
+    assert w[codec.mask].unique().numel() <= 4 if pruned else w.unique().numel() <= 4
+    if pruned:
+        assert (w[~codec.mask] == 0).all()
+    frozen = codec.frozen()  # what packs: an ordinary codebook with the same weights
+    assert torch.equal(frozen(), w) and frozen.pack()[1]["encoding"] == "codebook"
+
+
 def test_pruning_keeps_pruned_weights_exactly_zero_through_training():
     m = model()
     compress(m, PruneConfig(0.5, 0.5), "all")
@@ -133,9 +190,10 @@ def test_prune_then_quantize_survivors():
 
 
 @pytest.mark.parametrize("make", [lambda: KMeansConfig(bits=0), lambda: KMeansConfig(bits=9),
+                                  lambda: FlexKMeansConfig(bits=0), lambda: FlexKMeansConfig(bits=9),
                                   lambda: PruneConfig(1.0, 1.0), lambda: PruneConfig(-0.1, 0.5),
                                   lambda: PruneConfig(0.3, 0.5, steps=0), lambda: BinaryConfig("wobbly")],
-                         ids=["bits0", "bits9", "sparsity1", "negative", "steps0", "binary-kind"])
+                         ids=["bits0", "bits9", "flex-bits0", "flex-bits9", "sparsity1", "negative", "steps0", "binary-kind"])
 def test_impossible_parameters(make):
     with pytest.raises(UsageError):
         make()

@@ -102,7 +102,7 @@ def _translator(args: argparse.Namespace):
     return cfg, Translator(model, tokenizer, search, batch_sentences=args.batch_size, device=device)
 
 
-METHOD_NAMES = ("kmeans", "binary-fixed", "bsflex", "prune", "prune+kmeans")
+METHOD_NAMES = ("kmeans", "binary-fixed", "bsflex", "prune", "prune+kmeans", "kmeans-flex", "prune+kmeans-flex")
 
 
 def parse_sparsity(text: str) -> tuple[float, float]:
@@ -123,12 +123,14 @@ METHOD_OPTIONS = {
     "bsflex": (),
     "prune": ("sparsity", "steps", "prune_scope"),
     "prune+kmeans": ("bits", "init", "sparsity", "steps", "prune_scope"),
+    "kmeans-flex": ("bits",),
+    "prune+kmeans-flex": ("bits", "sparsity", "steps", "prune_scope"),
 }
 METHOD_DEFAULTS = {"bits": 4, "init": "linear", "sparsity": "0.5", "steps": 1, "prune_scope": "layer"}
 
 
 def method_stages(args: argparse.Namespace) -> list:
-    from .compress import BinaryConfig, KMeansConfig, PruneConfig
+    from .compress import BinaryConfig, FlexKMeansConfig, KMeansConfig, PruneConfig
     from .train.retrain import Stage
 
     allowed = METHOD_OPTIONS[args.method]
@@ -144,6 +146,8 @@ def method_stages(args: argparse.Namespace) -> list:
         stages.append(Stage(PruneConfig(start, end, opt["steps"], opt["prune_scope"]), **where))
     if args.method in ("kmeans", "prune+kmeans"):
         stages.append(Stage(KMeansConfig(opt["bits"], opt["init"]), **where))
+    elif args.method in ("kmeans-flex", "prune+kmeans-flex"):
+        stages.append(Stage(FlexKMeansConfig(opt["bits"]), **where))
     elif args.method in ("binary-fixed", "bsflex"):
         stages.append(Stage(BinaryConfig("fixed" if args.method == "binary-fixed" else "flex"), **where))
     return stages
@@ -154,6 +158,9 @@ def budget_config(args: argparse.Namespace):
     from .train.budget import BudgetConfig
 
     if args.target_ratio is None and args.budget_bytes is None:
+        if args.flex:
+            raise UsageError("--flex applies to a budgeted allocation; with --method, use kmeans-flex or "
+                             "prune+kmeans-flex")
         if args.method is None:
             raise UsageError("give --method, or --target-ratio / --budget-bytes for a per-layer allocation")
         return None
@@ -164,7 +171,7 @@ def budget_config(args: argparse.Namespace):
         if getattr(args, name) is not None:
             raise UsageError(f"--{name.replace('_', '-')} does not apply to a budgeted allocation")
     return BudgetConfig(args.budget_bytes, args.target_ratio, args.sensitivity, args.sensitivity_sentences,
-                        half_dense=args.dense_dtype != "fp32")
+                        half_dense=args.dense_dtype != "fp32", flex=args.flex)
 
 
 def allocation_outputs(output: Path) -> tuple[Path, Path]:
@@ -207,7 +214,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             allocation = load_or_plan(model, tok, cfg, budget, work, args.train_limit)
             if world.is_main:
                 print(allocation.table(), flush=True)
-            stages = allocation_stages(allocation.choices())
+            stages = allocation_stages(allocation.choices(), budget.flex)
         result = compress_model(model.to(world.device), tok, cfg, stages, rc, args.output,
                                 train_limit=args.train_limit, work_dir=work, world=world,
                                 test_splits=[] if args.no_test else None, half_dense=half_dense)
@@ -284,7 +291,7 @@ def compress_pretrained(args: argparse.Namespace, stages: list, rc: Any, half_de
         allocation = load_or_plan_pretrained(
             hf, budget, lambda: read_split(RunConfig(data=hf.data), hf.data.train_split, limit), work, args.train_limit)
         print(allocation.table(), flush=True)
-        stages = allocation_stages(allocation.choices())
+        stages = allocation_stages(allocation.choices(), budget.flex)
     result = run(hf, stages, rc, args.output, args.train_limit, work, [] if args.no_test else None,
                  half_dense=half_dense)
     return result, allocation
@@ -485,8 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="trained model (model.pt, or an uncompressed .sfz)")
     p.add_argument("--method", choices=METHOD_NAMES,
                    help="kmeans (Deep Compression), binary-fixed (the original 1-bit scheme), bsflex (BS-Flex), "
-                        "prune (iterative magnitude pruning), prune+kmeans (prune, then quantize the survivors)")
-    p.add_argument("--bits", type=int, help="kmeans, prune+kmeans: bits per weight, 1..8 (default 4)")
+                        "prune (iterative magnitude pruning), prune+kmeans (prune, then quantize the survivors), "
+                        "kmeans-flex and prune+kmeans-flex (the same, retrained with BS-Flex's re-assignment of "
+                        "weights to the nearest centroid at every step)")
+    p.add_argument("--bits", type=int, help="kmeans, prune+kmeans and their -flex forms: bits per weight, 1..8 "
+                   "(default 4)")
     p.add_argument("--init", choices=("linear", "density"), help="kmeans, prune+kmeans: initial centroids "
                    "(default linear)")
     p.add_argument("--scope", action="append", help="all, self-attention, encoder-self-attention, "
@@ -505,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-ratio", type=float, help="instead of --method: choose each layer's sparsity and bits "
                    "so that every parameter packs R times smaller than fp32 (tokenizer not counted)")
     p.add_argument("--budget-bytes", type=int, help="instead of --method: the same for a size in bytes")
+    p.add_argument("--flex", action="store_true",
+                   help="budget: retrain every codebook with flexible k-means (weights move between clusters) "
+                        "instead of frozen assignments")
     p.add_argument("--sensitivity", choices=("fisher", "loss"), default="fisher",
                    help="budget: how each layer's damage is estimated (default fisher: squared weight error "
                         "weighted by the empirical Fisher; loss: measured loss with that layer compressed)")

@@ -4,8 +4,9 @@ from .api import CompressionReport, codecs, compress, count_params
 from .binary import BinaryConfig
 from .inference import to_inference
 from .kmeans import KMeansConfig
+from .kmeans_flex import FlexKMeansConfig
 from .prune import PruneConfig, set_sparsity
 from .scopes import ROLES, select
 
-__all__ = ["compress", "codecs", "count_params", "CompressionReport", "KMeansConfig", "BinaryConfig",
+__all__ = ["compress", "codecs", "count_params", "CompressionReport", "KMeansConfig", "FlexKMeansConfig", "BinaryConfig",
            "PruneConfig", "set_sparsity", "select", "ROLES", "to_inference"]

@@ -25,6 +25,7 @@ from ..errors import UsageError
 from .base import Codec, SparseCodec
 from .binary import BinaryConfig, binary_codec
 from .kmeans import KMeansConfig, kmeans_codec
+from .kmeans_flex import FlexKMeansConfig
 from .primitives import encode_positions, magnitude_mask
 from .prune import PruneConfig
 
@@ -54,13 +55,15 @@ class Choice:
     def dense(self) -> bool:
         return self.sparsity == 0 and self.bits is None
 
-    def configs(self) -> list[Any]:
-        """The method configs that make it, in order (prune before quantize)."""
+    def configs(self, flex: bool = False) -> list[Any]:
+        """The method configs that make it, in order (prune before quantize). ``flex``: every
+        codebook retrains with flexible k-means (re-assigned at each step) instead of frozen
+        assignments; an unpruned 1-bit layer is BS-Flex either way."""
         out: list[Any] = [PruneConfig(self.sparsity, self.sparsity, 1)] if self.sparsity else []
         if self.flex:
             out.append(BinaryConfig("flex"))
         elif self.bits is not None:
-            out.append(KMeansConfig(self.bits))
+            out.append(FlexKMeansConfig(self.bits) if flex else KMeansConfig(self.bits))
         return out
 
     def codec(self, weight: Tensor, mask: Tensor | None = None) -> Codec | None:

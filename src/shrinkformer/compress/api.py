@@ -52,11 +52,12 @@ def compress(model: nn.Module, config: Any, scope: str | Iterable[str] = "all", 
              exclude: Iterable[str] = ()) -> CompressionReport:
     """Replace the weights of the selected Linear/Embedding modules by the method's codec, in place.
 
-    ``config`` is a method config (``KMeansConfig``, ``BinaryConfig``, ``PruneConfig``); already
+    ``config`` is a method config (``KMeansConfig``, ``FlexKMeansConfig``, ``BinaryConfig``, ``PruneConfig``); already
     pruned modules are quantized at their surviving positions only (Deep Compression's order).
     """
     if type(config) not in METHODS:
-        raise TypeError(  # a programming error, not a user's: configs come from the registryf"no compression method for {type(config).__name__}; known: "
+        # a programming error, not a user's: configs come from the registry
+        raise TypeError(f"no compression method for {type(config).__name__}; known: "
                         f"{', '.join(t.__name__ for t in METHODS)}")
     scopes = [scope] if isinstance(scope, str) else list(scope)
     existing = codecs(model)

@@ -22,3 +22,36 @@ def flex_sums(x: np.ndarray, threshold: np.float32, upper: np.ndarray) -> tuple[
         above += v if u else np.float32(0)
         n_up += u
     return total, above, n_up
+
+
+@numba.njit(cache=True, nogil=True)
+def flex_assign(x: np.ndarray, mask: np.ndarray, mids: np.ndarray, index: np.ndarray, sums: np.ndarray,
+                counts: np.ndarray) -> None:
+    """Flexible k-means' re-assignment in one pass: each value (each unmasked one, where ``mask`` is
+    not empty) takes the cluster whose interval between ascending ``mids`` holds it — the count of
+    mids below it, as ``torch.bucketize`` — written in order to ``index``; ``sums`` (float64) and
+    ``counts`` collect each cluster's members."""
+    sums[:] = 0.0
+    counts[:] = 0
+    masked = mask.size > 0
+    j = 0
+    for i in range(x.size):
+        if masked and not mask[i]:
+            continue
+        v = x[i]
+        if mids.size < 16:  # a branch-free count: mispredicted binary-search branches cost more
+            lo = 0
+            for m in range(mids.size):
+                lo += mids[m] < v
+        else:
+            lo, hi = 0, mids.size
+            while lo < hi:
+                m = (lo + hi) >> 1
+                if mids[m] < v:
+                    lo = m + 1
+                else:
+                    hi = m
+        index[j] = lo
+        j += 1
+        sums[lo] += v
+        counts[lo] += 1

@@ -5,7 +5,8 @@ Stated comparisons: every row against the baseline and against the control; BS-F
 binarization on the same scope; each pruning row against every quantization row that is at least
 as compressed; distillation against none; each budgeted (mixed) row against every uniform row it
 is at least as compressed as, on the whole-model ratio, down to half its ratio; a budgeted row
-retrained for more epochs (``mixed-20x-4ep``) against the same row retrained as the others are.
+retrained for more epochs (``mixed-20x-4ep``) or with flexible codebooks (``mixed-20x-flex``) against
+the same row retrained as the others are.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     for m in (r for r in ok.values() if r["method"] == "mixed"):
         for u in uniform_below(list(ok.values()), m):
             out.append((u["name"], m["name"]))
-        base, _, epochs = m["name"].rpartition("-")
-        if epochs.endswith("ep") and base in ok:  # the same allocation retrained longer
-            out.append((base, m["name"]))
+        base, _, variant = m["name"].rpartition("-")
+        if (variant.endswith("ep") or variant == "flex") and base in ok:  # the same allocation retrained
+            out.append((base, m["name"]))                                   # longer, or flexibly
     return out
 
 

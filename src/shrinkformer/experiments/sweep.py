@@ -38,7 +38,7 @@ from ..huggingface.model import fingerprint as hf_fingerprint, is_huggingface, l
 from ..huggingface.budget import load_or_plan_pretrained
 from ..huggingface.pipeline import compress_pretrained, score_pretrained
 from ..compress.allocate import Allocation, describe
-from ..train.budget import BudgetConfig, allocation_stages, load_or_plan
+from ..train.budget import allocation_stages, load_or_plan
 from ..train.retrain import RetrainConfig, Stage
 from .comparisons import compare
 from .plots import allocation_heatmap
@@ -148,9 +148,9 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
     work = work or out.with_name(out.name + ".work")
     allocation, half_dense = None, False
     if exp.target_ratio is not None:
-        budget = BudgetConfig(target_ratio=exp.target_ratio)
+        budget = exp.budget()
         allocation, half_dense = load_or_plan(model, tok, cfg, budget, work, sp.train_limit), budget.half_dense
-        stages = allocation_stages(allocation.choices())
+        stages = allocation_stages(allocation.choices(), budget.flex)
     else:
         stages = stages_of(exp)
     result = compress_model(model, tok, cfg, stages, rc, out, sp.train_limit, work_dir=work, test_splits=splits,
@@ -190,11 +190,11 @@ def run_pretrained_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path
     work = work or out.with_name(out.name + ".work")
     allocation, half_dense, stages = None, False, stages_of(exp)
     if exp.target_ratio is not None:
-        budget = BudgetConfig(target_ratio=exp.target_ratio)
+        budget = exp.budget()
         limit = min(budget.sentences, sp.train_limit or budget.sentences)
         allocation = load_or_plan_pretrained(
             hf, budget, lambda: read_split(RunConfig(data=hf.data), hf.data.train_split, limit), work, sp.train_limit)
-        half_dense, stages = budget.half_dense, allocation_stages(allocation.choices())
+        half_dense, stages = budget.half_dense, allocation_stages(allocation.choices(), budget.flex)
     result = compress_pretrained(hf, stages, retrain_config(exp, sp), out, sp.train_limit, work, splits,
                                  sp.test_limit, half_dense)
     if allocation is not None:

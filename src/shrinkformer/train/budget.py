@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..compress import BinaryConfig, KMeansConfig, PruneConfig, codecs, compress, count_params
 from ..compress.allocate import CHOICES, Allocation, Choice, LayerAllocation, choice_bytes, smallest_bytes, solve
+from ..compress.kmeans_flex import FlexKMeansConfig
 from ..compress.scopes import eligible
 from ..config import RunConfig
 from ..data.splits import Split, read_split
@@ -50,6 +51,7 @@ class BudgetConfig:
     sentences: int = 500  # training pairs the sensitivity is estimated on
     batch_tokens: int = 1024
     half_dense: bool = True  # biases, norms and dense layers in fp16 (see the README for what it costs)
+    flex: bool = False  # retrain the codebooks with flexible k-means (kmeans_flex.py); the search is the same
     choices: tuple[Choice, ...] = field(default=CHOICES, repr=False)
 
     def __post_init__(self) -> None:
@@ -71,19 +73,22 @@ class BudgetConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"budget_bytes": self.budget_bytes, "target_ratio": self.target_ratio,
                 "sensitivity": self.sensitivity, "sentences": self.sentences, "batch_tokens": self.batch_tokens,
-                "half_dense": self.half_dense, "choices": [c.label for c in self.choices]}
+                "half_dense": self.half_dense, "choices": [c.label for c in self.choices],
+                **({"flex": True} if self.flex else {})}  # absent when off: keys saved before it stay valid
 
 
-def allocation_stages(choices: dict[str, Choice]) -> list[Stage]:
+def allocation_stages(choices: dict[str, Choice], flex: bool = False) -> list[Stage]:
     """Prune (one stage per sparsity), then quantize (one per method), retraining once at the end:
-    every layer named by itself, so each layer's record says exactly what made it."""
+    every layer named by itself, so each layer's record says exactly what made it. ``flex``: the
+    codebooks retrain with flexible k-means (``Choice.configs``)."""
     stages: list[Stage] = []
     by_config: dict[Any, list[str]] = {}
     for name, choice in choices.items():
-        for cfg in choice.configs():
+        for cfg in choice.configs(flex):
             by_config.setdefault(cfg, []).append(name)
     prunes = sorted((c for c in by_config if isinstance(c, PruneConfig)), key=lambda c: c.end)
-    quants = sorted((c for c in by_config if isinstance(c, KMeansConfig)), key=lambda c: c.bits)
+    quants = sorted((c for c in by_config if isinstance(c, (KMeansConfig, FlexKMeansConfig))),
+                    key=lambda c: (c.bits, c.method))
     flex = [c for c in by_config if isinstance(c, BinaryConfig)]
     for cfg in [*prunes, *quants, *flex]:
         stages.append(Stage(cfg, scopes=[], include=by_config[cfg], retrain=False))
