@@ -53,3 +53,22 @@ def report(name: str, result: dict, out: Path | None) -> None:
 
 
 median = statistics.median
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now."""
+    return _status_bytes("VmRSS")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (VmHWM). Not ``getrusage``'s ru_maxrss: Linux carries that
+    over an exec from the forking parent, so a child of a parent holding a gigabyte reports a gigabyte
+    however little it uses itself."""
+    return _status_bytes("VmHWM")

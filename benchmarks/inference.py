@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shlex
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATA, report
+from common import DATA, peak_rss_bytes, report
 
 
 def child(engine: str, path: str, split: str, sentences: int | None, latency_sentences: int, threads: int) -> dict:
@@ -58,7 +57,7 @@ def child(engine: str, path: str, split: str, sentences: int | None, latency_sen
     one(data.source[:latency_sentences])
     latency = (time.perf_counter() - started) / latency_sentences
     return {"sentences_per_second": len(hyps) / seconds, "batch1_ms_per_sentence": 1e3 * latency,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_rss_bytes": peak_rss_bytes(),
             "resident_weight_bytes": resident, "file_bytes": None if resident is None else Path(path).stat().st_size,
             "bleu": score(hyps, data.target).bleu}
 

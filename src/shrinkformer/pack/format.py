@@ -29,7 +29,7 @@ from ..config import RunConfig, config_from_dict
 from ..data.tokenizer import Tokenizer
 from ..errors import CheckpointError, ShrinkformerError
 from ..io import atomic_write
-from ..model.transformer import Transformer
+from ..model.transformer import Transformer, sinusoids
 
 FORMAT, VERSION = "shrinkformer-packed", 1
 
@@ -196,9 +196,13 @@ def load_packed(path: str | Path, training: bool = False) -> tuple[RunConfig, To
     try:
         cfg = config_from_dict(json.loads(meta["config"]))
         tokenizer = Tokenizer(tensors.pop("__tokenizer__").numpy().tobytes())
-        model = Transformer(cfg.model)
+        # Built without storage: a packed model never holds its dense weights, not even while loading
+        # (an fp32 model built first and then overwritten peaked at the dense model's size).
+        with torch.device("meta"):
+            model = Transformer(cfg.model)
         restore_layers(model, meta, tensors, training)
         load_dense(model, meta, tensors, path)
+        model.register_buffer("positions", sinusoids(cfg.model.max_positions, cfg.model.d_model), persistent=False)
     except ShrinkformerError:
         raise
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
@@ -258,7 +262,10 @@ def load_dense(model: nn.Module, meta: dict[str, str], tensors: dict[str, torch.
     if missing or unexpected:
         raise CheckpointError(f"{path}: packed tensors do not match the model (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]})")
-    model.load_state_dict({**state, **dense})
+    model.load_state_dict({**state, **dense}, assign=True)  # assign: the model was built on the meta device
+    unset = [k for k, v in model.state_dict().items() if v.is_meta]
+    if unset:
+        raise CheckpointError(f"{path}: packed tensors do not match the model (missing {unset[:3]})")
 
 
 def dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
