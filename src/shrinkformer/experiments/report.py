@@ -213,15 +213,18 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
         said += (" Layers: " + ", ".join(f"{n}× {c}" for c, n in alloc["choices"].items())
                  + f"; allocation search {alloc['search_seconds']:.0f} s against {m.get('retrain_seconds', 0):.0f} s "
                  "of retraining.")
-    base, _, epochs = m["name"].rpartition("-")
-    twin = _row(rows, base) if epochs.endswith("ep") else None
+    base, _, variant = m["name"].rpartition("-")
+    twin = _row(rows, base) if variant.endswith("ep") or variant == "flex" else None
     if twin and splits and find(comps, twin["name"], m["name"], splits[0]):
         hi, lo, n = _sig(comps, twin["name"], m["name"], splits)
-        verdict = _verdict(hi, lo, n, "longer and shorter retraining", "longer retraining helps",
-                           "longer retraining hurts")
-        said += (f" The same allocation retrained {epochs[:-2]} epochs instead of as the other rows are ({twin['name']}, "
-                 f"{pct(twin):.1f}%): " + summary(comps, twin["name"], m["name"], splits, "longer minus shorter")
-                 + f"; {verdict}.")
+        if variant == "flex":
+            how, names = "with flexible k-means codebooks instead of frozen assignments", ("flexible", "frozen")
+        else:
+            how, names = f"for {variant[:-2]} epochs instead of as the other rows are", ("longer", "shorter")
+        verdict = _verdict(hi, lo, n, f"{names[0]} and {names[1]} retraining", f"{names[0]} retraining helps",
+                           f"{names[0]} retraining hurts")
+        said += (f" The same allocation retrained {how} ({twin['name']}, {pct(twin):.1f}%): "
+                 + summary(comps, twin["name"], m["name"], splits, f"{names[0]} minus {names[1]}") + f"; {verdict}.")
     below = [u for u in uniform_below(rows, m) if splits and find(comps, u["name"], m["name"], splits[0])]
     if not below:
         return said + " No uniform row between half its ratio and its ratio has been tested against it yet."
