@@ -100,6 +100,24 @@ def test_inference_form_holds_no_more_than_the_file(name, tokenizer, tmp_path, m
         torch.testing.assert_close(loaded(src, tgt)[0], m(src, tgt)[0], rtol=1e-4, atol=1e-5)
 
 
+def test_loading_never_builds_the_dense_weights(tokenizer, tmp_path, monkeypatch):
+    """The model is built without storage and filled from the file: no random initialisation of a
+    real tensor happens while loading, and nothing is left unfilled."""
+    cfg, m = tiny(tokenizer)
+    compress(m, KMeansConfig(4), ["all", "embeddings"])
+    write_packed(m.eval(), cfg, tokenizer, tmp_path / "m.sfz")
+    real_init = torch.nn.init.xavier_uniform_
+
+    def meta_only(t, *a, **k):
+        assert t.is_meta, "a dense weight was initialised while loading"
+        return real_init(t, *a, **k)
+    monkeypatch.setattr(torch.nn.init, "xavier_uniform_", meta_only)
+    for training in (False, True):
+        loaded = load_packed(tmp_path / "m.sfz", training=training)[2]
+        assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+        assert torch.equal(loaded.positions, m.positions)
+
+
 def layer_bytes(path, name):
     from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
