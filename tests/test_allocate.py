@@ -169,3 +169,27 @@ def test_flex_allocation_retrains_the_same_choices_with_flexible_codebooks():
     assert "flex" not in BudgetConfig(target_ratio=20).to_dict()
     assert "flex" not in EXPERIMENTS["mixed-20x"].spec()["budget"]
     assert EXPERIMENTS["mixed-20x-flex"].spec()["budget"] == {**EXPERIMENTS["mixed-20x"].spec()["budget"], "flex": True}
+
+
+def test_staged_allocation_retrains_after_each_kind_of_compression():
+    from shrinkformer.experiments.comparisons import pairs
+    from shrinkformer.experiments.grid import EXPERIMENTS
+    from shrinkformer.train.budget import BudgetConfig, allocation_stages
+
+    choices = {"a": Choice(0.5, 1), "b": Choice(0.0, 2), "c": Choice(0.0, 1), "d": Choice(0.8, None), "e": Choice()}
+    once = allocation_stages(choices)
+    staged = allocation_stages(choices, staged=True)
+    assert [(s.config, s.include) for s in staged] == [(s.config, s.include) for s in once]  # the same compression
+    assert [s.retrain for s in once] == [False, False, False, False, True]
+    assert [s.retrain for s in staged] == [False, True, False, True, True]  # after pruning, k-means, binarization
+    only_pruned = allocation_stages({"d": Choice(0.8, None)}, staged=True)
+    assert [s.retrain for s in only_pruned] == [True]
+    assert "staged" not in BudgetConfig(target_ratio=20).to_dict()
+    row = EXPERIMENTS["mixed-20x-staged"]
+    assert row.spec()["budget"] == {**EXPERIMENTS["mixed-20x"].spec()["budget"], "staged": True}
+    assert row.retrain_epochs == 1
+    # the report tests it against its one-shot twin and the twin's other retrainings
+    rows = [{"name": n, "method": "mixed", "status": "ok", "model_compression_ratio": 20.0, "compression_ratio": 16.0}
+            for n in ("mixed-20x", "mixed-20x-4ep", "mixed-20x-staged")]
+    assert {("mixed-20x", "mixed-20x-staged"), ("mixed-20x-4ep", "mixed-20x-staged"),
+            ("mixed-20x", "mixed-20x-4ep")} <= set(pairs(rows))

@@ -161,6 +161,8 @@ def budget_config(args: argparse.Namespace):
         if args.flex:
             raise UsageError("--flex applies to a budgeted allocation; with --method, use kmeans-flex or "
                              "prune+kmeans-flex")
+        if args.staged:
+            raise UsageError("--staged applies to a budgeted allocation (--target-ratio or --budget-bytes)")
         if args.method is None:
             raise UsageError("give --method, or --target-ratio / --budget-bytes for a per-layer allocation")
         return None
@@ -171,7 +173,7 @@ def budget_config(args: argparse.Namespace):
         if getattr(args, name) is not None:
             raise UsageError(f"--{name.replace('_', '-')} does not apply to a budgeted allocation")
     return BudgetConfig(args.budget_bytes, args.target_ratio, args.sensitivity, args.sensitivity_sentences,
-                        half_dense=args.dense_dtype != "fp32", flex=args.flex)
+                        half_dense=args.dense_dtype != "fp32", flex=args.flex, staged=args.staged)
 
 
 def allocation_outputs(output: Path) -> tuple[Path, Path]:
@@ -214,7 +216,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             allocation = load_or_plan(model, tok, cfg, budget, work, args.train_limit)
             if world.is_main:
                 print(allocation.table(), flush=True)
-            stages = allocation_stages(allocation.choices(), budget.flex)
+            stages = allocation_stages(allocation.choices(), budget.flex, budget.staged)
         result = compress_model(model.to(world.device), tok, cfg, stages, rc, args.output,
                                 train_limit=args.train_limit, work_dir=work, world=world,
                                 test_splits=[] if args.no_test else None, half_dense=half_dense)
@@ -291,7 +293,7 @@ def compress_pretrained(args: argparse.Namespace, stages: list, rc: Any, half_de
         allocation = load_or_plan_pretrained(
             hf, budget, lambda: read_split(RunConfig(data=hf.data), hf.data.train_split, limit), work, args.train_limit)
         print(allocation.table(), flush=True)
-        stages = allocation_stages(allocation.choices(), budget.flex)
+        stages = allocation_stages(allocation.choices(), budget.flex, budget.staged)
     result = run(hf, stages, rc, args.output, args.train_limit, work, [] if args.no_test else None,
                  half_dense=half_dense)
     return result, allocation
@@ -518,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flex", action="store_true",
                    help="budget: retrain every codebook with flexible k-means (weights move between clusters) "
                         "instead of frozen assignments")
+    p.add_argument("--staged", action="store_true",
+                   help="budget: retrain after the pruning, after the k-means and after the binarization "
+                        "(--retrain-epochs each), instead of once after all of them")
     p.add_argument("--sensitivity", choices=("fisher", "loss"), default="fisher",
                    help="budget: how each layer's damage is estimated (default fisher: squared weight error "
                         "weighted by the empirical Fisher; loss: measured loss with that layer compressed)")

@@ -5,8 +5,9 @@ Stated comparisons: every row against the baseline and against the control; BS-F
 binarization on the same scope; each pruning row against every quantization row that is at least
 as compressed; distillation against none; each budgeted (mixed) row against every uniform row it
 is at least as compressed as, on the whole-model ratio, down to half its ratio; a budgeted row
-retrained for more epochs (``mixed-20x-4ep``) or with flexible codebooks (``mixed-20x-flex``) against
-the same row retrained as the others are.
+retrained for more epochs (``mixed-20x-4ep``), with flexible codebooks (``mixed-20x-flex``) or in
+stages (``mixed-20x-staged``) against the same row retrained as the others are, and such variants of
+one allocation against each other.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         for u in uniform_below(list(ok.values()), m):
             out.append((u["name"], m["name"]))
         base, _, variant = m["name"].rpartition("-")
-        if (variant.endswith("ep") or variant == "flex") and base in ok:  # the same allocation retrained
-            out.append((base, m["name"]))                                   # longer, or flexibly
+        if (variant.endswith("ep") or variant in ("flex", "staged")) and base in ok:  # the same allocation
+            out.append((base, m["name"]))                                   # retrained longer, flexibly, in stages
+            out += [(v, m["name"]) for v in ok if v.startswith(base + "-") and v < m["name"]
+                    and ok[v]["method"] == "mixed" and v.rpartition("-")[0] == base]
     return out
 
 

@@ -214,11 +214,15 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
                  + f"; allocation search {alloc['search_seconds']:.0f} s against {m.get('retrain_seconds', 0):.0f} s "
                  "of retraining.")
     base, _, variant = m["name"].rpartition("-")
-    twin = _row(rows, base) if variant.endswith("ep") or variant == "flex" else None
+    twin = _row(rows, base) if variant.endswith("ep") or variant in ("flex", "staged") else None
     if twin and splits and find(comps, twin["name"], m["name"], splits[0]):
         hi, lo, n = _sig(comps, twin["name"], m["name"], splits)
         if variant == "flex":
             how, names = "with flexible k-means codebooks instead of frozen assignments", ("flexible", "frozen")
+        elif variant == "staged":
+            times = sum(1 for h in m.get("history", []) if h.get("when") == "retrained")
+            how, names = (f"after each kind of compression ({times} retrainings) instead of once after all of it",
+                          ("staged", "one-shot"))
         else:
             how, names = f"for {variant[:-2]} epochs instead of as the other rows are", ("longer", "shorter")
         verdict = _verdict(hi, lo, n, f"{names[0]} and {names[1]} retraining", f"{names[0]} retraining helps",

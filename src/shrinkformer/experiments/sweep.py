@@ -150,7 +150,7 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
     if exp.target_ratio is not None:
         budget = exp.budget()
         allocation, half_dense = load_or_plan(model, tok, cfg, budget, work, sp.train_limit), budget.half_dense
-        stages = allocation_stages(allocation.choices(), budget.flex)
+        stages = allocation_stages(allocation.choices(), budget.flex, budget.staged)
     else:
         stages = stages_of(exp)
     result = compress_model(model, tok, cfg, stages, rc, out, sp.train_limit, work_dir=work, test_splits=splits,
@@ -194,7 +194,7 @@ def run_pretrained_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path
         limit = min(budget.sentences, sp.train_limit or budget.sentences)
         allocation = load_or_plan_pretrained(
             hf, budget, lambda: read_split(RunConfig(data=hf.data), hf.data.train_split, limit), work, sp.train_limit)
-        half_dense, stages = budget.half_dense, allocation_stages(allocation.choices(), budget.flex)
+        half_dense, stages = budget.half_dense, allocation_stages(allocation.choices(), budget.flex, budget.staged)
     result = compress_pretrained(hf, stages, retrain_config(exp, sp), out, sp.train_limit, work, splits,
                                  sp.test_limit, half_dense)
     if allocation is not None:

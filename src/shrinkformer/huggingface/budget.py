@@ -45,9 +45,9 @@ def loss_batches(hf: HFModel, pairs: Parallel, sentences: int, batch_sentences: 
     return out
 
 
-def packed_bytes(hf: HFModel, choices: dict[str, Choice], half_dense: bool) -> int:
+def packed_bytes(hf: HFModel, choices: dict[str, Choice], half_dense: bool, staged: bool = False) -> int:
     """Its packed file's bytes without the tokenizer files, compressed as ``choices`` say."""
-    trial, stages = compressed_copy(hf.model, choices)
+    trial, stages = compressed_copy(hf.model, choices, staged)
     data, _, tokenizer_bytes = encode_packed(HFModel(trial, hf.tokenizer, hf.source, hf.data),
                                              {"history": history_placeholder(stages)}, half_dense=half_dense)
     return len(data) - tokenizer_bytes
@@ -61,7 +61,7 @@ def plan_pretrained(hf: HFModel, bc: BudgetConfig, pairs: Callable[[], Parallel]
         data = pairs()
         return loss_batches(hf, data, bc.sentences), min(bc.sentences, len(data.source))
 
-    return allocate(hf.model, weights, bc, batches, lambda choices: packed_bytes(hf, choices, bc.half_dense))
+    return allocate(hf.model, weights, bc, batches, lambda choices: packed_bytes(hf, choices, bc.half_dense, bc.staged))
 
 
 def load_or_plan_pretrained(hf: HFModel, bc: BudgetConfig, pairs: Callable[[], Parallel], work: Path,

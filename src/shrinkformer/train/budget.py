@@ -52,6 +52,7 @@ class BudgetConfig:
     batch_tokens: int = 1024
     half_dense: bool = True  # biases, norms and dense layers in fp16 (see the README for what it costs)
     flex: bool = False  # retrain the codebooks with flexible k-means (kmeans_flex.py); the search is the same
+    staged: bool = False  # retrain after each kind of compression (pruning, k-means, binarization), not once
     choices: tuple[Choice, ...] = field(default=CHOICES, repr=False)
 
     def __post_init__(self) -> None:
@@ -74,13 +75,16 @@ class BudgetConfig:
         return {"budget_bytes": self.budget_bytes, "target_ratio": self.target_ratio,
                 "sensitivity": self.sensitivity, "sentences": self.sentences, "batch_tokens": self.batch_tokens,
                 "half_dense": self.half_dense, "choices": [c.label for c in self.choices],
-                **({"flex": True} if self.flex else {})}  # absent when off: keys saved before it stay valid
+                **({"flex": True} if self.flex else {}),  # absent when off: keys saved before them stay valid
+                **({"staged": True} if self.staged else {})}
 
 
-def allocation_stages(choices: dict[str, Choice], flex: bool = False) -> list[Stage]:
+def allocation_stages(choices: dict[str, Choice], flex: bool = False, staged: bool = False) -> list[Stage]:
     """Prune (one stage per sparsity), then quantize (one per method), retraining once at the end:
     every layer named by itself, so each layer's record says exactly what made it. ``flex``: the
-    codebooks retrain with flexible k-means (``Choice.configs``)."""
+    codebooks retrain with flexible k-means (``Choice.configs``). ``staged``: retrain after the
+    pruning, after the k-means and after the binarization (Deep Compression's prune, retrain,
+    quantize, retrain), so that each retraining starts from one kind of damage, not from all of it."""
     stages: list[Stage] = []
     by_config: dict[Any, list[str]] = {}
     for name, choice in choices.items():
@@ -89,9 +93,12 @@ def allocation_stages(choices: dict[str, Choice], flex: bool = False) -> list[St
     prunes = sorted((c for c in by_config if isinstance(c, PruneConfig)), key=lambda c: c.end)
     quants = sorted((c for c in by_config if isinstance(c, (KMeansConfig, FlexKMeansConfig))),
                     key=lambda c: (c.bits, c.method))
-    flex = [c for c in by_config if isinstance(c, BinaryConfig)]
-    for cfg in [*prunes, *quants, *flex]:
-        stages.append(Stage(cfg, scopes=[], include=by_config[cfg], retrain=False))
+    binaries = [c for c in by_config if isinstance(c, BinaryConfig)]
+    for group in (prunes, quants, binaries):
+        for cfg in group:
+            stages.append(Stage(cfg, scopes=[], include=by_config[cfg], retrain=False))
+        if staged and group:
+            stages[-1].retrain = True
     if stages:
         stages[-1].retrain = True
     return stages
@@ -109,11 +116,12 @@ def history_placeholder(stages: list[Stage]) -> list[dict[str, Any]]:
     return entries
 
 
-def compressed_copy(model: nn.Module, choices: dict[str, Choice]) -> tuple[nn.Module, list[Stage]]:
+def compressed_copy(model: nn.Module, choices: dict[str, Choice],
+                    staged: bool = False) -> tuple[nn.Module, list[Stage]]:
     """A copy of ``model`` compressed as ``choices`` say, no retraining (no retraining changes a
-    size), and the stages that did it."""
+    size), and the stages that did it (``staged``: their retrainings are in the file's history)."""
     trial = copy.deepcopy(model)
-    stages = allocation_stages(choices)
+    stages = allocation_stages(choices, staged=staged)
     logging.disable(logging.INFO)
     try:
         for s in stages:
@@ -124,9 +132,9 @@ def compressed_copy(model: nn.Module, choices: dict[str, Choice]) -> tuple[nn.Mo
 
 
 def packed_model_bytes(model: Transformer, cfg: RunConfig, tok: Tokenizer, choices: dict[str, Choice],
-                       half_dense: bool) -> int:
+                       half_dense: bool, staged: bool = False) -> int:
     """The packed file's bytes without the tokenizer, for ``model`` compressed as ``choices`` say."""
-    trial, stages = compressed_copy(model, choices)
+    trial, stages = compressed_copy(model, choices, staged)
     data, _, tokenizer_bytes = encode_packed(trial, cfg, tok, {"history": history_placeholder(stages)},
                                              half_dense=half_dense)
     return len(data) - tokenizer_bytes
@@ -145,7 +153,7 @@ def plan_allocation(model: Transformer, tok: Tokenizer, cfg: RunConfig, bc: Budg
         return sample_batches(split, bc.sentences, bc.batch_tokens), len(split.src)
 
     return allocate(model, {name: m.weight for name, m in eligible(model).items()}, bc, batches,
-                    lambda choices: packed_model_bytes(model, cfg, tok, choices, bc.half_dense))
+                    lambda choices: packed_model_bytes(model, cfg, tok, choices, bc.half_dense, bc.staged))
 
 
 def allocate(model: nn.Module, weights: dict[str, Tensor], bc: BudgetConfig,
