@@ -11,6 +11,7 @@ Shapes in comments: B batch, S source length, T target length, C d_model, H head
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -202,10 +203,27 @@ class Stack(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
 
 
+@contextmanager
+def _initialisers_skipped():
+    """torch.nn.init's initialisers as no-ops. On the meta device they run torch's Python reference
+    kernels, whose first use imports torch._dynamo and sympy: 70 MB resident for nothing, more than
+    the packed small model itself (Hugging Face's ``no_init_weights`` does the same)."""
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn.init, n) for n in names}
+    for n in names:
+        setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(nn.init, n, f)
+
+
 def sinusoids(length: int, dim: int) -> Tensor:  # (length, dim)
-    position = torch.arange(length, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(length, dim)
+    # on the CPU even in a skeleton (meta device): a computed table, not a weight a loader fills
+    position = torch.arange(length, dtype=torch.float32, device="cpu")[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device="cpu") * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim, device="cpu")
     table[:, 0::2], table[:, 1::2] = torch.sin(position * freq), torch.cos(position * freq)
     return table
 
@@ -220,6 +238,13 @@ class Transformer(nn.Module):
         self.decoder = Stack([DecoderLayer(cfg) for _ in range(cfg.decoder_layers)], cfg)
         self.output_proj = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters()
+
+    @classmethod
+    def skeleton(cls, cfg: ModelConfig) -> "Transformer":
+        """The model's structure with no storage behind its tensors (the meta device) and no
+        initialisation, for a loader that assigns every tensor itself."""
+        with _initialisers_skipped(), torch.device("meta"):
+            return cls(cfg)
 
     def reset_parameters(self) -> None:
         for module in self.modules():

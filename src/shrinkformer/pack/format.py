@@ -29,7 +29,7 @@ from ..config import RunConfig, config_from_dict
 from ..data.tokenizer import Tokenizer
 from ..errors import CheckpointError, ShrinkformerError
 from ..io import atomic_write
-from ..model.transformer import Transformer, sinusoids
+from ..model.transformer import Transformer
 
 FORMAT, VERSION = "shrinkformer-packed", 1
 
@@ -198,11 +198,9 @@ def load_packed(path: str | Path, training: bool = False) -> tuple[RunConfig, To
         tokenizer = Tokenizer(tensors.pop("__tokenizer__").numpy().tobytes())
         # Built without storage: a packed model never holds its dense weights, not even while loading
         # (an fp32 model built first and then overwritten peaked at the dense model's size).
-        with torch.device("meta"):
-            model = Transformer(cfg.model)
+        model = Transformer.skeleton(cfg.model)
         restore_layers(model, meta, tensors, training)
         load_dense(model, meta, tensors, path)
-        model.register_buffer("positions", sinusoids(cfg.model.max_positions, cfg.model.d_model), persistent=False)
     except ShrinkformerError:
         raise
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
