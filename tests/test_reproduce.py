@@ -162,3 +162,21 @@ def test_rows_not_run_yet_are_named_and_counted():
     assert one[-1].startswith("**Not run yet** (1 row; ") and one[-1].endswith(": kmeans-1bit-all.")
     two = findings(rows + [{"name": n, "status": "pending"} for n in ("a", "b")], [], ["t"])
     assert two[-1].startswith("**Not run yet** (2 rows; ") and two[-1].endswith(": a, b.")
+
+
+def test_a_staged_budget_row_is_set_against_its_one_shot_twin_and_the_best_uniform_row():
+    from shrinkformer.experiments.report import findings
+
+    def row(name, method, bleu, ratio, **extra):
+        return {"name": name, "method": method, "status": "ok", "bleu": bleu, "bleu_retention": bleu / 40.0,
+                "compression_ratio": ratio * 0.8, "model_compression_ratio": ratio, "params_compressed_share": 1.0,
+                **extra}
+    retrained = [{"stage": "p", "when": "retrained"}, {"stage": "k", "when": "retrained"},
+                 {"stage": "b", "when": "retrained"}]
+    rows = [row("baseline", "none", 40.0, 1.0), row("uniform-8x", "kmeans", 39.0, 8.0),
+            row("mixed-12x", "mixed", 38.0, 12.0), row("mixed-12x-staged", "mixed", 39.0, 12.0, history=retrained)]
+    comps = [_comp("mixed-12x", "mixed-12x-staged", 1.0, 0.01), _comp("uniform-8x", "mixed-12x-staged", 0.0, 0.5)]
+    text = next(f for f in findings(rows, comps, ["t"]) if f.startswith("**Budgeted allocation (mixed-12x-staged)"))
+    assert "after each kind of compression (3 retrainings) instead of once after all of it (mixed-12x, 95.0%)" in text
+    assert "staged minus one-shot: +1.00 BLEU on t (p = 0.010)" in text and "staged retraining helps" in text
+    assert "uniform-8x (97.5% at 8.00x; the budgeted model is at 1.500x its ratio)" in text

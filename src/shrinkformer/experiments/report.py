@@ -235,8 +235,9 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
     best = max(below, key=lambda u: u["bleu"])
     hi, lo, n = _sig(comps, best["name"], m["name"], splits)
     verdict = _verdict(hi, lo, n, "the two", "the budgeted model is better", "the budgeted model is worse")
+    times = m["model_compression_ratio"] / best["model_compression_ratio"]
     return (said + f" Against the best uniform row at a ratio no higher, {best['name']} ({pct(best):.1f}% at "
-            f"{best['model_compression_ratio']:.2f}x): "
+            f"{best['model_compression_ratio']:.2f}x; the budgeted model is at {times:.3f}x its ratio): "
             + summary(comps, best["name"], m["name"], splits, "budgeted minus uniform") + f"; {verdict}.")
 
 
