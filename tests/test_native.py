@@ -35,7 +35,7 @@ def test_kernels_agree_with_the_tile_path(fresh, variant, bits):
         fresh.setenv("SHRINKFORMER_NATIVE", "avx2")
     if native.library() is None:
         pytest.skip("no native kernels on this machine (the fallback test covers it)")
-    for rows, cols in [(64, 512), (37, 48), (3, 16), (8, 8)]:
+    for rows, cols in [(64, 512), (37, 96), (37, 48), (3, 16), (8, 8)]:  # K % 32 == 0: byte planes
         w = layer(bits, rows, cols)
         bias = torch.randn(rows)
         assert w._bound() is not None  # the kernel, not the tile path, is under test

@@ -3,9 +3,11 @@
    W (N rows, K columns) is stored as b-bit centroid indices, each row's indices packed most
    significant bit first (row n starts at byte n * K * b / 8; K * b must be a multiple of 8).
    Decoding's shapes have few rows in x (M = 1 .. beam * batch):
-     4 bits: each 8-wide block of a weight row is decoded once, in registers, and used for every
-             row of x; the 16 centroids live in two registers, and an index picks its value with
-             two lane permutes and a blend on the index's top bit.
+     4 bits: each block of a weight row is decoded once, in registers, and used for every row of
+             x. Up to 5 rows of x (K a multiple of 32): the centroids as four byte planes, 32
+             indices looked up with four byte shuffles and their bytes put back together with
+             unpacks (lut4_matmul_t_planes); otherwise the 16 centroids live in two registers and
+             an index picks its value with two lane permutes and a blend on its top bit.
      1 bit:  value = c0 + (c1 - c0) * bit, so a row's product is c0 * sum(x) + (c1 - c0) * the
              sum of the x entries whose bit is set: one row of x adds under a bit mask; more rows
              look partial sums up in tables built from x (bin1_lut_matmul_t).
@@ -165,9 +167,106 @@ static inline __attribute__((always_inline)) void lut4_rows8_avx2(
     }
 }
 
+/* Byte planes, for K a multiple of 32: a 16-entry table of floats is four 16-byte tables, byte j
+   of every centroid in table j, and AVX2's byte shuffle looks up 32 indices in one of them at once.
+   Sixteen bytes of a weight row (32 indices) become 32 centroid values with four shuffles and eight
+   unpacks that put the bytes of each float back together, where the lane permutes above need sixteen
+   operations for the same 32 values. The unpacks leave each group of 8 values in the column order
+   0 2 4 6 1 3 5 7 (high nibbles, the even columns, fill the low 128-bit lane; low nibbles the high
+   lane), so x is permuted the same way once per call (xp). */
+static inline void byte_planes(const float *codebook, __m256i t[4]) {
+    uint8_t bytes[4][16];
+    for (int c = 0; c < 16; c++) {
+        uint32_t u;
+        memcpy(&u, codebook + c, 4);
+        for (int j = 0; j < 4; j++) bytes[j][c] = (uint8_t)(u >> (8 * j));
+    }
+    for (int j = 0; j < 4; j++) t[j] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)bytes[j]));
+}
+
+static inline __attribute__((always_inline)) void decode32(const uint8_t *p, const __m256i t[4], __m256 v[4]) {
+    const __m128i low4 = _mm_set1_epi8(15);
+    __m128i raw = _mm_loadu_si128((const __m128i *)p);
+    __m256i idx = _mm256_set_m128i(_mm_and_si128(raw, low4), _mm_and_si128(_mm_srli_epi16(raw, 4), low4));
+    __m256i b0 = _mm256_shuffle_epi8(t[0], idx), b1 = _mm256_shuffle_epi8(t[1], idx);
+    __m256i b2 = _mm256_shuffle_epi8(t[2], idx), b3 = _mm256_shuffle_epi8(t[3], idx);
+    __m256i l01 = _mm256_unpacklo_epi8(b0, b1), h01 = _mm256_unpackhi_epi8(b0, b1);
+    __m256i l23 = _mm256_unpacklo_epi8(b2, b3), h23 = _mm256_unpackhi_epi8(b2, b3);
+    v[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(l01, l23));
+    v[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(l01, l23));
+    v[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(h01, h23));
+    v[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(h01, h23));
+}
+
+/* x (M, K) -> xp (M, K, rows ld apart), each group of 8 columns in the order decode32 yields. */
+static void permute_x(const float *x, int64_t M, int64_t K, float *xp, int64_t ld) {
+    static const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < K; k += 8)
+            for (int i = 0; i < 8; i++) xp[m * ld + k + i] = x[m * K + k + order[i]];
+}
+
+/* mb rows of x against rbmax rows of W at a time (mb * rbmax <= 8 accumulators). */
+static inline __attribute__((always_inline)) void planes_block(
+        const float *xp, int64_t ld, int64_t K, const uint8_t *w, int64_t N, const __m256i t[4],
+        const float *bias, float *y, int64_t ldy, const int mb, const int rbmax) {
+    const int64_t row_bytes = K / 2;
+    PARALLEL_ROWS
+    for (int64_t n0 = 0; n0 < N; n0 += rbmax) {
+        int rb = N - n0 < rbmax ? (int)(N - n0) : rbmax;
+        __m256 acc[8][4]; /* [row of x][row of W] */
+#pragma GCC unroll 8
+        for (int j = 0; j < mb; j++)
+#pragma GCC unroll 4
+            for (int r = 0; r < rbmax; r++) acc[j][r] = _mm256_setzero_ps();
+        for (int64_t k = 0; k < K; k += 32) {
+#pragma GCC unroll 4
+            for (int r = 0; r < rbmax; r++) {
+                if (r >= rb) break;
+                __m256 v[4];
+                decode32(w + (n0 + r) * row_bytes + k / 2, t, v);
+#pragma GCC unroll 8
+                for (int j = 0; j < mb; j++) {
+                    const float *xk = xp + j * ld + k;
+                    __m256 a = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(xk), acc[j][r]);
+                    __m256 b = _mm256_mul_ps(v[1], _mm256_loadu_ps(xk + 8));
+                    a = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(xk + 16), a);
+                    b = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(xk + 24), b);
+                    acc[j][r] = _mm256_add_ps(a, b);
+                }
+            }
+        }
+        for (int j = 0; j < mb; j++)
+            for (int r = 0; r < rb; r++) y[j * ldy + n0 + r] = hsum(acc[j][r]) + (bias ? bias[n0 + r] : 0.0f);
+    }
+}
+
+static void lut4_matmul_t_planes(const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N,
+                                 const float *codebook, const float *bias, float *y, float *scratch) {
+    __m256i t[4];
+    byte_planes(codebook, t);
+    int64_t ld = K + 2 * XPAD; /* rows padded apart, as for xe and xo */
+    permute_x(x, M, K, scratch, ld);
+    for (int64_t m0 = 0; m0 < M; m0 += M - m0 > MB ? 8 : MB) {
+        const float *xm = scratch + m0 * ld;
+        float *out = y + m0 * N;
+        switch (M - m0 < 8 ? M - m0 : 8) {
+            case 8: planes_block(xm, ld, K, w, N, t, bias, out, N, 8, 1); break;
+            case 7: planes_block(xm, ld, K, w, N, t, bias, out, N, 7, 1); break;
+            case 6: planes_block(xm, ld, K, w, N, t, bias, out, N, 6, 1); break;
+            case 5: planes_block(xm, ld, K, w, N, t, bias, out, N, 5, 1); break;
+            case 1: planes_block(xm, ld, K, w, N, t, bias, out, N, 1, 4); break;
+            case 2: planes_block(xm, ld, K, w, N, t, bias, out, N, 2, 4); break;
+            case 3: planes_block(xm, ld, K, w, N, t, bias, out, N, 3, 2); break;
+            default: planes_block(xm, ld, K, w, N, t, bias, out, N, 4, 2); break;
+        }
+    }
+}
+
 void lut4_matmul_t_avx2(const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N, const float *codebook,
                         const float *bias, float *y, float *scratch) {
     if (K % 16) { lut4_matmul_t(x, M, K, w, N, codebook, bias, y); return; }
+    if (K % 32 == 0 && M <= 5) { lut4_matmul_t_planes(x, M, K, w, N, codebook, bias, y, scratch); return; }
     __m256 lo8 = _mm256_loadu_ps(codebook), hi8 = _mm256_loadu_ps(codebook + 8);
     int64_t half = K / 2;
     /* (M, K/2) each, rows XPAD floats apart beyond K/2: rows 4 KB apart (K = 2048) would all map to
