@@ -35,12 +35,18 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     for m in (r for r in ok.values() if r["method"] == "mixed"):
         for u in uniform_below(list(ok.values()), m):
             out.append((u["name"], m["name"]))
-        base, _, variant = m["name"].rpartition("-")
-        if (variant.endswith("ep") or variant in ("flex", "staged")) and base in ok:  # the same allocation
-            out.append((base, m["name"]))                                   # retrained longer, flexibly, in stages
-            out += [(v, m["name"]) for v in ok if v.startswith(base + "-") and v < m["name"]
-                    and ok[v]["method"] == "mixed" and v.rpartition("-")[0] == base]
+        base = retrained_twin(m["name"])
+        if base in ok:  # the same allocation retrained longer, flexibly, in stages: against it and each other
+            out.append((base, m["name"]))
+            out += [(v, m["name"]) for v in ok if v < m["name"] and retrained_twin(v) == base]
     return out
+
+
+def retrained_twin(name: str) -> str | None:
+    """The row a budgeted row's allocation comes from when the row only retrains it differently
+    (``mixed-20x-4ep``, ``-flex``, ``-staged`` -> ``mixed-20x``), else None."""
+    base, _, variant = name.rpartition("-")
+    return base if name.startswith("mixed-") and (variant.endswith("ep") or variant in ("flex", "staged")) else None
 
 
 def uniform_below(rows: list[dict[str, Any]], mixed: dict[str, Any]) -> list[dict[str, Any]]:

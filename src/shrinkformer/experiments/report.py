@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from ..evaluate.significance import ALPHA, RESAMPLES
 from ..io import write_text_atomic
-from .comparisons import QUANTIZERS, find, uniform_below
+from .comparisons import QUANTIZERS, find, retrained_twin, uniform_below
 from .grid import EXPERIMENTS, STUDY_WMT
 from .sweep import ROW_FIELDS
 
@@ -213,10 +213,11 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
         said += (" Layers: " + ", ".join(f"{n}× {c}" for c, n in alloc["choices"].items())
                  + f"; allocation search {alloc['search_seconds']:.0f} s against {m.get('retrain_seconds', 0):.0f} s "
                  "of retraining.")
-    base, _, variant = m["name"].rpartition("-")
-    twin = _row(rows, base) if variant.endswith("ep") or variant in ("flex", "staged") else None
+    base = retrained_twin(m["name"])
+    twin = _row(rows, base) if base else None
     if twin and splits and find(comps, twin["name"], m["name"], splits[0]):
         hi, lo, n = _sig(comps, twin["name"], m["name"], splits)
+        variant = m["name"].rpartition("-")[2]
         if variant == "flex":
             how, names = "with flexible k-means codebooks instead of frozen assignments", ("flexible", "frozen")
         elif variant == "staged":
@@ -235,9 +236,9 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
     best = max(below, key=lambda u: u["bleu"])
     hi, lo, n = _sig(comps, best["name"], m["name"], splits)
     verdict = _verdict(hi, lo, n, "the two", "the budgeted model is better", "the budgeted model is worse")
-    times = m["model_compression_ratio"] / best["model_compression_ratio"]
+    multiple = m["model_compression_ratio"] / best["model_compression_ratio"]
     return (said + f" Against the best uniform row at a ratio no higher, {best['name']} ({pct(best):.1f}% at "
-            f"{best['model_compression_ratio']:.2f}x; the budgeted model is at {times:.3f}x its ratio): "
+            f"{best['model_compression_ratio']:.2f}x; the budgeted model is at {multiple:.3f}x its ratio): "
             + summary(comps, best["name"], m["name"], splits, "budgeted minus uniform") + f"; {verdict}.")
 
 
