@@ -6,6 +6,7 @@ the first 100 sentences, peak RSS, resident weight bytes, BLEU.
 
     python benchmarks/inference.py --fp32 results/multi30k/models/baseline.sfz \
         --packed kmeans-4bit-all=results/multi30k/models/kmeans-4bit-all.sfz \
+        --pytorch-steps kmeans-4bit-all=results/multi30k/models/kmeans-4bit-all.sfz \
         --ctranslate2 results/multi30k/models/baseline.sfz --out results/benchmarks/inference.json
 """
 
@@ -48,8 +49,9 @@ def child(engine: str, path: str, split: str, sentences: int | None, latency_sen
         from shrinkformer.translate import Translator
         cfg, tok, model = load_any(path, training=engine == "dense")
         resident = resident_weight_bytes(model)
-        translate = Translator(model, tok, cfg.decode).translate
-        one = Translator(model, tok, cfg.decode, batch_sentences=1).translate
+        native = engine != "pytorch-steps"
+        translate = Translator(model, tok, cfg.decode, native=native).translate
+        one = Translator(model, tok, cfg.decode, batch_sentences=1, native=native).translate
     started = time.perf_counter()
     hyps = translate(data.source)
     seconds = time.perf_counter() - started
@@ -68,6 +70,8 @@ def main() -> None:
     p.add_argument("--packed", action="append", default=[], metavar="NAME=PATH", help="a packed model (repeatable)")
     p.add_argument("--dense", action="append", default=[], metavar="NAME=PATH",
                    help="a packed model in its training (decompressed) form, for comparison")
+    p.add_argument("--pytorch-steps", action="append", default=[], metavar="NAME=PATH",
+                   help="a packed model decoded with PyTorch modules only (no native decoding step), for comparison")
     p.add_argument("--ctranslate2", help="export this model to CTranslate2 float32 and int8 and time those too")
     p.add_argument("--ctranslate2-threads", help="comma-separated thread counts for CTranslate2 (default: 1 and "
                                                  "--threads; its best is the fair reference)")
@@ -92,6 +96,9 @@ def main() -> None:
     for spec in args.dense:
         name, path = spec.split("=", 1)
         engines[f"shrinkformer dense {name}"] = ("dense", path)
+    for spec in args.pytorch_steps:
+        name, path = spec.split("=", 1)
+        engines[f"shrinkformer packed {name}, PyTorch steps"] = ("pytorch-steps", path)
     with tempfile.TemporaryDirectory() as tmp:
         if args.ctranslate2:
             from shrinkformer.export.ctranslate2 import export
@@ -127,6 +134,14 @@ def main() -> None:
                                                          / rows[name]["batch1_ms_per_sentence"], 3)
             rows[name]["peak_rss_vs_fp32"] = round(rows[name]["peak_rss_bytes"]
                                                    / statistics.median(r["peak_rss_bytes"] for r in base), 3)
+        ct2 = [n for n in runs if n.startswith("ctranslate2 float32")]
+        if ct2 and name.startswith("shrinkformer"):  # the bars: against CTranslate2 float32 at its best thread count
+            best_ms = min(statistics.median(r["batch1_ms_per_sentence"] for r in runs[n]) for n in ct2)
+            best_rate = max(statistics.median(r["sentences_per_second"] for r in runs[n]) for n in ct2)
+            rows[name]["batch1_latency_vs_ctranslate2_float32_best"] = round(
+                rows[name]["batch1_ms_per_sentence"] / best_ms, 3)
+            rows[name]["throughput_vs_ctranslate2_float32_best"] = round(
+                rows[name]["sentences_per_second"] / best_rate, 3)
         if rows[name]["file_bytes"]:  # the bar: resident weights of a packed model <= 1.15x its file
             rows[name]["resident_vs_file"] = round(rows[name]["resident_weight_bytes"] / rows[name]["file_bytes"], 3)
     report("inference", {"command": shlex.join(["python", *sys.argv]), "split": args.split,

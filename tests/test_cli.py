@@ -129,4 +129,5 @@ def test_train_data_dir_is_a_path_not_yaml(multi30k, tmp_path):
                      "--set", "data.valid_limit=10", "--data-dir", str(odd), "--output", str(tmp_path / "run"),
                      env={"SHRINKFORMER_CACHE": str(tmp_path / "no-download")})
     assert result.returncode == 0, result.stderr[-2000:]
-    assert not (tmp_path / "no-download").exists()
+    cache = tmp_path / "no-download"  # where a download would go (compiled kernels may be cached there)
+    assert not [p for p in cache.glob("*") if p.name != "kernels"]

@@ -29,9 +29,10 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
 
 class Translator:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, search: SearchConfig = SearchConfig(),
-                 batch_sentences: int = 64, device: str | torch.device = "cpu") -> None:
+                 batch_sentences: int = 64, device: str | torch.device = "cpu", native: bool = True) -> None:
         self.model, self.tokenizer, self.search = model.to(device), tokenizer, search
         self.batch_sentences, self.device = batch_sentences, device
+        self.native = native  # decoding steps in one native call where they can (model/search.py)
         # Longest source the positional table allows once the target budget is added.
         self.max_source = max(1, model.cfg.max_positions // 2 - 1)
 
@@ -46,7 +47,7 @@ class Translator:
             for start in range(0, len(order), self.batch_sentences):
                 chunk = order[start:start + self.batch_sentences]
                 src = pad([list(sources[i][: self.max_source]) + [EOS] for i in chunk]).to(self.device)
-                for i, hyp in zip(chunk, beam_search(self.model, src, self.search)):
+                for i, hyp in zip(chunk, beam_search(self.model, src, self.search, native=self.native)):
                     out[i] = hyp
         return out
 

@@ -173,6 +173,18 @@ class PackedWeight(nn.Module):
         self._kernel = (native._generation, b["index"], b["values"], b["centroids"], b["mask"], call)
         return call
 
+    def descriptor(self) -> tuple[Any, list[Tensor]] | None:
+        """The C descriptor of the whole layer and the tensors it points into (which the caller
+        keeps alive), or None where no native kernel serves the layer."""
+        if native.library() is None or self.centroids is None and self.values is None or \
+                not (self.centroids if self.centroids is not None else self.values).is_cpu:
+            return None
+        table = self._codebook() if self.centroids is not None else None
+        layer = native.layer_descriptor(self.encoding, self.bits, *self.shape, index=self.index, codebook=table,
+                                        values=self.values, mask=self.mask, row_start=self.row_start)
+        held = [t for t in (self.index, table, self.values, self.mask, self.row_start) if t is not None]
+        return None if layer is None else (layer, held)
+
     def rows_per_tile(self) -> int:
         return max(1, min(self.shape[0], TILE_FLOATS // self.shape[1]))
 
@@ -193,11 +205,23 @@ class PackedWeight(nn.Module):
             if buffer is not None else self.tile
         if step >= rows:
             return F.linear(x, tile(0, rows), bias)
-        out = x.new_empty(*x.shape[:-1], rows)
+        if buffer is None:  # autograd (no out= products)
+            out = x.new_empty(*x.shape[:-1], rows)
+            for r0 in range(0, rows, step):
+                r1 = min(rows, r0 + step)
+                out[..., r0:r1] = F.linear(x, tile(r0, r1), None if bias is None else bias[r0:r1])
+            return out
+        # Each tile's product written in place into its columns of the output (BLAS takes the
+        # row stride): a separate product and copy cost a tenth more at a batch of 64 beams x 5.
+        x2 = x.reshape(-1, cols)
+        out = x.new_empty(x2.shape[0], rows)
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
-            out[..., r0:r1] = F.linear(x, tile(r0, r1), None if bias is None else bias[r0:r1])
-        return out
+            if bias is None:
+                torch.mm(x2, tile(r0, r1).t(), out=out[:, r0:r1])
+            else:
+                torch.addmm(bias[r0:r1], x2, tile(r0, r1).t(), out=out[:, r0:r1])
+        return out.view(*x.shape[:-1], rows)
 
 
 _buffers = threading.local()

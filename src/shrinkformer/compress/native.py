@@ -1,4 +1,5 @@
-"""Native kernels for packed layers (``csrc/packed_kernels.c``): compiled on first use with the
+"""Native kernels for packed layers (``csrc/packed_kernels.c``, and a whole decoding step over
+them in ``csrc/decoder_step.c``, driven by ``decoder_step.py``): compiled on first use with the
 system's C compiler into a cache, loaded with ctypes, called on tensors' data pointers. Built
 with OpenMP where the compiler has it: the rows of W are split across torch's threads.
 
@@ -24,8 +25,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).parent / "csrc" / "packed_kernels.c"
-FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c11"]
+SOURCE = Path(__file__).parent / "csrc" / "packed_kernels.c"  # the layer kernels
+STEP_SOURCE = SOURCE.with_name("decoder_step.c")  # a whole decoding step over them (decoder_step.py)
+FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c11", f"-I{SOURCE.parent}"]
 OPENMP_FLAG = "-fopenmp"
 # Above this many rows of x a dequantized tile and BLAS win (measured with benchmarks/kernels.py at
 # base-preset shapes, AVX2, 2 threads: the crossover lies between 12 and 24 rows for codebook
@@ -80,7 +82,9 @@ def _compile() -> Path:
 
 def _build(cc: str, flags: list[str]) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
+    sources = sorted(SOURCE.parent.glob("*.[ch]"))
+    key = hashlib.sha256(b"".join(f.read_bytes() for f in sources) + " ".join(flags).encode()
+                         + version.encode()).hexdigest()[:16]
     target = _cache_dir() / f"packed_kernels-{key}.so"
     if target.exists():
         return target
@@ -88,7 +92,7 @@ def _build(cc: str, flags: list[str]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
     os.close(fd)
     try:
-        result = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120)
+        result = subprocess.run([cc, *flags, str(SOURCE), str(STEP_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise OSError(f"{cc} failed: {result.stderr.strip().splitlines()[-1] if result.stderr else result.returncode}")
         os.replace(tmp, target)  # concurrent first uses each compile; the last one wins, all identical
@@ -118,6 +122,9 @@ def library() -> ctypes.CDLL | None:
             lib.masked_dequant.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
             lib.packed_layer_matmul_t.restype = None
             lib.packed_layer_matmul_t.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
+            lib.decoder_step.restype = ctypes.c_int
+            lib.decoder_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                         ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
             lib.packed_kernels_init()
             _library = lib
         except (OSError, subprocess.SubprocessError, AttributeError) as err:
@@ -182,10 +189,39 @@ class _Layer(ctypes.Structure):
 # (encoding, bits, pruned) -> LAYER_* in csrc/packed_kernels.c
 LAYER_KINDS = {("codebook", 4, False): 0, ("codebook", 1, False): 1, ("sparse", 32, True): 2,
                **{("codebook", b, True): 3 for b in (1, 2, 3, 4)}}
+LAYER_DENSE = 4
 
 
 def _pointers(*tensors: Tensor | None) -> list[int | None]:
     return [None if t is None else t.data_ptr() for t in tensors]
+
+
+def layer_descriptor(encoding: str, bits: int, rows: int, cols: int, *, index: Tensor | None = None,
+                     codebook: Tensor | None = None, values: Tensor | None = None, mask: Tensor | None = None,
+                     row_start: Tensor | None = None, r0: int = 0, r1: int | None = None) -> _Layer | None:
+    """The C descriptor of a layer's rows r0..r1 (all by default), or None where no kernel serves
+    it: a dense layer's indices from row r0 on; a pruned layer's row offsets and mask from row r0
+    (the survivors' offsets are absolute). It holds addresses only: the caller keeps the tensors."""
+    kind = LAYER_KINDS.get((encoding, bits, mask is not None))
+    if kind is None or cols % 8:
+        return None
+    r1 = rows if r1 is None else r1
+    pointers = _pointers(index, values, codebook, mask, row_start)
+    if mask is None:
+        pointers[0] += r0 * cols * bits // 8
+    else:
+        pointers[3] += r0 * cols // 8
+        pointers[4] += r0 * row_start.element_size()
+    return _Layer(kind, _wide(), r1 - r0, cols, bits, *pointers)
+
+
+def dense_descriptor(weight: Tensor) -> _Layer | None:
+    """The C descriptor of an uncompressed fp32 weight (rows, cols), contiguous; None where the
+    kernel cannot take it."""
+    if weight.dtype != torch.float32 or not weight.is_contiguous() or weight.device.type != "cpu" \
+            or weight.shape[1] % 8:
+        return None
+    return _Layer(LAYER_DENSE, 0, weight.shape[0], weight.shape[1], 32, None, weight.data_ptr(), None, None, None)
 
 
 def bind(encoding: str, bits: int, rows: int, cols: int, *, index: Tensor | None = None, codebook: Tensor | None = None,
@@ -197,22 +233,15 @@ def bind(encoding: str, bits: int, rows: int, cols: int, *, index: Tensor | None
     The closure holds the tensors, so the addresses stay valid while it lives; a layer whose
     buffers are replaced binds again."""
     lib = library()
-    kind = LAYER_KINDS.get((encoding, bits, mask is not None))
-    if lib is None or kind is None or cols % 8:
+    if lib is None or layer_descriptor(encoding, bits, rows, cols, index=index, codebook=codebook, values=values,
+                                       mask=mask, row_start=row_start) is None:
         return None
     held = [t for t in (index, codebook, values, mask, row_start) if t is not None]
-    wide, fn = _wide(), lib.packed_layer_matmul_t
+    fn = lib.packed_layer_matmul_t
 
     def descriptor(r0: int, r1: int) -> _Layer:
-        """Rows r0..r1 alone: a dense layer's indices from row r0 on; a pruned layer's row
-        offsets and mask from row r0 (the survivors' offsets are absolute)."""
-        pointers = _pointers(index, values, codebook, mask, row_start)
-        if mask is None:
-            pointers[0] += r0 * cols * bits // 8
-        else:
-            pointers[3] += r0 * cols // 8
-            pointers[4] += r0 * row_start.element_size()
-        return _Layer(kind, wide, r1 - r0, cols, bits, *pointers)
+        return layer_descriptor(encoding, bits, rows, cols, index=index, codebook=codebook, values=values,
+                                mask=mask, row_start=row_start, r0=r0, r1=r1)
 
     if rows * cols >= PARALLEL_FROM and not _threaded():  # no OpenMP: a thread pool splits the rows
         threads = max(1, torch.get_num_threads())

@@ -79,8 +79,8 @@ class MultiHeadAttention(nn.Module):
     def forward(
         self,
         x: Tensor,  # (B, T, C) queries
-        memory: Tensor | None = None,  # (B, S, C) keys/values for cross-attention, else None
-        key_mask: Tensor | None = None,  # (B, S) True where the key is padding
+        memory: Tensor | None = None,  # (B / g, S, C) keys/values for cross-attention (g beams each), else None
+        key_mask: Tensor | None = None,  # (B, S), or (B / g, S) with memory: True where the key is padding
         causal: bool = False,
         cache: LayerCache | None = None,
         prefix: str = "self",
@@ -102,6 +102,12 @@ class MultiHeadAttention(nn.Module):
                 if cache is not None:
                     cache[f"{prefix}_k"], cache[f"{prefix}_v"] = k, v
 
+        # Beams of one sentence share its memory: memory has B / g rows for g queries each. Their
+        # queries go in as one longer query sequence, so keys/values are neither copied per beam
+        # nor read once per beam.
+        beams = q.shape[0] // k.shape[0]
+        if beams > 1:
+            q = q.unflatten(0, (-1, beams)).transpose(1, 2).flatten(2, 3)  # (B/g, H, g*T, D)
         mask = None if key_mask is None else ~key_mask[:, None, None, :]  # (B, 1, 1, S) True=attend
         dropout = self.dropout if self.training else 0.0
         if need_weights or self.prob_transform is not None:
@@ -120,6 +126,9 @@ class MultiHeadAttention(nn.Module):
             probs = None
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                                  is_causal=causal and q.shape[2] > 1)
+        if beams > 1:  # back to one row per beam
+            out = out.unflatten(2, (beams, -1)).transpose(1, 2).flatten(0, 1)
+            probs = None if probs is None else probs.unflatten(2, (beams, -1)).transpose(1, 2).flatten(0, 1)
         out = out.transpose(1, 2).flatten(2)  # (B, T, C)
         return self.out_proj(out), (probs if need_weights else None)
 
@@ -275,8 +284,8 @@ class Transformer(nn.Module):
     def decode(
         self,
         tgt: Tensor,  # (B, T) decoder input, starting with BOS
-        memory: Tensor,
-        src_mask: Tensor,
+        memory: Tensor,  # (B, S, C), or (B / g, S, C): g consecutive rows of tgt (beams) per source
+        src_mask: Tensor,  # (B, S) or (B / g, S), as memory
         cache: list[LayerCache] | None = None,
         start: int = 0,  # position of tgt[:, 0]; the cache holds positions before it
         attn: Attentions | None = None,

@@ -18,6 +18,7 @@
    through ctypes on the tensors' data pointers. */
 
 #include <immintrin.h>
+#include "packed_layer.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -557,23 +558,7 @@ static void bin1_lut_matmul_t(const float *x, int64_t M, int64_t K, const uint8_
     }
 }
 
-/* One entry point per layer for decoding's calls: the layer's pointers and shape are set once (a
-   descriptor Python builds when it binds the layer), so a call passes only x, its rows, the bias
-   and the output. Every ctypes argument costs a conversion, and these calls come once per layer
-   and decoding step: at batch 1 the Python around the kernels was most of their time. */
-typedef struct {
-    int64_t kind;  /* LAYER_* below */
-    int64_t wide;  /* the AVX-512 variants (dense layers) */
-    int64_t rows, cols;
-    int64_t bits;          /* bits per codebook index; a pruned layer's fp32 survivors: 32 */
-    const uint8_t *index;  /* codebook indices: every weight's, or the survivors' */
-    const float *values;   /* fp32 survivors */
-    const float *codebook; /* padded to 2**bits entries, and to at least 16 for a pruned layer */
-    const uint8_t *mask;
-    const int32_t *row_start;
-} packed_layer;
-
-enum { LAYER_LUT4 = 0, LAYER_BIN1 = 1, LAYER_SPARSE = 2, LAYER_SPARSE_LUT4 = 3 };
+/* One entry point per layer for decoding's calls: packed_layer_matmul_t (packed_layer.h). */
 
 /* Pruned layers, few rows of x (at most 8): the work follows the survivors, not the columns. x is
    transposed once per call so that column k's values for every row of x are one 8-lane vector;
@@ -681,8 +666,33 @@ static void pruned_matmul_t(const packed_layer *L, const float *x, int64_t M, co
     free(xt);
 }
 
+/* An uncompressed fp32 layer, few rows of x (K a multiple of 8): so that a decoding step of a
+   model with some layers left fp32 (or none compressed) can run natively end to end. Up to 8 rows
+   of x share each load of a weight row; memory-bound like any matrix-vector product. */
+static void dense_matmul_t(const float *x, int64_t M, int64_t K, const float *w, int64_t N, const float *bias,
+                           float *y) {
+    for (int64_t m0 = 0; m0 < M; m0 += 8) {
+        int64_t mb = M - m0 < 8 ? M - m0 : 8;
+        const float *xb = x + m0 * K;
+        PARALLEL_IF(N * K >= PARALLEL_FROM_FLOATS)
+        for (int64_t n = 0; n < N; n++) {
+            const float *row = w + n * K;
+            __m256 acc[8];
+            for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+            for (int64_t k = 0; k < K; k += 8) {
+                __m256 wv = _mm256_loadu_ps(row + k);
+                for (int j = 0; j < mb; j++) acc[j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xb + j * K + k), acc[j]);
+            }
+            for (int j = 0; j < mb; j++) y[(m0 + j) * N + n] = hsum(acc[j]) + (bias ? bias[n] : 0.0f);
+        }
+    }
+}
+
 void packed_layer_matmul_t(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y) {
     switch (L->kind) {
+        case LAYER_DENSE:
+            dense_matmul_t(x, M, L->cols, L->values, L->rows, bias, y);
+            break;
         case LAYER_LUT4: {
             float *scratch = malloc(sizeof(float) * M * (L->cols + 2 * XPAD)); /* x's even and odd columns */
             if (L->wide) lut4_matmul_t_avx512(x, M, L->cols, L->index, L->rows, L->codebook, bias, y, scratch);

@@ -1,0 +1,197 @@
+"""A whole decoding step in one native call (``csrc/decoder_step.c``), for beam search at batch
+sizes where a step is a few small products and the PyTorch operators around them cost more than
+the products themselves (batch 1: a decoding step was about 150 operator dispatches for a few
+hundred microseconds of packed kernels).
+
+It serves a ``Transformer`` in eval mode whose decoder projections and output projection all have
+a native kernel: packed layers of the kinds ``native.py`` serves, and uncompressed fp32 layers.
+Anything else (a training-form compressed layer, a quantized-attention hook, a GPU tensor, no
+compiler) gets None from ``native_decoder`` and decodes through the PyTorch modules, with the same
+results up to float rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import native
+from .inference import PackedEmbedding, PackedLinear
+
+# Rows (beams x sentences) up to which a native step wins: beyond, the PyTorch path's batched BLAS
+# products win (the layer kernels' own crossover, native.MAX_ROWS).
+MAX_ROWS = native.MAX_ROWS
+
+_PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                "cross_attn.q_proj", "cross_attn.out_proj", "ffn.fc1", "ffn.fc2")  # decoder_step.c's order
+_NORMS = ("self_attn_norm", "cross_attn_norm", "ffn_norm")
+
+
+class _DecoderLayer(ctypes.Structure):
+    _fields_ = [("proj", ctypes.c_void_p * 8), ("bias", ctypes.c_void_p * 8),
+                ("norm_weight", ctypes.c_void_p * 3), ("norm_bias", ctypes.c_void_p * 3),
+                ("self_k", ctypes.c_void_p * 2), ("self_v", ctypes.c_void_p * 2),
+                ("cross_k", ctypes.c_void_p), ("cross_v", ctypes.c_void_p)]
+
+
+class _Decoder(ctypes.Structure):
+    _fields_ = [("layers", ctypes.c_int64), ("C", ctypes.c_int64), ("heads", ctypes.c_int64),
+                ("ffn", ctypes.c_int64), ("vocab", ctypes.c_int64), ("capacity", ctypes.c_int64),
+                ("S", ctypes.c_int64), ("pre_norm", ctypes.c_int64), ("eps", ctypes.c_float),
+                ("layer", ctypes.c_void_p), ("final_weight", ctypes.c_void_p), ("final_bias", ctypes.c_void_p),
+                ("out", ctypes.c_void_p), ("key_padding", ctypes.c_void_p)]
+
+
+def _descriptor(module: nn.Module) -> tuple[Any, list[Tensor]] | None:
+    """A projection's C descriptor and the tensors it points into, or None (no kernel for it)."""
+    if isinstance(module, (PackedLinear, PackedEmbedding)):
+        return module.packed.descriptor()
+    if type(module) in (nn.Linear, nn.Embedding):  # not a subclass: compressed layers compute their weight
+        weight = module.weight.detach()
+        layer = native.dense_descriptor(weight)
+        return None if layer is None else (layer, [weight])
+    return None
+
+
+def _address(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class NativeDecoder:
+    """The decoder's weights as C descriptors, built once per model (and again when a weight
+    changes); ``start`` opens a search over one batch of sources."""
+
+    def __init__(self, model: nn.Module, layers: list[tuple[list[Any], list[Tensor | None]]], out: Any,
+                 held: list[Tensor]) -> None:
+        self.cfg = model.cfg  # not the model: the cache below is keyed by it and must not keep it alive
+        self._layers, self._out, self._held = layers, out, held
+        self.fingerprint = _fingerprint(model)
+
+    def start(self, model: nn.Module, memory: Tensor, src_mask: Tensor, beams: int, capacity: int) -> "NativeSearch":
+        return NativeSearch(self, model, memory, src_mask, beams, capacity)
+
+
+class NativeSearch:
+    """One batch's decoding state: the encoder's keys/values per decoder layer (one row per
+    sentence) and two self-attention caches per layer (see decoder_step.c)."""
+
+    def __init__(self, decoder: NativeDecoder, model: nn.Module, memory: Tensor, src_mask: Tensor, beams: int,
+                 capacity: int) -> None:
+        cfg = decoder.cfg
+        self.model = model
+        n, S, C = memory.shape
+        rows = n * beams
+        self.decoder, self.beams, self.capacity = decoder, beams, capacity
+        self._keep: list[Tensor] = [memory]
+        self.key_padding = src_mask.to(torch.uint8).contiguous()
+        structs = (_DecoderLayer * cfg.decoder_layers)()
+        for i, (layer, (descriptors, tensors)) in enumerate(zip(model.decoder.layers, decoder._layers)):
+            cross_k = layer.cross_attn.k_proj(memory).contiguous()
+            cross_v = layer.cross_attn.v_proj(memory).contiguous()
+            cache_k, cache_v = torch.empty(2, rows, capacity, C), torch.empty(2, rows, capacity, C)
+            self._keep += [cross_k, cross_v, cache_k, cache_v]
+            s = structs[i]
+            for j, d in enumerate(descriptors):
+                s.proj[j] = ctypes.addressof(d)
+            biases, norms = tensors[:8], tensors[8:]
+            for j, b in enumerate(biases):
+                s.bias[j] = _address(b)
+            for j in range(3):
+                s.norm_weight[j], s.norm_bias[j] = _address(norms[2 * j]), _address(norms[2 * j + 1])
+            s.self_k[0], s.self_k[1] = cache_k[0].data_ptr(), cache_k[1].data_ptr()
+            s.self_v[0], s.self_v[1] = cache_v[0].data_ptr(), cache_v[1].data_ptr()
+            s.cross_k, s.cross_v = cross_k.data_ptr(), cross_v.data_ptr()
+        final = model.decoder.final_norm
+        pre_norm = isinstance(final, nn.LayerNorm)
+        self.struct = _Decoder(cfg.decoder_layers, C, cfg.n_heads, cfg.d_ff, cfg.vocab_size, capacity, S,
+                               int(pre_norm), model.decoder.layers[0].self_attn_norm.eps, ctypes.addressof(structs),
+                               _address(final.weight) if pre_norm else None,
+                               _address(final.bias) if pre_norm else None,
+                               ctypes.addressof(decoder._out), self.key_padding.data_ptr())
+        self._structs = structs
+
+    def step(self, last: Tensor, t: int, parent: Tensor | None, sentences: Tensor) -> Tensor:
+        """Logits (M, vocab) for the newest tokens ``last`` (M,) at position t. ``parent`` (M,): the
+        row of the previous step each row continues (None at t = 0); ``sentences``: the memory row
+        of each group of beams."""
+        if t >= self.capacity:
+            raise ValueError(f"step {t} beyond the cache's {self.capacity} positions")
+        x = self.model.embed(last[:, None], start=t).reshape(len(last), -1).contiguous()
+        logits = torch.empty(len(last), self.decoder.cfg.vocab_size)
+        parent = None if parent is None else parent.to(torch.int64).contiguous()
+        sentences = sentences.to(torch.int64).contiguous()
+        status = native.library().decoder_step(ctypes.addressof(self.struct), x.data_ptr(), len(last), self.beams, t,
+                                               _address(parent), sentences.data_ptr(), logits.data_ptr())
+        if status != 0:
+            raise MemoryError("decoder_step: out of memory")
+        return logits
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    """What the descriptors point into: the same tensors, unmodified (a version counter moves on
+    every in-place change), and the same loaded library."""
+    return (native._generation,) + tuple((id(t), t.data_ptr(), t._version)
+                                         for t in model.decoder.state_dict(keep_vars=True).values()) + \
+        tuple((id(t), t.data_ptr(), t._version) for t in model.embed_tokens.state_dict(keep_vars=True).values())
+
+
+def native_decoder(model: nn.Module) -> NativeDecoder | None:
+    """The model's native decoder (cached on the model), or None where a step cannot run natively."""
+    if model.training or native.library() is None or not hasattr(model, "decoder"):
+        return None
+    cached = _decoders.get(model)
+    if cached is not None and cached.fingerprint == _fingerprint(model):
+        return cached
+    built = _build(model)
+    if built is not None:
+        _decoders[model] = built
+    return built
+
+
+# Beside the model rather than on it: ctypes descriptors cannot be deep-copied or pickled, and
+# models are (copies to compress, checkpoints).
+_decoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _build(model: nn.Module) -> NativeDecoder | None:
+    cfg = model.cfg
+    if cfg.d_model % 8 or cfg.d_model % cfg.n_heads or any(a.prob_transform is not None
+                                                            for a in model.attention_modules().values()):
+        return None
+    held: list[Tensor] = []
+    layers = []
+    eps = {layer.self_attn_norm.eps for layer in model.decoder.layers}
+    for layer in model.decoder.layers:
+        descriptors, tensors = [], []
+        for name in _PROJECTIONS:
+            module = layer.get_submodule(name)
+            found = _descriptor(module)
+            if found is None:
+                return None
+            descriptors.append(found[0])
+            held += found[1]
+            bias = getattr(module, "bias", None)
+            tensors.append(None if bias is None else bias.detach().float().contiguous())
+        for name in _NORMS:
+            norm = layer.get_submodule(name)
+            if not isinstance(norm, nn.LayerNorm) or norm.weight is None or norm.bias is None:
+                return None
+            eps.add(norm.eps)
+            tensors += [norm.weight.detach().contiguous(), norm.bias.detach().contiguous()]
+        if any(t is not None and (t.dtype != torch.float32 or not t.is_cpu) for t in tensors):
+            return None
+        held += [t for t in tensors if t is not None]
+        layers.append((descriptors, tensors))
+    final = model.decoder.final_norm
+    eps |= {final.eps} if isinstance(final, nn.LayerNorm) else set()
+    if len(eps) > 1 or not isinstance(final, (nn.LayerNorm, nn.Identity)):
+        return None
+    out = _descriptor(model.embed_tokens if model.output_proj is None else model.output_proj)
+    if out is None:
+        return None
+    held += out[1]
+    return NativeDecoder(model, layers, out[0], held)

@@ -1,0 +1,124 @@
+"""The native decoding step (one C call per step) computes what the PyTorch modules compute, for
+every kind of layer it serves, and steps aside for everything it does not."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from shrinkformer.compress import BinaryConfig, KMeansConfig, PruneConfig, compress, native, to_inference
+from shrinkformer.compress.decoder_step import MAX_ROWS, native_decoder
+from shrinkformer.model import MODEL_PRESETS, SearchConfig, Transformer, beam_search
+from shrinkformer.model.search import _native_session
+from shrinkformer.model.transformer import EOS, PAD
+
+KINDS = {
+    "fp32": [],
+    "4-bit + embeddings": [(KMeansConfig(4), "all"), (KMeansConfig(4), "embeddings")],
+    "1-bit": [(BinaryConfig("fixed"), "all")],
+    "pruned fp32": [(PruneConfig(0.6, 0.6), "all")],
+    "pruned 4-bit": [(PruneConfig(0.8, 0.8), "all"), (KMeansConfig(4), "all")],
+}
+
+
+def model(kind: str, pre_norm: bool = True, seed: int = 0) -> Transformer:
+    cfg = dataclasses.replace(MODEL_PRESETS["tiny"], vocab_size=40, pre_norm=pre_norm)
+    torch.manual_seed(seed)
+    m = Transformer(cfg)
+    with torch.no_grad():  # hypotheses of different lengths
+        m.embed_tokens.weight[EOS] *= 3
+    for config, scope in KINDS[kind]:
+        compress(m, config, scope)
+    return to_inference(m).eval()
+
+
+def sources(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, 40, (n, 7), generator=g)
+    for i in range(n):
+        src[i, 3 + i % 4:] = PAD
+        src[i, 2 + i % 4] = EOS
+    return src
+
+
+@pytest.fixture(autouse=True)
+def kernels():
+    if native.library() is None:
+        pytest.skip("no native kernels on this machine (the PyTorch path is tested everywhere else)")
+
+
+@pytest.mark.parametrize("pre_norm", [True, False])
+@pytest.mark.parametrize("kind", KINDS)
+def test_native_steps_give_the_logits_of_the_pytorch_steps(kind, pre_norm):
+    m = model(kind, pre_norm)
+    decoder = native_decoder(m)
+    assert decoder is not None
+    n, beams, steps = 3, 4, 7
+    src = sources(n)
+    memory, mask = m.encode(src)
+    session = decoder.start(m, memory, mask, beams, capacity=steps)
+    cache = [{} for _ in m.decoder.layers]
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(4, 40, (n * beams, steps), generator=g)
+    alive, parent = torch.arange(n), None
+    for t in range(steps):
+        native_logits = session.step(tokens[:, t], t, parent, alive)
+        logits = m.decode(tokens[:, t:t + 1], memory, mask, cache, start=t)[:, -1]
+        torch.testing.assert_close(native_logits, logits, rtol=1e-4, atol=1e-5)
+        # beams reorder at random; after step 3 the middle sentence leaves the batch
+        parent = torch.randint(0, len(tokens), (len(tokens),), generator=g)
+        keep = torch.tensor([0, 2]) if t == 3 else torch.arange(len(alive))
+        keep_rows = (keep[:, None] * beams + torch.arange(beams)).view(-1)
+        parent = parent[keep_rows]
+        for layer in cache:
+            layer["self_k"], layer["self_v"] = layer["self_k"][parent], layer["self_v"][parent]
+            layer["cross_k"], layer["cross_v"] = layer["cross_k"][keep], layer["cross_v"][keep]
+        tokens, alive, memory, mask = tokens[keep_rows], alive[keep], memory[keep], mask[keep]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_native_search_translates_as_the_pytorch_search(kind):
+    m = model(kind, seed=2)
+    cfg = SearchConfig(beam_size=5)
+    for batch in (sources(1, seed=3), sources(3, seed=4), sources(2, seed=5)):
+        assert _native_session(m, *m.encode(batch), 5, 9) is not None  # the native path is what runs
+        assert beam_search(m, batch, cfg) == beam_search(m, batch, cfg, native=False)
+
+
+def test_batches_beyond_its_rows_and_unserved_models_use_the_pytorch_path():
+    m = model("4-bit + embeddings")
+    many = sources(MAX_ROWS // 5 + 1)
+    assert _native_session(m, *m.encode(many), 5, 9) is None
+    assert beam_search(m, many, SearchConfig(beam_size=5)) == beam_search(m, many, SearchConfig(beam_size=5), native=False)
+
+    m.decoder.layers[0].self_attn.prob_transform = lambda p: p  # the attention analysis's hook
+    assert native_decoder(m) is None
+    m.decoder.layers[0].self_attn.prob_transform = None
+    assert native_decoder(m) is not None
+
+    training_form = Transformer(dataclasses.replace(MODEL_PRESETS["tiny"], vocab_size=40))
+    compress(training_form, KMeansConfig(4), "all")  # compressed layers compute their weight per call
+    assert native_decoder(training_form.eval()) is None
+    assert native_decoder(training_form.train()) is None
+
+
+def test_a_model_that_decoded_natively_can_still_be_copied():
+    m = model("4-bit + embeddings")
+    beam_search(m, sources(1), SearchConfig(beam_size=2))
+    assert native_decoder(m) is not None
+    twin = copy.deepcopy(m)  # what compressing a copy of a model does
+    assert beam_search(twin, sources(2), SearchConfig(beam_size=2)) == beam_search(m, sources(2), SearchConfig(beam_size=2))
+
+
+def test_a_changed_weight_is_seen_by_the_next_search():
+    m = model("fp32")
+    src = sources(1)
+    before = native_decoder(m)
+    with torch.no_grad():
+        m.decoder.layers[1].ffn.fc2.weight.mul_(-3)  # in place: the same tensor, a new version
+    after = native_decoder(m)
+    assert after is not before
+    memory, mask = m.encode(src)
+    logits = after.start(m, memory, mask, 1, 2).step(torch.tensor([4]), 0, None, torch.arange(1))
+    torch.testing.assert_close(logits, m.decode(torch.tensor([[4]]), memory, mask)[:, -1], rtol=1e-4, atol=1e-5)
