@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from shrinkformer.compress import BinaryConfig, KMeansConfig, PruneConfig, compress, native, to_inference
-from shrinkformer.compress.decoder_step import MAX_ROWS, native_decoder
+from shrinkformer.compress.decoder_step import MAX_ROWS_WITHOUT_BLAS, native_decoder
 from shrinkformer.model import MODEL_PRESETS, SearchConfig, Transformer, beam_search
 from shrinkformer.model.search import _native_session
 from shrinkformer.model.transformer import EOS, PAD
@@ -48,13 +48,16 @@ def kernels():
         pytest.skip("no native kernels on this machine (the PyTorch path is tested everywhere else)")
 
 
+@pytest.mark.parametrize("n", [3, 17])  # 17 sentences x 4 beams: every kind's products go through BLAS
 @pytest.mark.parametrize("pre_norm", [True, False])
 @pytest.mark.parametrize("kind", KINDS)
-def test_native_steps_give_the_logits_of_the_pytorch_steps(kind, pre_norm):
+def test_native_steps_give_the_logits_of_the_pytorch_steps(kind, pre_norm, n):
+    if n > 3 and not native.has_blas():
+        pytest.skip("torch exports no BLAS sgemm here: every product goes through the kernels")
     m = model(kind, pre_norm)
     decoder = native_decoder(m)
     assert decoder is not None
-    n, beams, steps = 3, 4, 7
+    beams, steps = 4, 7
     src = sources(n)
     memory, mask = m.encode(src)
     session = decoder.start(m, memory, mask, beams, capacity=steps)
@@ -68,7 +71,7 @@ def test_native_steps_give_the_logits_of_the_pytorch_steps(kind, pre_norm):
         torch.testing.assert_close(native_logits, logits, rtol=1e-4, atol=1e-5)
         # beams reorder at random; after step 3 the middle sentence leaves the batch
         parent = torch.randint(0, len(tokens), (len(tokens),), generator=g)
-        keep = torch.tensor([0, 2]) if t == 3 else torch.arange(len(alive))
+        keep = torch.tensor([i for i in range(len(alive)) if i != 1 or t != 3])
         keep_rows = (keep[:, None] * beams + torch.arange(beams)).view(-1)
         parent = parent[keep_rows]
         for layer in cache:
@@ -81,17 +84,31 @@ def test_native_steps_give_the_logits_of_the_pytorch_steps(kind, pre_norm):
 def test_native_search_translates_as_the_pytorch_search(kind):
     m = model(kind, seed=2)
     cfg = SearchConfig(beam_size=5)
-    for batch in (sources(1, seed=3), sources(3, seed=4), sources(2, seed=5)):
+    for batch in (sources(1, seed=3), sources(3, seed=4), sources(2, seed=5), sources(12, seed=6)):
         assert _native_session(m, *m.encode(batch), 5, 9) is not None  # the native path is what runs
         assert beam_search(m, batch, cfg) == beam_search(m, batch, cfg, native=False)
 
 
-def test_batches_beyond_its_rows_and_unserved_models_use_the_pytorch_path():
+def test_without_blas_only_small_batches_run_natively(monkeypatch):
     m = model("4-bit + embeddings")
-    many = sources(MAX_ROWS // 5 + 1)
-    assert _native_session(m, *m.encode(many), 5, 9) is None
-    assert beam_search(m, many, SearchConfig(beam_size=5)) == beam_search(m, many, SearchConfig(beam_size=5), native=False)
+    many = sources(MAX_ROWS_WITHOUT_BLAS // 5 + 1)
+    if native.has_blas():
+        assert _native_session(m, *m.encode(many), 5, 9) is not None  # large products go to BLAS
+    monkeypatch.setattr(native, "_blas_sgemm", lambda: None)
+    native.reset()
+    try:
+        assert not native.has_blas()
+        assert _native_session(m, *m.encode(many), 5, 9) is None
+        assert _native_session(m, *m.encode(sources(3)), 5, 9) is not None
+        assert beam_search(m, many, SearchConfig(beam_size=5)) == beam_search(m, many, SearchConfig(beam_size=5),
+                                                                               native=False)
+    finally:
+        monkeypatch.undo()
+        native.reset()
 
+
+def test_models_it_cannot_serve_use_the_pytorch_path():
+    m = model("4-bit + embeddings")
     m.decoder.layers[0].self_attn.prob_transform = lambda p: p  # the attention analysis's hook
     assert native_decoder(m) is None
     m.decoder.layers[0].self_attn.prob_transform = None

@@ -1,7 +1,8 @@
-"""A whole decoding step in one native call (``csrc/decoder_step.c``), for beam search at batch
-sizes where a step is a few small products and the PyTorch operators around them cost more than
-the products themselves (batch 1: a decoding step was about 150 operator dispatches for a few
-hundred microseconds of packed kernels).
+"""A whole decoding step in one native call (``csrc/decoder_step.c``). At batch 1 a step is a few
+small products, and the PyTorch operators around them cost more than the products themselves
+(about 150 operator dispatches for a few hundred microseconds of packed kernels); at batches of
+many beams the products go to the same BLAS the PyTorch path uses, and the step still saves the
+dispatches, the cache copies (beams reorder through an ancestry table) and per-beam memory.
 
 It serves a ``Transformer`` in eval mode whose decoder projections and output projection all have
 a native kernel: packed layers of the kinds ``native.py`` serves, and uncompressed fp32 layers.
@@ -22,9 +23,14 @@ from torch import Tensor, nn
 from . import native
 from .inference import PackedEmbedding, PackedLinear
 
-# Rows (beams x sentences) up to which a native step wins: beyond, the PyTorch path's batched BLAS
-# products win (the layer kernels' own crossover, native.MAX_ROWS).
-MAX_ROWS = native.MAX_ROWS
+# Rows (beams x sentences) up to which a native step runs when it cannot hand large products to
+# BLAS: beyond, the PyTorch path's batched BLAS products win (the layer kernels' own crossover).
+MAX_ROWS_WITHOUT_BLAS = native.MAX_ROWS
+
+
+def max_rows() -> int | None:
+    """The most rows a native step takes (None: any), where it can run at all."""
+    return None if native.has_blas() else MAX_ROWS_WITHOUT_BLAS
 
 _PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
                 "cross_attn.q_proj", "cross_attn.out_proj", "ffn.fc1", "ffn.fc2")  # decoder_step.c's order
@@ -34,7 +40,7 @@ _NORMS = ("self_attn_norm", "cross_attn_norm", "ffn_norm")
 class _DecoderLayer(ctypes.Structure):
     _fields_ = [("proj", ctypes.c_void_p * 8), ("bias", ctypes.c_void_p * 8),
                 ("norm_weight", ctypes.c_void_p * 3), ("norm_bias", ctypes.c_void_p * 3),
-                ("self_k", ctypes.c_void_p * 2), ("self_v", ctypes.c_void_p * 2),
+                ("self_k", ctypes.c_void_p), ("self_v", ctypes.c_void_p),
                 ("cross_k", ctypes.c_void_p), ("cross_v", ctypes.c_void_p)]
 
 
@@ -43,7 +49,7 @@ class _Decoder(ctypes.Structure):
                 ("ffn", ctypes.c_int64), ("vocab", ctypes.c_int64), ("capacity", ctypes.c_int64),
                 ("S", ctypes.c_int64), ("pre_norm", ctypes.c_int64), ("eps", ctypes.c_float),
                 ("layer", ctypes.c_void_p), ("final_weight", ctypes.c_void_p), ("final_bias", ctypes.c_void_p),
-                ("out", ctypes.c_void_p), ("key_padding", ctypes.c_void_p)]
+                ("out", ctypes.c_void_p), ("key_padding", ctypes.c_void_p), ("ancestry", ctypes.c_void_p)]
 
 
 def _descriptor(module: nn.Module) -> tuple[Any, list[Tensor]] | None:
@@ -77,7 +83,8 @@ class NativeDecoder:
 
 class NativeSearch:
     """One batch's decoding state: the encoder's keys/values per decoder layer (one row per
-    sentence) and two self-attention caches per layer (see decoder_step.c)."""
+    sentence), the self-attention keys/values per layer and the ancestry table that finds each
+    row's prefix in them (see decoder_step.c)."""
 
     def __init__(self, decoder: NativeDecoder, model: nn.Module, memory: Tensor, src_mask: Tensor, beams: int,
                  capacity: int) -> None:
@@ -88,11 +95,12 @@ class NativeSearch:
         self.decoder, self.beams, self.capacity = decoder, beams, capacity
         self._keep: list[Tensor] = [memory]
         self.key_padding = src_mask.to(torch.uint8).contiguous()
+        self.ancestry = torch.empty(rows, capacity, dtype=torch.int32)
         structs = (_DecoderLayer * cfg.decoder_layers)()
         for i, (layer, (descriptors, tensors)) in enumerate(zip(model.decoder.layers, decoder._layers)):
             cross_k = layer.cross_attn.k_proj(memory).contiguous()
             cross_v = layer.cross_attn.v_proj(memory).contiguous()
-            cache_k, cache_v = torch.empty(2, rows, capacity, C), torch.empty(2, rows, capacity, C)
+            cache_k, cache_v = torch.empty(rows, capacity, C), torch.empty(rows, capacity, C)
             self._keep += [cross_k, cross_v, cache_k, cache_v]
             s = structs[i]
             for j, d in enumerate(descriptors):
@@ -102,8 +110,7 @@ class NativeSearch:
                 s.bias[j] = _address(b)
             for j in range(3):
                 s.norm_weight[j], s.norm_bias[j] = _address(norms[2 * j]), _address(norms[2 * j + 1])
-            s.self_k[0], s.self_k[1] = cache_k[0].data_ptr(), cache_k[1].data_ptr()
-            s.self_v[0], s.self_v[1] = cache_v[0].data_ptr(), cache_v[1].data_ptr()
+            s.self_k, s.self_v = cache_k.data_ptr(), cache_v.data_ptr()
             s.cross_k, s.cross_v = cross_k.data_ptr(), cross_v.data_ptr()
         final = model.decoder.final_norm
         pre_norm = isinstance(final, nn.LayerNorm)
@@ -111,8 +118,9 @@ class NativeSearch:
                                int(pre_norm), model.decoder.layers[0].self_attn_norm.eps, ctypes.addressof(structs),
                                _address(final.weight) if pre_norm else None,
                                _address(final.bias) if pre_norm else None,
-                               ctypes.addressof(decoder._out), self.key_padding.data_ptr())
+                               ctypes.addressof(decoder._out), self.key_padding.data_ptr(), self.ancestry.data_ptr())
         self._structs = structs
+        self.scratch = torch.empty(native.library().decoder_step_scratch(ctypes.addressof(self.struct), rows))
 
     def step(self, last: Tensor, t: int, parent: Tensor | None, sentences: Tensor) -> Tensor:
         """Logits (M, vocab) for the newest tokens ``last`` (M,) at position t. ``parent`` (M,): the
@@ -124,10 +132,8 @@ class NativeSearch:
         logits = torch.empty(len(last), self.decoder.cfg.vocab_size)
         parent = None if parent is None else parent.to(torch.int64).contiguous()
         sentences = sentences.to(torch.int64).contiguous()
-        status = native.library().decoder_step(ctypes.addressof(self.struct), x.data_ptr(), len(last), self.beams, t,
-                                               _address(parent), sentences.data_ptr(), logits.data_ptr())
-        if status != 0:
-            raise MemoryError("decoder_step: out of memory")
+        native.library().decoder_step(ctypes.addressof(self.struct), x.data_ptr(), len(last), self.beams, t,
+                                      _address(parent), sentences.data_ptr(), logits.data_ptr(), self.scratch.data_ptr())
         return logits
 
 

@@ -35,6 +35,7 @@ OPENMP_FLAG = "-fopenmp"
 MAX_ROWS = 16
 MAX_MASKED_ROWS = 8
 MAX_1BIT_ROWS = 64  # the 1-bit kernel's tables serve 8 rows of x per pass at a fraction of fp32's cost
+MAX_DENSE_ROWS = 8  # the fp32 kernel (a decoding step's uncompressed layers): one pass over W for 8 rows
 PARALLEL_FROM = 1 << 22  # weights per call from which a build without OpenMP splits rows across a thread pool
 
 _library: ctypes.CDLL | None = None
@@ -122,9 +123,14 @@ def library() -> ctypes.CDLL | None:
             lib.masked_dequant.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
             lib.packed_layer_matmul_t.restype = None
             lib.packed_layer_matmul_t.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
-            lib.decoder_step.restype = ctypes.c_int
+            lib.decoder_step.restype = None
             lib.decoder_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                                         ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+                                         ctypes.c_int64] + [ctypes.c_void_p] * 4
+            lib.decoder_step_scratch.restype = ctypes.c_int64
+            lib.decoder_step_scratch.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+            lib.decoder_step_configure.restype = None
+            lib.decoder_step_configure.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4
+            lib.decoder_step_configure(_blas_sgemm(), MAX_ROWS, MAX_1BIT_ROWS, MAX_MASKED_ROWS, MAX_DENSE_ROWS)
             lib.packed_kernels_init()
             _library = lib
         except (OSError, subprocess.SubprocessError, AttributeError) as err:
@@ -133,6 +139,21 @@ def library() -> ctypes.CDLL | None:
         warnings.warn(f"packed layers run on the pure-PyTorch tile path, slower than the native kernels: {reason}",
                       RuntimeWarning, stacklevel=3)
     return _library
+
+
+def _blas_sgemm() -> int | None:
+    """The address of the BLAS sgemm torch links (MKL on x86 wheels), for the decoding step's
+    large products; None where torch's library does not export one."""
+    try:
+        lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))  # already loaded: its handle
+        return ctypes.cast(lib.sgemm_, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+
+
+def has_blas() -> bool:
+    """Whether the loaded kernels can hand large products to BLAS (see ``_blas_sgemm``)."""
+    return library() is not None and _blas_sgemm() is not None
 
 
 _generation = 0  # moves on each reset(): kernels bound to a layer before it are bound again (read per call)

@@ -35,8 +35,8 @@ class SearchConfig:
 def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfig(),
                 use_cache: bool = True, native: bool = True) -> list[list[int]]:
     """Translate a padded batch of source ids (B, S); returns the best hypothesis per sentence
-    as token ids without BOS/EOS. ``native``: each step in one native call where the model and the
-    batch allow it (``compress/decoder_step.py``), the same search over the same arithmetic."""
+    as token ids without BOS/EOS. ``native``: each step in one native call where the model allows
+    it (``compress/decoder_step.py``), the same search over the same arithmetic."""
     model.eval()
     n_sent, k = src.shape[0], cfg.beam_size
     memory, src_mask = model.encode(src)
@@ -110,9 +110,9 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
 
 
 def _native_session(model: Transformer, memory: Tensor, src_mask: Tensor, beams: int, capacity: int) -> object | None:
-    from ..compress.decoder_step import MAX_ROWS, native_decoder  # the runtime side; the model does not need it
+    from ..compress.decoder_step import max_rows, native_decoder  # the runtime side; the model does not need it
 
-    if memory.shape[0] * beams > MAX_ROWS or not memory.is_cpu:
+    if not memory.is_cpu or memory.shape[0] * beams > (max_rows() or memory.shape[0] * beams):
         return None
     decoder = native_decoder(model)
     return None if decoder is None else decoder.start(model, memory, src_mask, beams, capacity)

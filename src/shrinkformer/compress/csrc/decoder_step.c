@@ -8,11 +8,17 @@
    longer than the arithmetic. The search itself (scores, top-k, finished hypotheses) stays in
    Python: it is a handful of operators per step.
 
-   Self-attention caches are two buffers per layer, (rows, capacity, C) each, used alternately:
-   step t reads positions < t from the buffer step t - 1 wrote, row parent[m] for row m (the beam
-   it continues), and writes positions <= t into the other. That is the beam reordering, done as
-   the copy a concatenation would have cost anyway. Cross-attention keys/values are one row per
-   sentence (sentence[m / beams]), never copied per beam.
+   Self-attention keys/values are written once, at (row m, position t) of one buffer per layer,
+   and never move: beams reorder and sentences leave the batch, so row m's history is found through
+   an ancestry table, ancestry[m][j] = the buffer row that holds position j of row m's prefix
+   (parent[m]'s entry, one step on). A reorder costs M * t integers, where copying the caches (as a
+   gather or a concatenation does) cost M * t * C floats per layer, twice. Cross-attention
+   keys/values are one row per sentence (sentence[m / beams]), never copied per beam.
+
+   Products: each layer's kernel up to the rows it pays for; beyond (batches of many beams) a
+   dequantized tile of W at a time and the sgemm torch links (its address set by
+   decoder_step_configure), so a large batch keeps BLAS's speed and loses only the operator
+   dispatches. Without an sgemm every product goes through the kernels.
 
    Arithmetic follows the PyTorch modules (LayerNorm with biased variance, softmax(q.k / sqrt(D)),
    ReLU); sums run in a different order, so results agree to rounding, not bit for bit. */
@@ -31,7 +37,7 @@ typedef struct {
     const packed_layer *proj[PROJECTIONS];
     const float *bias[PROJECTIONS]; /* NULL: no bias */
     const float *norm_weight[NORMS], *norm_bias[NORMS];
-    float *self_k[2], *self_v[2];     /* (rows, capacity, C) */
+    float *self_k, *self_v;           /* (rows, capacity, C): position j of buffer row r */
     const float *cross_k, *cross_v;   /* (sentences, S, C) */
 } decoder_layer;
 
@@ -42,9 +48,61 @@ typedef struct {
     const float *final_weight, *final_bias; /* NULL: no final norm (post-norm models) */
     const packed_layer *out;
     const uint8_t *key_padding;             /* (sentences, S): 1 where the source is padding */
+    int32_t *ancestry;                      /* (rows, capacity), see above; updated by each step */
 } decoder_desc;
 
+/* Fortran BLAS sgemm, as torch's MKL (or OpenBLAS) exports it. */
+typedef void (*sgemm_fn)(const char *ta, const char *tb, const int *m, const int *n, const int *k, const float *alpha,
+                         const float *a, const int *lda, const float *b, const int *ldb, const float *beta, float *c,
+                         const int *ldc);
+static sgemm_fn sgemm;
+static int64_t kernel_rows[5]; /* per LAYER_* kind: the most rows of x its kernel takes before BLAS wins */
+#define TILE_FLOATS (1 << 18)  /* a dequantized tile: 1 MiB, as the PyTorch tile path */
+
+void lut_dequant(const uint8_t *w, int bits, int64_t start, int64_t count, const float *codebook, float *out);
+void masked_dequant(const packed_layer *L, int64_t r0, int64_t r1, float *out);
+
+void decoder_step_configure(void *blas_sgemm, int64_t lut4_rows, int64_t bin1_rows, int64_t pruned_rows,
+                            int64_t dense_rows) {
+    sgemm = (sgemm_fn)blas_sgemm;
+    kernel_rows[LAYER_LUT4] = lut4_rows;
+    kernel_rows[LAYER_BIN1] = bin1_rows;
+    kernel_rows[LAYER_SPARSE] = kernel_rows[LAYER_SPARSE_LUT4] = pruned_rows;
+    kernel_rows[LAYER_DENSE] = dense_rows;
+}
+
+/* y (M, N) = x (M, K) @ W.T + bias: the layer's kernel, or tiles of W through sgemm. */
+static void project(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y, float *tile) {
+    if (!sgemm || M <= kernel_rows[L->kind]) {
+        packed_layer_matmul_t(L, x, M, bias, y);
+        return;
+    }
+    int64_t N = L->rows, K = L->cols, step = L->kind == LAYER_DENSE ? N : (TILE_FLOATS / K > 0 ? TILE_FLOATS / K : 1);
+    int m = (int)M, k = (int)K, ldc = (int)N;
+    float one = 1.0f, zero = 0.0f;
+    for (int64_t n0 = 0; n0 < N; n0 += step) {
+        int64_t n1 = n0 + step < N ? n0 + step : N;
+        const float *w = tile;
+        if (L->kind == LAYER_DENSE) w = L->values + n0 * K;
+        else if (L->kind == LAYER_LUT4 || L->kind == LAYER_BIN1) lut_dequant(L->index, (int)L->bits, n0 * K, (n1 - n0) * K, L->codebook, tile);
+        else masked_dequant(L, n0, n1, tile);
+        int n = (int)(n1 - n0);
+        /* column-major: Y.T (n, M) = W_tile (K, n).T @ X.T (K, M), Y.T's columns N apart */
+        sgemm("T", "N", &n, &m, &k, &one, w, &k, x, &k, &zero, y + n0, &ldc);
+    }
+    if (bias)
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t n = 0; n < N; n++) y[i * N + n] += bias[n];
+}
+
+#ifdef _OPENMP
+#define PARALLEL_OVER_ROWS(M) _Pragma("omp parallel for schedule(static) if(M >= 8)")
+#else
+#define PARALLEL_OVER_ROWS(M)
+#endif
+
 static void layer_norm(const float *x, int64_t M, int64_t C, const float *w, const float *b, float eps, float *y) {
+    PARALLEL_OVER_ROWS(M)
     for (int64_t m = 0; m < M; m++) {
         const float *r = x + m * C;
         double mean = 0, var = 0;
@@ -67,6 +125,11 @@ static inline float dot(const float *a, const float *b, int64_t n) {
     return s;
 }
 
+/* Self-attention of one row and head over positions 0..n-1 of its prefix: position j's key and
+   value live in buffer row rows[j] (the ancestry), `cap` positions of `stride` floats per row. */
+static void attend_prefix(const float *q, const float *k, const float *v, const int32_t *rows, int64_t n, int64_t cap,
+                          int64_t stride, int64_t D, float scale, float *scores, float *out);
+
 /* out (D) = softmax over keys j < n (skipping skip[j] != 0) of q.k_j * scale, times v_j. Keys and
    values are rows `stride` floats apart. */
 static void attend(const float *q, const float *k, const float *v, int64_t n, int64_t stride, int64_t D,
@@ -88,8 +151,25 @@ static void attend(const float *q, const float *k, const float *v, int64_t n, in
     }
 }
 
-static void linear(const decoder_layer *L, int which, const float *x, int64_t M, float *y) {
-    packed_layer_matmul_t(L->proj[which], x, M, L->bias[which], y);
+static void attend_prefix(const float *q, const float *k, const float *v, const int32_t *rows, int64_t n, int64_t cap,
+                          int64_t stride, int64_t D, float scale, float *scores, float *out) {
+    float best = -INFINITY;
+    for (int64_t j = 0; j < n; j++) {
+        scores[j] = dot(q, k + (rows[j] * cap + j) * stride, D) * scale;
+        if (scores[j] > best) best = scores[j];
+    }
+    float total = 0;
+    for (int64_t j = 0; j < n; j++) total += scores[j] = expf(scores[j] - best);
+    memset(out, 0, sizeof(float) * D);
+    for (int64_t j = 0; j < n; j++) {
+        float p = scores[j] / total;
+        const float *vj = v + (rows[j] * cap + j) * stride;
+        for (int64_t d = 0; d < D; d++) out[d] += p * vj[d];
+    }
+}
+
+static void linear(const decoder_layer *L, int which, const float *x, int64_t M, float *y, float *tile) {
+    project(L->proj[which], x, M, L->bias[which], y, tile);
 }
 
 /* x (M, C) <- x + f, then the post-norm models' norm. */
@@ -106,56 +186,69 @@ static const float *block_input(const decoder_desc *D, const decoder_layer *L, i
     return h;
 }
 
-/* x (M, C): the embedded tokens at position t, overwritten. parent (M) or NULL at t = 0;
-   sentence (M / beams): the memory row of each group of beams. logits (M, vocab). Returns 0, or -1
-   when scratch memory could not be had. */
-int decoder_step(const decoder_desc *D, float *x, int64_t M, int64_t beams, int64_t t, const int64_t *parent,
-                 const int64_t *sentence, float *logits) {
+/* Floats of scratch a step over M rows needs (decoder_step's last argument): the caller keeps
+   one buffer for a whole search, since a fresh one each step paid its page faults every step. */
+int64_t decoder_step_scratch(const decoder_desc *D, int64_t M) {
+    int64_t longest = D->capacity > D->S ? D->capacity : D->S;
+    int64_t tile_floats = sgemm ? TILE_FLOATS + D->C * D->ffn : 0; /* a tile, or a whole fp32 layer's rows */
+    return M * (6 * D->C + D->ffn + longest) + tile_floats + M * D->capacity; /* ..., and the ancestry's copy */
+}
+
+/* x (M, C): the embedded tokens at position t, overwritten. parent (M): the row of step t - 1 that
+   row m continues (ignored at t = 0); sentence (M / beams): the memory row of each group of beams.
+   logits (M, vocab); work: decoder_step_scratch(D, M) floats. */
+void decoder_step(const decoder_desc *D, float *x, int64_t M, int64_t beams, int64_t t, const int64_t *parent,
+                  const int64_t *sentence, float *logits, float *work) {
     int64_t C = D->C, H = D->heads, Dh = C / H, cap = D->capacity, S = D->S;
-    int64_t longest = (t + 1 > S ? t + 1 : S);
-    float *work = malloc(sizeof(float) * (M * (6 * C + D->ffn) + longest));
-    if (!work) return -1;
+    int64_t longest = cap > S ? cap : S;
     float *h = work, *q = h + M * C, *k = q + M * C, *v = k + M * C, *a = v + M * C, *f = a + M * C,
-          *ff = f + M * C, *scores = ff + M * D->ffn;
+          *ff = f + M * C, *scores = ff + M * D->ffn, *tile = scores + M * longest;
+    int32_t *before = (int32_t *)(tile + (sgemm ? TILE_FLOATS + C * D->ffn : 0));
     float scale = 1.0f / sqrtf((float)Dh);
-    int now = (int)(t & 1), before = 1 - now;
+
+    /* row m's prefix is parent[m]'s, and its position t is its own row */
+    int32_t *anc = D->ancestry;
+    for (int64_t m = 0; m < M && t > 0; m++) memcpy(before + m * t, anc + parent[m] * cap, sizeof(int32_t) * t);
+    for (int64_t m = 0; m < M; m++) {
+        if (t > 0) memcpy(anc + m * cap, before + m * t, sizeof(int32_t) * t);
+        anc[m * cap + t] = (int32_t)m;
+    }
 
     for (int64_t l = 0; l < D->layers; l++) {
         const decoder_layer *L = &D->layer[l];
         const float *in = block_input(D, L, SELF_NORM, x, M, h);
-        linear(L, SELF_Q, in, M, q);
-        linear(L, SELF_K, in, M, k);
-        linear(L, SELF_V, in, M, v);
-        float *ck = L->self_k[now], *cv = L->self_v[now];
+        linear(L, SELF_Q, in, M, q, tile);
+        linear(L, SELF_K, in, M, k, tile);
+        linear(L, SELF_V, in, M, v, tile);
+        float *ck = L->self_k, *cv = L->self_v;
         for (int64_t m = 0; m < M; m++) {
-            if (t > 0) { /* the prefix of the beam this row continues */
-                memcpy(ck + m * cap * C, L->self_k[before] + parent[m] * cap * C, sizeof(float) * t * C);
-                memcpy(cv + m * cap * C, L->self_v[before] + parent[m] * cap * C, sizeof(float) * t * C);
-            }
             memcpy(ck + (m * cap + t) * C, k + m * C, sizeof(float) * C);
             memcpy(cv + (m * cap + t) * C, v + m * C, sizeof(float) * C);
-            for (int64_t hd = 0; hd < H; hd++)
-                attend(q + m * C + hd * Dh, ck + m * cap * C + hd * Dh, cv + m * cap * C + hd * Dh, t + 1, C, Dh,
-                       NULL, scale, scores, a + m * C + hd * Dh);
         }
-        linear(L, SELF_OUT, a, M, f);
+        PARALLEL_OVER_ROWS(M)
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t hd = 0; hd < H; hd++)
+                attend_prefix(q + m * C + hd * Dh, ck + hd * Dh, cv + hd * Dh, anc + m * cap, t + 1, cap, C, Dh, scale,
+                              scores + m * longest, a + m * C + hd * Dh);
+        linear(L, SELF_OUT, a, M, f, tile);
         residual(D, L, SELF_NORM, x, f, M);
 
         in = block_input(D, L, CROSS_NORM, x, M, h);
-        linear(L, CROSS_Q, in, M, q);
+        linear(L, CROSS_Q, in, M, q, tile);
+        PARALLEL_OVER_ROWS(M)
         for (int64_t m = 0; m < M; m++) {
             int64_t s = sentence[m / beams];
             for (int64_t hd = 0; hd < H; hd++)
                 attend(q + m * C + hd * Dh, L->cross_k + s * S * C + hd * Dh, L->cross_v + s * S * C + hd * Dh, S, C,
-                       Dh, D->key_padding + s * S, scale, scores, a + m * C + hd * Dh);
+                       Dh, D->key_padding + s * S, scale, scores + m * longest, a + m * C + hd * Dh);
         }
-        linear(L, CROSS_OUT, a, M, f);
+        linear(L, CROSS_OUT, a, M, f, tile);
         residual(D, L, CROSS_NORM, x, f, M);
 
         in = block_input(D, L, FFN_NORM, x, M, h);
-        linear(L, FC1, in, M, ff);
+        linear(L, FC1, in, M, ff, tile);
         for (int64_t i = 0; i < M * D->ffn; i++) ff[i] = ff[i] > 0.0f ? ff[i] : 0.0f;
-        linear(L, FC2, ff, M, f);
+        linear(L, FC2, ff, M, f, tile);
         residual(D, L, FFN_NORM, x, f, M);
     }
     const float *in = x;
@@ -163,7 +256,5 @@ int decoder_step(const decoder_desc *D, float *x, int64_t M, int64_t beams, int6
         layer_norm(x, M, C, D->final_weight, D->final_bias, D->eps, h);
         in = h;
     }
-    packed_layer_matmul_t(D->out, in, M, NULL, logits);
-    free(work);
-    return 0;
+    project(D->out, in, M, NULL, logits, tile);
 }
