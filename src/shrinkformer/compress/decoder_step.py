@@ -14,6 +14,7 @@ results up to float rounding.
 from __future__ import annotations
 
 import ctypes
+import math
 import weakref
 from typing import Any
 
@@ -49,7 +50,8 @@ class _Decoder(ctypes.Structure):
                 ("ffn", ctypes.c_int64), ("vocab", ctypes.c_int64), ("capacity", ctypes.c_int64),
                 ("S", ctypes.c_int64), ("pre_norm", ctypes.c_int64), ("eps", ctypes.c_float),
                 ("layer", ctypes.c_void_p), ("final_weight", ctypes.c_void_p), ("final_bias", ctypes.c_void_p),
-                ("out", ctypes.c_void_p), ("key_padding", ctypes.c_void_p), ("ancestry", ctypes.c_void_p)]
+                ("out", ctypes.c_void_p), ("embed", ctypes.c_void_p), ("positions", ctypes.c_void_p),
+                ("embed_scale", ctypes.c_float), ("key_padding", ctypes.c_void_p), ("ancestry", ctypes.c_void_p)]
 
 
 def _descriptor(module: nn.Module) -> tuple[Any, list[Tensor]] | None:
@@ -71,10 +73,10 @@ class NativeDecoder:
     """The decoder's weights as C descriptors, built once per model (and again when a weight
     changes); ``start`` opens a search over one batch of sources."""
 
-    def __init__(self, model: nn.Module, layers: list[tuple[list[Any], list[Tensor | None]]], out: Any,
+    def __init__(self, model: nn.Module, layers: list[tuple[list[Any], list[Tensor | None]]], out: Any, embed: Any,
                  held: list[Tensor]) -> None:
         self.cfg = model.cfg  # not the model: the cache below is keyed by it and must not keep it alive
-        self._layers, self._out, self._held = layers, out, held
+        self._layers, self._out, self._embed, self._held = layers, out, embed, held
         self.fingerprint = _fingerprint(model)
 
     def start(self, model: nn.Module, memory: Tensor, src_mask: Tensor, beams: int, capacity: int) -> "NativeSearch":
@@ -118,7 +120,9 @@ class NativeSearch:
                                int(pre_norm), model.decoder.layers[0].self_attn_norm.eps, ctypes.addressof(structs),
                                _address(final.weight) if pre_norm else None,
                                _address(final.bias) if pre_norm else None,
-                               ctypes.addressof(decoder._out), self.key_padding.data_ptr(), self.ancestry.data_ptr())
+                               ctypes.addressof(decoder._out), ctypes.addressof(decoder._embed),
+                               model.positions.data_ptr(), math.sqrt(C), self.key_padding.data_ptr(),
+                               self.ancestry.data_ptr())
         self._structs = structs
         self.scratch = torch.empty(native.library().decoder_step_scratch(ctypes.addressof(self.struct), rows))
 
@@ -128,11 +132,12 @@ class NativeSearch:
         of each group of beams."""
         if t >= self.capacity:
             raise ValueError(f"step {t} beyond the cache's {self.capacity} positions")
-        x = self.model.embed(last[:, None], start=t).reshape(len(last), -1).contiguous()
+        last = last.to(torch.int64).contiguous()
+        x = torch.empty(len(last), self.decoder.cfg.d_model)
         logits = torch.empty(len(last), self.decoder.cfg.vocab_size)
         parent = None if parent is None else parent.to(torch.int64).contiguous()
         sentences = sentences.to(torch.int64).contiguous()
-        native.library().decoder_step(ctypes.addressof(self.struct), x.data_ptr(), len(last), self.beams, t,
+        native.library().decoder_step(ctypes.addressof(self.struct), last.data_ptr(), x.data_ptr(), len(last), self.beams, t,
                                       _address(parent), sentences.data_ptr(), logits.data_ptr(), self.scratch.data_ptr())
         return logits
 
@@ -200,4 +205,8 @@ def _build(model: nn.Module) -> NativeDecoder | None:
     if out is None:
         return None
     held += out[1]
-    return NativeDecoder(model, layers, out[0], held)
+    embed = _descriptor(model.embed_tokens)
+    if embed is None or model.positions.dtype != torch.float32 or not model.positions.is_contiguous():
+        return None
+    held += embed[1]
+    return NativeDecoder(model, layers, out[0], embed[0], held)

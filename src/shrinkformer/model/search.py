@@ -53,6 +53,11 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
     cache: list[LayerCache] | None = [{} for _ in model.decoder.layers] if use_cache and not session else None
     parent = None  # native steps: the previous step's row each row continues
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n_sent)]
+    # Per step, as few tensor operations as the search allows: at batch 1 each one costs about as
+    # much as its arithmetic, so what only changes when sentences leave is kept between steps.
+    alive_ids, ranks = alive.tolist(), torch.arange(2 * k, device=src.device)
+    offsets = torch.arange(n_sent, device=src.device)[:, None] * k
+    shortest = int(max_len.min())  # no sentence is at its length limit before this step
 
     for step in range(int(max_len.max())):
         if session is not None:
@@ -64,8 +69,8 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
         logp = logits.float().log_softmax(-1)  # (n*k, V)
         del logits  # (n*k, V) buffers are the largest a step holds: one alive at a time keeps peak memory down
         logp[:, PAD] = logp[:, BOS] = float("-inf")
-        at_limit = (max_len[alive] <= step + 1).repeat_interleave(k)
-        if at_limit.any():  # out of length: EOS is the only choice
+        if step + 1 >= shortest:  # out of length: EOS is the only choice
+            at_limit = (max_len[alive] <= step + 1).repeat_interleave(k)
             eos_col = logp[at_limit, EOS].clone()
             logp[at_limit] = float("-inf")
             logp[at_limit, EOS] = eos_col
@@ -75,35 +80,37 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
         # EOS among the best k candidates ends a hypothesis.
         is_eos = top_tok.eq(EOS) & torch.isfinite(top_scores)
         for b, r in is_eos[:, :k].nonzero().tolist():
-            sent = int(alive[b])
+            sent = alive_ids[b]
             if len(finished[sent]) < k:
                 row = b * k + int(top_beam[b, r])
                 hyp = tokens[row, 1:].tolist()
                 finished[sent].append((float(top_scores[b, r]) / (len(hyp) + 1) ** cfg.length_penalty, hyp))
 
         # The best k non-EOS candidates continue.
-        order = (is_eos.long() * 2 * k + torch.arange(2 * k, device=src.device)).argsort(dim=1)[:, :k]
+        order = (is_eos.long() * 2 * k + ranks).argsort(dim=1)[:, :k]
         scores = top_scores.gather(1, order)
-        rows = (top_beam.gather(1, order) + torch.arange(len(alive), device=src.device)[:, None] * k).view(-1)
+        rows = (top_beam.gather(1, order) + offsets).view(-1)
         tokens = torch.cat([tokens[rows], top_tok.gather(1, order).view(-1, 1)], dim=1)
         parent = rows
 
-        done = torch.tensor([len(finished[int(s)]) >= k for s in alive], device=src.device)
-        if done.all():
+        done_ids = [len(finished[s]) >= k for s in alive_ids]
+        if all(done_ids):
             break
-        keep = (~done).nonzero().squeeze(1)
-        keep_rows = (keep[:, None] * k + torch.arange(k, device=src.device)).view(-1)
+        if any(done_ids):  # finished sentences leave the batch
+            keep = torch.tensor([b for b, d in enumerate(done_ids) if not d], device=src.device)
+            keep_rows = (keep[:, None] * k + ranks[:k]).view(-1)
         if cache is not None:
             for layer in cache:
                 # Cross-attention keys are per sentence; only self-attention follows the beams.
                 layer["self_k"], layer["self_v"] = layer["self_k"][rows], layer["self_v"][rows]
-                if not done.any():
-                    continue
-                for name in layer:
-                    layer[name] = layer[name][keep_rows if name.startswith("self") else keep]
-        if done.any():
+                if any(done_ids):
+                    for name in layer:
+                        layer[name] = layer[name][keep_rows if name.startswith("self") else keep]
+        if any(done_ids):
             parent = rows[keep_rows]
             alive, scores, tokens = alive[keep], scores[keep], tokens[keep_rows]
+            alive_ids, offsets = alive.tolist(), offsets[: len(alive)]
+            shortest = int(max_len[alive].min())
             memory, src_mask = memory[keep], src_mask[keep]
 
     return [max(hyps)[1] if hyps else [] for hyps in finished]

@@ -47,6 +47,9 @@ typedef struct {
     const decoder_layer *layer;
     const float *final_weight, *final_bias; /* NULL: no final norm (post-norm models) */
     const packed_layer *out;
+    const packed_layer *embed;              /* the token embedding (rows: tokens), packed or fp32 */
+    const float *positions;                 /* (max_positions, C) sinusoids */
+    float embed_scale;                      /* sqrt(C) */
     const uint8_t *key_padding;             /* (sentences, S): 1 where the source is padding */
     int32_t *ancestry;                      /* (rows, capacity), see above; updated by each step */
 } decoder_desc;
@@ -194,17 +197,31 @@ int64_t decoder_step_scratch(const decoder_desc *D, int64_t M) {
     return M * (6 * D->C + D->ffn + longest) + tile_floats + M * D->capacity; /* ..., and the ancestry's copy */
 }
 
-/* x (M, C): the embedded tokens at position t, overwritten. parent (M): the row of step t - 1 that
+/* One embedding row as fp32 (exactly the stored value: a centroid, or the fp32 weight). */
+static void embedding_row(const packed_layer *E, int64_t r, float *out) {
+    if (E->kind == LAYER_DENSE) memcpy(out, E->values + r * E->cols, sizeof(float) * E->cols);
+    else if (E->kind == LAYER_LUT4 || E->kind == LAYER_BIN1) lut_dequant(E->index, (int)E->bits, r * E->cols, E->cols, E->codebook, out);
+    else masked_dequant(E, r, r + 1, out);
+}
+
+/* tokens (M): the newest token of each row, at position t; parent (M): the row of step t - 1 that
    row m continues (ignored at t = 0); sentence (M / beams): the memory row of each group of beams.
-   logits (M, vocab); work: decoder_step_scratch(D, M) floats. */
-void decoder_step(const decoder_desc *D, float *x, int64_t M, int64_t beams, int64_t t, const int64_t *parent,
-                  const int64_t *sentence, float *logits, float *work) {
+   x: M * C floats the step works in; logits (M, vocab); work: decoder_step_scratch(D, M) floats. */
+void decoder_step(const decoder_desc *D, const int64_t *tokens, float *x, int64_t M, int64_t beams, int64_t t,
+                  const int64_t *parent, const int64_t *sentence, float *logits, float *work) {
     int64_t C = D->C, H = D->heads, Dh = C / H, cap = D->capacity, S = D->S;
     int64_t longest = cap > S ? cap : S;
     float *h = work, *q = h + M * C, *k = q + M * C, *v = k + M * C, *a = v + M * C, *f = a + M * C,
           *ff = f + M * C, *scores = ff + M * D->ffn, *tile = scores + M * longest;
     int32_t *before = (int32_t *)(tile + (sgemm ? TILE_FLOATS + C * D->ffn : 0));
     float scale = 1.0f / sqrtf((float)Dh);
+
+    /* the model's embed(): the token's row times sqrt(C), plus the position's sinusoid (in that
+       order, unfused, as PyTorch rounds it) */
+    for (int64_t m = 0; m < M; m++) {
+        embedding_row(D->embed, tokens[m], x + m * C);
+        for (int64_t c = 0; c < C; c++) x[m * C + c] = x[m * C + c] * D->embed_scale + D->positions[t * C + c];
+    }
 
     /* row m's prefix is parent[m]'s, and its position t is its own row */
     int32_t *anc = D->ancestry;
