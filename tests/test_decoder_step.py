@@ -10,7 +10,7 @@ import torch
 from shrinkformer.compress import BinaryConfig, KMeansConfig, PruneConfig, compress, native, to_inference
 from shrinkformer.compress.decoder_step import MAX_ROWS_WITHOUT_BLAS, native_decoder
 from shrinkformer.model import MODEL_PRESETS, SearchConfig, Transformer, beam_search
-from shrinkformer.model.search import _native_session
+from shrinkformer.model.search import _native_decoder
 from shrinkformer.model.transformer import EOS, PAD
 
 KINDS = {
@@ -85,7 +85,7 @@ def test_native_search_translates_as_the_pytorch_search(kind):
     m = model(kind, seed=2)
     cfg = SearchConfig(beam_size=5)
     for batch in (sources(1, seed=3), sources(3, seed=4), sources(2, seed=5), sources(12, seed=6)):
-        assert _native_session(m, *m.encode(batch), 5, 9) is not None  # the native path is what runs
+        assert _native_decoder(m, batch, 5) is not None  # the native path is what runs
         assert beam_search(m, batch, cfg) == beam_search(m, batch, cfg, native=False)
 
 
@@ -93,13 +93,13 @@ def test_without_blas_only_small_batches_run_natively(monkeypatch):
     m = model("4-bit + embeddings")
     many = sources(MAX_ROWS_WITHOUT_BLAS // 5 + 1)
     if native.has_blas():
-        assert _native_session(m, *m.encode(many), 5, 9) is not None  # large products go to BLAS
+        assert _native_decoder(m, many, 5) is not None  # large products go to BLAS
     monkeypatch.setattr(native, "_blas_sgemm", lambda: None)
     native.reset()
     try:
         assert not native.has_blas()
-        assert _native_session(m, *m.encode(many), 5, 9) is None
-        assert _native_session(m, *m.encode(sources(3)), 5, 9) is not None
+        assert _native_decoder(m, many, 5) is None
+        assert _native_decoder(m, sources(3), 5) is not None
         assert beam_search(m, many, SearchConfig(beam_size=5)) == beam_search(m, many, SearchConfig(beam_size=5),
                                                                                native=False)
     finally:
@@ -139,3 +139,22 @@ def test_a_changed_weight_is_seen_by_the_next_search():
     memory, mask = m.encode(src)
     logits = after.start(m, memory, mask, 1, 2).step(torch.tensor([4]), 0, None, torch.arange(1))
     torch.testing.assert_close(logits, m.decode(torch.tensor([[4]]), memory, mask)[:, -1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 12])  # 7 rows through the kernels; 84 rows through BLAS (where there is one)
+@pytest.mark.parametrize("pre_norm", [True, False])
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_native_encoder_gives_the_memory_of_the_pytorch_encoder(kind, pre_norm, n):
+    m = model(kind, pre_norm)
+    src = sources(n, seed=7)
+    memory, mask = native_decoder(m).encode(m, src, beams=1)
+    expected, expected_mask = m.encode(src)
+    assert torch.equal(mask, expected_mask)
+    real = ~mask  # padding positions are never read (cross-attention masks them)
+    torch.testing.assert_close(memory[real], expected[real], rtol=1e-4, atol=1e-5)
+
+
+def test_large_batches_keep_the_pytorch_encoder():
+    m = model("4-bit + embeddings")
+    assert native_decoder(m).encode(m, sources(4), beams=5) is None  # 20 rows of beams
+    assert native_decoder(m).encode(m, sources(3), beams=5) is not None

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from . import native
+from ..special_tokens import PAD
 from .inference import PackedEmbedding, PackedLinear
 
 # Rows (beams x sentences) up to which a native step runs when it cannot hand large products to
@@ -36,6 +37,10 @@ def max_rows() -> int | None:
 _PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
                 "cross_attn.q_proj", "cross_attn.out_proj", "ffn.fc1", "ffn.fc2")  # decoder_step.c's order
 _NORMS = ("self_attn_norm", "cross_attn_norm", "ffn_norm")
+# the encoder in the same structs: no cross-attention
+_ENCODER_PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                        None, None, "ffn.fc1", "ffn.fc2")
+_ENCODER_NORMS = ("self_attn_norm", None, "ffn_norm")
 
 
 class _DecoderLayer(ctypes.Structure):
@@ -74,10 +79,35 @@ class NativeDecoder:
     changes); ``start`` opens a search over one batch of sources."""
 
     def __init__(self, model: nn.Module, layers: list[tuple[list[Any], list[Tensor | None]]], out: Any, embed: Any,
-                 held: list[Tensor]) -> None:
+                 held: list[Tensor], encoder: list[tuple[list[Any], list[Tensor | None]]] | None) -> None:
         self.cfg = model.cfg  # not the model: the cache below is keyed by it and must not keep it alive
-        self._layers, self._out, self._embed, self._held = layers, out, embed, held
+        self._layers, self._out, self._embed, self._held, self._encoder = layers, out, embed, held, encoder
         self.fingerprint = _fingerprint(model)
+
+    def encode(self, model: nn.Module, src: Tensor, beams: int = 1) -> tuple[Tensor, Tensor] | None:
+        """``model.encode(src)`` in one native call at small batches (at batch 1 the PyTorch encoder
+        was a tenth of a sentence), or None: a larger batch (PyTorch's fused projections and flash
+        attention are left to it: not measured to lose there), or an encoder layer without a kernel."""
+        if self._encoder is None or len(src) * beams > MAX_ROWS_WITHOUT_BLAS:
+            return None
+        n, S = src.shape
+        src_mask = src.eq(PAD)
+        key_padding = src_mask.to(torch.uint8).contiguous()
+        structs = _layer_structs(self._encoder)
+        final = model.encoder.final_norm
+        pre_norm = isinstance(final, nn.LayerNorm)
+        desc = _Decoder(self.cfg.encoder_layers, self.cfg.d_model, self.cfg.n_heads, self.cfg.d_ff, self.cfg.vocab_size,
+                        0, S, int(pre_norm), model.encoder.layers[0].self_attn_norm.eps, ctypes.addressof(structs),
+                        _address(final.weight) if pre_norm else None, _address(final.bias) if pre_norm else None,
+                        None, ctypes.addressof(self._embed), model.positions.data_ptr(), math.sqrt(self.cfg.d_model),
+                        None, None)
+        lib = native.library()
+        memory = torch.empty(n, S, self.cfg.d_model)
+        work = torch.empty(lib.encoder_scratch(ctypes.addressof(desc), n * S))
+        tokens = src.to(torch.int64).contiguous()
+        lib.encoder_forward(ctypes.addressof(desc), tokens.data_ptr(), n, key_padding.data_ptr(), memory.data_ptr(),
+                            work.data_ptr())
+        return memory, src_mask
 
     def start(self, model: nn.Module, memory: Tensor, src_mask: Tensor, beams: int, capacity: int) -> "NativeSearch":
         return NativeSearch(self, model, memory, src_mask, beams, capacity)
@@ -98,20 +128,13 @@ class NativeSearch:
         self._keep: list[Tensor] = [memory]
         self.key_padding = src_mask.to(torch.uint8).contiguous()
         self.ancestry = torch.empty(rows, capacity, dtype=torch.int32)
-        structs = (_DecoderLayer * cfg.decoder_layers)()
-        for i, (layer, (descriptors, tensors)) in enumerate(zip(model.decoder.layers, decoder._layers)):
+        structs = _layer_structs(decoder._layers)
+        for i, layer in enumerate(model.decoder.layers):
             cross_k = layer.cross_attn.k_proj(memory).contiguous()
             cross_v = layer.cross_attn.v_proj(memory).contiguous()
             cache_k, cache_v = torch.empty(rows, capacity, C), torch.empty(rows, capacity, C)
             self._keep += [cross_k, cross_v, cache_k, cache_v]
             s = structs[i]
-            for j, d in enumerate(descriptors):
-                s.proj[j] = ctypes.addressof(d)
-            biases, norms = tensors[:8], tensors[8:]
-            for j, b in enumerate(biases):
-                s.bias[j] = _address(b)
-            for j in range(3):
-                s.norm_weight[j], s.norm_bias[j] = _address(norms[2 * j]), _address(norms[2 * j + 1])
             s.self_k, s.self_v = cache_k.data_ptr(), cache_v.data_ptr()
             s.cross_k, s.cross_v = cross_k.data_ptr(), cross_v.data_ptr()
         final = model.decoder.final_norm
@@ -142,12 +165,28 @@ class NativeSearch:
         return logits
 
 
+def _layer_structs(layers: list[tuple[list[Any], list[Tensor | None]]]) -> ctypes.Array:
+    """C structs for layers' projections (in _PROJECTIONS order, None where a layer has none),
+    biases and norms (in _NORMS order)."""
+    structs = (_DecoderLayer * len(layers))()
+    for s, (descriptors, tensors) in zip(structs, layers):
+        for j, d in enumerate(descriptors):
+            s.proj[j] = None if d is None else ctypes.addressof(d)
+        biases, norms = tensors[:8], tensors[8:]
+        for j, b in enumerate(biases):
+            s.bias[j] = _address(b)
+        for j in range(3):
+            s.norm_weight[j], s.norm_bias[j] = _address(norms[2 * j]), _address(norms[2 * j + 1])
+    return structs
+
+
 def _fingerprint(model: nn.Module) -> tuple:
     """What the descriptors point into: the same tensors, unmodified (a version counter moves on
     every in-place change), and the same loaded library."""
     return (native._generation,) + tuple((id(t), t.data_ptr(), t._version)
                                          for t in model.decoder.state_dict(keep_vars=True).values()) + \
-        tuple((id(t), t.data_ptr(), t._version) for t in model.embed_tokens.state_dict(keep_vars=True).values())
+        tuple((id(t), t.data_ptr(), t._version) for t in model.embed_tokens.state_dict(keep_vars=True).values()) + \
+        tuple((id(t), t.data_ptr(), t._version) for t in model.encoder.state_dict(keep_vars=True).values())
 
 
 def native_decoder(model: nn.Module) -> NativeDecoder | None:
@@ -174,29 +213,14 @@ def _build(model: nn.Module) -> NativeDecoder | None:
                                                             for a in model.attention_modules().values()):
         return None
     held: list[Tensor] = []
-    layers = []
-    eps = {layer.self_attn_norm.eps for layer in model.decoder.layers}
-    for layer in model.decoder.layers:
-        descriptors, tensors = [], []
-        for name in _PROJECTIONS:
-            module = layer.get_submodule(name)
-            found = _descriptor(module)
-            if found is None:
-                return None
-            descriptors.append(found[0])
-            held += found[1]
-            bias = getattr(module, "bias", None)
-            tensors.append(None if bias is None else bias.detach().float().contiguous())
-        for name in _NORMS:
-            norm = layer.get_submodule(name)
-            if not isinstance(norm, nn.LayerNorm) or norm.weight is None or norm.bias is None:
-                return None
-            eps.add(norm.eps)
-            tensors += [norm.weight.detach().contiguous(), norm.bias.detach().contiguous()]
-        if any(t is not None and (t.dtype != torch.float32 or not t.is_cpu) for t in tensors):
-            return None
-        held += [t for t in tensors if t is not None]
-        layers.append((descriptors, tensors))
+    eps: set[float] = set()
+    layers = _layers(model.decoder.layers, _PROJECTIONS, _NORMS, held, eps)
+    if layers is None:
+        return None
+    # the encoder natively too where every layer has a kernel; else it stays in PyTorch
+    encoder = _layers(model.encoder.layers, _ENCODER_PROJECTIONS, _ENCODER_NORMS, held, eps)
+    if isinstance(model.encoder.final_norm, nn.LayerNorm):
+        eps.add(model.encoder.final_norm.eps)
     final = model.decoder.final_norm
     eps |= {final.eps} if isinstance(final, nn.LayerNorm) else set()
     if len(eps) > 1 or not isinstance(final, (nn.LayerNorm, nn.Identity)):
@@ -209,4 +233,40 @@ def _build(model: nn.Module) -> NativeDecoder | None:
     if embed is None or model.positions.dtype != torch.float32 or not model.positions.is_contiguous():
         return None
     held += embed[1]
-    return NativeDecoder(model, layers, out[0], embed[0], held)
+    return NativeDecoder(model, layers, out[0], embed[0], held, encoder)
+
+
+def _layers(modules: nn.ModuleList, projections: tuple[str | None, ...], norms: tuple[str | None, ...],
+            held: list[Tensor], eps: set[float]) -> list[tuple[list[Any], list[Tensor | None]]] | None:
+    """Per layer: the C descriptors of its projections and its biases and norm tensors (None for a
+    name that is None: a slot the layer does not have), or None where one has no kernel."""
+    layers = []
+    for layer in modules:
+        descriptors, tensors = [], []
+        for name in projections:
+            if name is None:
+                descriptors.append(None)
+                tensors.append(None)
+                continue
+            module = layer.get_submodule(name)
+            found = _descriptor(module)
+            if found is None:
+                return None
+            descriptors.append(found[0])
+            held += found[1]
+            bias = getattr(module, "bias", None)
+            tensors.append(None if bias is None else bias.detach().float().contiguous())
+        for name in norms:
+            if name is None:
+                tensors += [None, None]
+                continue
+            norm = layer.get_submodule(name)
+            if not isinstance(norm, nn.LayerNorm) or norm.weight is None or norm.bias is None:
+                return None
+            eps.add(norm.eps)
+            tensors += [norm.weight.detach().contiguous(), norm.bias.detach().contiguous()]
+        if any(t is not None and (t.dtype != torch.float32 or not t.is_cpu) for t in tensors):
+            return None
+        held += [t for t in tensors if t is not None]
+        layers.append((descriptors, tensors))
+    return layers

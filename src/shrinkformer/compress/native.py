@@ -125,6 +125,10 @@ def library() -> ctypes.CDLL | None:
             lib.packed_layer_matmul_t.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
             lib.decoder_step.restype = None
             lib.decoder_step.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 4
+            lib.encoder_forward.restype = None
+            lib.encoder_forward.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 3
+            lib.encoder_scratch.restype = ctypes.c_int64
+            lib.encoder_scratch.argtypes = [ctypes.c_void_p, ctypes.c_int64]
             lib.decoder_step_scratch.restype = ctypes.c_int64
             lib.decoder_step_scratch.argtypes = [ctypes.c_void_p, ctypes.c_int64]
             lib.decoder_step_configure.restype = None

@@ -39,7 +39,9 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
     it (``compress/decoder_step.py``), the same search over the same arithmetic."""
     model.eval()
     n_sent, k = src.shape[0], cfg.beam_size
-    memory, src_mask = model.encode(src)
+    decoder = _native_decoder(model, src, k) if native and use_cache else None
+    encoded = decoder.encode(model, src, k) if decoder is not None else None
+    memory, src_mask = encoded if encoded is not None else model.encode(src)
     src_len = (~src_mask).sum(1)
     limit = model.cfg.max_positions - 1
     max_len = (src_len.float() * cfg.max_len_a + cfg.max_len_b).long().clamp(1, limit)  # (B,)
@@ -49,7 +51,7 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
     tokens = torch.full((n_sent * k, 1), BOS, dtype=torch.long, device=src.device)
     scores = torch.full((n_sent, k), float("-inf"), device=src.device)
     scores[:, 0] = 0.0  # all beams start identical: keep one so the first step fans out
-    session = _native_session(model, memory, src_mask, k, int(max_len.max()) + 1) if native and use_cache else None
+    session = decoder.start(model, memory, src_mask, k, int(max_len.max()) + 1) if decoder is not None else None
     cache: list[LayerCache] | None = [{} for _ in model.decoder.layers] if use_cache and not session else None
     parent = None  # native steps: the previous step's row each row continues
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n_sent)]
@@ -116,13 +118,12 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
     return [max(hyps)[1] if hyps else [] for hyps in finished]
 
 
-def _native_session(model: Transformer, memory: Tensor, src_mask: Tensor, beams: int, capacity: int) -> object | None:
+def _native_decoder(model: Transformer, src: Tensor, beams: int):  # -> NativeDecoder | None
     from ..compress.decoder_step import max_rows, native_decoder  # the runtime side; the model does not need it
 
-    if not memory.is_cpu or memory.shape[0] * beams > (max_rows() or memory.shape[0] * beams):
+    if not src.is_cpu or src.shape[0] * beams > (max_rows() or src.shape[0] * beams):
         return None
-    decoder = native_decoder(model)
-    return None if decoder is None else decoder.start(model, memory, src_mask, beams, capacity)
+    return native_decoder(model)
 
 
 def _best(cand: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:

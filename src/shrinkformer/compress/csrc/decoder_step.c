@@ -275,3 +275,51 @@ void decoder_step(const decoder_desc *D, const int64_t *tokens, float *x, int64_
     }
     project(D->out, in, M, NULL, logits, tile);
 }
+
+/* The encoder, for the same reason: at batch 1 its PyTorch modules cost a tenth of a sentence. E
+   describes the encoder with the decoder's structs (CROSS_* projections and the cross norm unused;
+   self_k/self_v, cross_k/cross_v, out and ancestry unused). tokens (n, S) padded source ids,
+   key_padding (n, S) 1 at padding; memory (n, S, C) out; work: encoder_scratch(E, n * S) floats.
+   Rows at padding positions are computed like the others (attending to the sentence's real
+   tokens), as PyTorch computes them; cross-attention never reads them. */
+int64_t encoder_scratch(const decoder_desc *E, int64_t M) {
+    int64_t tile_floats = sgemm ? TILE_FLOATS + E->C * E->ffn : 0;
+    return M * (6 * E->C + E->ffn + E->S) + tile_floats;
+}
+
+void encoder_forward(const decoder_desc *E, const int64_t *tokens, int64_t n, const uint8_t *key_padding,
+                     float *x, float *work) {
+    int64_t C = E->C, H = E->heads, Dh = C / H, S = E->S, M = n * S;
+    float *h = work, *q = h + M * C, *k = q + M * C, *v = k + M * C, *a = v + M * C, *f = a + M * C,
+          *ff = f + M * C, *scores = ff + M * E->ffn, *tile = scores + M * S;
+    float scale = 1.0f / sqrtf((float)Dh);
+    for (int64_t m = 0; m < M; m++) {
+        embedding_row(E->embed, tokens[m], x + m * C);
+        for (int64_t c = 0; c < C; c++) x[m * C + c] = x[m * C + c] * E->embed_scale + E->positions[(m % S) * C + c];
+    }
+    for (int64_t l = 0; l < E->layers; l++) {
+        const decoder_layer *L = &E->layer[l];
+        const float *in = block_input(E, L, SELF_NORM, x, M, h);
+        linear(L, SELF_Q, in, M, q, tile);
+        linear(L, SELF_K, in, M, k, tile);
+        linear(L, SELF_V, in, M, v, tile);
+        PARALLEL_OVER_ROWS(M)
+        for (int64_t m = 0; m < M; m++) {
+            int64_t b = m / S;
+            for (int64_t hd = 0; hd < H; hd++)
+                attend(q + m * C + hd * Dh, k + b * S * C + hd * Dh, v + b * S * C + hd * Dh, S, C, Dh,
+                       key_padding + b * S, scale, scores + m * S, a + m * C + hd * Dh);
+        }
+        linear(L, SELF_OUT, a, M, f, tile);
+        residual(E, L, SELF_NORM, x, f, M);
+        in = block_input(E, L, FFN_NORM, x, M, h);
+        linear(L, FC1, in, M, ff, tile);
+        for (int64_t i = 0; i < M * E->ffn; i++) ff[i] = ff[i] > 0.0f ? ff[i] : 0.0f;
+        linear(L, FC2, ff, M, f, tile);
+        residual(E, L, FFN_NORM, x, f, M);
+    }
+    if (E->final_weight) {
+        layer_norm(x, M, C, E->final_weight, E->final_bias, E->eps, h);
+        memcpy(x, h, sizeof(float) * M * C);
+    }
+}
