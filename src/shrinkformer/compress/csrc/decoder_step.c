@@ -189,6 +189,16 @@ static const float *block_input(const decoder_desc *D, const decoder_layer *L, i
     return h;
 }
 
+/* x (M, C) <- x + fc2(relu(fc1(x's block input))), with the norms of the model's kind; h, ff, f scratch. */
+static void feed_forward(const decoder_desc *D, const decoder_layer *L, float *x, int64_t M, float *h, float *ff,
+                         float *f, float *tile) {
+    const float *in = block_input(D, L, FFN_NORM, x, M, h);
+    linear(L, FC1, in, M, ff, tile);
+    for (int64_t i = 0; i < M * D->ffn; i++) ff[i] = ff[i] > 0.0f ? ff[i] : 0.0f;
+    linear(L, FC2, ff, M, f, tile);
+    residual(D, L, FFN_NORM, x, f, M);
+}
+
 /* Floats of scratch a step over M rows needs (decoder_step's last argument): the caller keeps
    one buffer for a whole search, since a fresh one each step paid its page faults every step. */
 int64_t decoder_step_scratch(const decoder_desc *D, int64_t M) {
@@ -262,11 +272,7 @@ void decoder_step(const decoder_desc *D, const int64_t *tokens, float *x, int64_
         linear(L, CROSS_OUT, a, M, f, tile);
         residual(D, L, CROSS_NORM, x, f, M);
 
-        in = block_input(D, L, FFN_NORM, x, M, h);
-        linear(L, FC1, in, M, ff, tile);
-        for (int64_t i = 0; i < M * D->ffn; i++) ff[i] = ff[i] > 0.0f ? ff[i] : 0.0f;
-        linear(L, FC2, ff, M, f, tile);
-        residual(D, L, FFN_NORM, x, f, M);
+        feed_forward(D, L, x, M, h, ff, f, tile);
     }
     const float *in = x;
     if (D->final_weight) {
@@ -312,11 +318,7 @@ void encoder_forward(const decoder_desc *E, const int64_t *tokens, int64_t n, co
         }
         linear(L, SELF_OUT, a, M, f, tile);
         residual(E, L, SELF_NORM, x, f, M);
-        in = block_input(E, L, FFN_NORM, x, M, h);
-        linear(L, FC1, in, M, ff, tile);
-        for (int64_t i = 0; i < M * E->ffn; i++) ff[i] = ff[i] > 0.0f ? ff[i] : 0.0f;
-        linear(L, FC2, ff, M, f, tile);
-        residual(E, L, FFN_NORM, x, f, M);
+        feed_forward(E, L, x, M, h, ff, f, tile);
     }
     if (E->final_weight) {
         layer_norm(x, M, C, E->final_weight, E->final_bias, E->eps, h);
