@@ -34,6 +34,7 @@ def max_rows() -> int | None:
     """The most rows a native step takes (None: any), where it can run at all."""
     return None if native.has_blas() else MAX_ROWS_WITHOUT_BLAS
 
+
 _PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
                 "cross_attn.q_proj", "cross_attn.out_proj", "ffn.fc1", "ffn.fc2")  # decoder_step.c's order
 _NORMS = ("self_attn_norm", "cross_attn_norm", "ffn_norm")
@@ -94,13 +95,10 @@ class NativeDecoder:
         src_mask = src.eq(PAD)
         key_padding = src_mask.to(torch.uint8).contiguous()
         structs = _layer_structs(self._encoder)
-        final = model.encoder.final_norm
-        pre_norm = isinstance(final, nn.LayerNorm)
-        desc = _Decoder(self.cfg.encoder_layers, self.cfg.d_model, self.cfg.n_heads, self.cfg.d_ff, self.cfg.vocab_size,
-                        0, S, int(pre_norm), model.encoder.layers[0].self_attn_norm.eps, ctypes.addressof(structs),
-                        _address(final.weight) if pre_norm else None, _address(final.bias) if pre_norm else None,
-                        None, ctypes.addressof(self._embed), model.positions.data_ptr(), math.sqrt(self.cfg.d_model),
-                        None, None)
+        desc = _Decoder(layers=self.cfg.encoder_layers, C=self.cfg.d_model, heads=self.cfg.n_heads, ffn=self.cfg.d_ff,
+                        vocab=self.cfg.vocab_size, S=S, layer=ctypes.addressof(structs), **_norms(model.encoder),
+                        embed=ctypes.addressof(self._embed), positions=model.positions.data_ptr(),
+                        embed_scale=math.sqrt(self.cfg.d_model))
         lib = native.library()
         memory = torch.empty(n, S, self.cfg.d_model)
         work = torch.empty(lib.encoder_scratch(ctypes.addressof(desc), n * S))
@@ -137,15 +135,11 @@ class NativeSearch:
             s = structs[i]
             s.self_k, s.self_v = cache_k.data_ptr(), cache_v.data_ptr()
             s.cross_k, s.cross_v = cross_k.data_ptr(), cross_v.data_ptr()
-        final = model.decoder.final_norm
-        pre_norm = isinstance(final, nn.LayerNorm)
-        self.struct = _Decoder(cfg.decoder_layers, C, cfg.n_heads, cfg.d_ff, cfg.vocab_size, capacity, S,
-                               int(pre_norm), model.decoder.layers[0].self_attn_norm.eps, ctypes.addressof(structs),
-                               _address(final.weight) if pre_norm else None,
-                               _address(final.bias) if pre_norm else None,
-                               ctypes.addressof(decoder._out), ctypes.addressof(decoder._embed),
-                               model.positions.data_ptr(), math.sqrt(C), self.key_padding.data_ptr(),
-                               self.ancestry.data_ptr())
+        self.struct = _Decoder(layers=cfg.decoder_layers, C=C, heads=cfg.n_heads, ffn=cfg.d_ff, vocab=cfg.vocab_size,
+                               capacity=capacity, S=S, layer=ctypes.addressof(structs), **_norms(model.decoder),
+                               out=ctypes.addressof(decoder._out), embed=ctypes.addressof(decoder._embed),
+                               positions=model.positions.data_ptr(), embed_scale=math.sqrt(C),
+                               key_padding=self.key_padding.data_ptr(), ancestry=self.ancestry.data_ptr())
         self._structs = structs
         self.scratch = torch.empty(native.library().decoder_step_scratch(ctypes.addressof(self.struct), rows))
 
@@ -163,6 +157,15 @@ class NativeSearch:
         native.library().decoder_step(ctypes.addressof(self.struct), last.data_ptr(), x.data_ptr(), len(last), self.beams, t,
                                       _address(parent), sentences.data_ptr(), logits.data_ptr(), self.scratch.data_ptr())
         return logits
+
+
+def _norms(stack: nn.Module) -> dict[str, Any]:
+    """_Decoder's norm fields for an encoder or decoder stack: its final norm where it has one
+    (pre-norm models)."""
+    final, eps = stack.final_norm, stack.layers[0].self_attn_norm.eps
+    if isinstance(final, nn.LayerNorm):
+        return {"pre_norm": 1, "eps": eps, "final_weight": final.weight.data_ptr(), "final_bias": final.bias.data_ptr()}
+    return {"pre_norm": 0, "eps": eps}
 
 
 def _layer_structs(layers: list[tuple[list[Any], list[Tensor | None]]]) -> ctypes.Array:
