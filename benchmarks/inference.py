@@ -104,10 +104,8 @@ def main() -> None:
             from shrinkformer.export.ctranslate2 import export
             from shrinkformer.loading import load_any
             _, tok, model = load_any(args.ctranslate2)
-            # Both thread counts by default: which is CTranslate2's best varies (an earlier session here
-            # measured int8 batch-1 at 80 ms/sentence with two threads and 4.9 ms with one; on
-            # 2026-11-25 two threads were the faster for float32, 33 ms against 63, in
-            # results/benchmarks/inference_ct2_threads.json). A fair reference is its best.
+            # Both thread counts by default: which is CTranslate2's best varies (in inference.json two
+            # threads are its faster for float32, one for int8). A fair reference is its best.
             for q in ("float32", "int8"):
                 out = str(export(model, tok, Path(tmp) / q, q))
                 counts = args.ctranslate2_threads.split(",") if args.ctranslate2_threads else (1, args.threads)
