@@ -11,7 +11,7 @@ from shrinkformer.compress import BinaryConfig, KMeansConfig, PruneConfig, compr
 from shrinkformer.compress.decoder_step import MAX_ROWS_WITHOUT_BLAS, native_decoder
 from shrinkformer.model import MODEL_PRESETS, SearchConfig, Transformer, beam_search
 from shrinkformer.model.search import _native_decoder
-from shrinkformer.model.transformer import EOS, PAD
+from shrinkformer.model.transformer import BOS, EOS, PAD
 
 KINDS = {
     "fp32": [],
@@ -158,3 +158,67 @@ def test_large_batches_keep_the_pytorch_encoder():
     m = model("4-bit + embeddings")
     assert native_decoder(m).encode(m, sources(4), beams=5) is None  # 20 rows of beams
     assert native_decoder(m).encode(m, sources(3), beams=5) is not None
+
+
+def _tiny_vocab_model(vocab: int, seed: int) -> Transformer:
+    torch.manual_seed(seed)
+    m = Transformer(dataclasses.replace(MODEL_PRESETS["tiny"], vocab_size=vocab))
+    with torch.no_grad():
+        m.embed_tokens.weight[EOS] *= 3
+    return to_inference(m).eval()
+
+
+@pytest.mark.parametrize("vocab", [6, 9, 40])  # 6: fewer tokens than 2 x beams besides PAD and BOS
+@pytest.mark.parametrize("beams", [1, 2, 4])
+def test_native_selection_searches_as_pytorch_does_at_the_edges(vocab, beams):
+    m = _tiny_vocab_model(vocab, seed=vocab + beams)
+    g = torch.Generator().manual_seed(beams)
+    src = torch.randint(4, vocab, (9, 5), generator=g)  # 9 sentences: the selection splits them across threads
+    src[:, -1] = EOS
+    for cfg in (SearchConfig(beam_size=beams), SearchConfig(beam_size=beams, max_len_a=0, max_len_b=1),
+                SearchConfig(beam_size=beams, max_len_a=0.5, max_len_b=2, length_penalty=0.6)):
+        assert beam_search(m, src, cfg) == beam_search(m, src, cfg, native=False), cfg
+
+
+def _select(logits, scores, k, at_limit=None):
+    """beam_select on tensors: continuing (parent, token, score) per slot and finished (slot, beam, score)."""
+    n, V = logits.shape[0] // k, logits.shape[1]
+    scores = scores.clone()
+    parent, token, beam = (torch.empty(n * k, dtype=torch.int64) for _ in range(3))
+    fin_score = torch.empty(n * k)
+    limit = None if at_limit is None else at_limit.to(torch.uint8).contiguous()
+    done = native.library().beam_select(logits.data_ptr(), n, k, V, scores.data_ptr(),
+                                        None if limit is None else limit.data_ptr(), PAD, BOS, EOS, parent.data_ptr(),
+                                        token.data_ptr(), beam.data_ptr(), fin_score.data_ptr())
+    finished = [(r, int(beam[r]), float(fin_score[r])) for r in range(n * k) if beam[r] >= 0]
+    assert done == len(finished)
+    return parent.tolist(), token.tolist(), scores, finished
+
+
+def test_native_selection_scores_are_log_softmax_plus_the_beam_score():
+    k, V = 3, 50
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2 * k, V, generator=g) * 4
+    logits[0, EOS] = 30  # sentence 0's first beam: EOS is its best continuation by far
+    scores = torch.tensor([-0.5, -1.0, float("-inf"), -0.2, -0.3, -0.9])
+    parent, token, new_scores, finished = _select(logits, scores, k)
+
+    logp = logits.log_softmax(-1)
+    logp[:, [PAD, BOS]] = float("-inf")
+    cand = (logp + scores[:, None]).view(2, k * V)
+    for b in range(2):
+        best, where = cand[b].topk(2 * k)
+        best_eos = [(r, int(where[r]) // V) for r in range(k) if int(where[r]) % V == EOS]
+        assert [(r, beam) for r, beam, _ in finished if r // k == b] == [(b * k + r, beam) for r, beam in best_eos]
+        going = [r for r in range(2 * k) if int(where[r]) % V != EOS][:k]
+        assert parent[b * k: b * k + k] == [b * k + int(where[r]) // V for r in going]
+        assert token[b * k: b * k + k] == [int(where[r]) % V for r in going]
+        torch.testing.assert_close(new_scores[b * k: b * k + k], best[going], rtol=1e-6, atol=1e-6)
+    assert finished[0][:2] == (0, 0)  # EOS after beam 0 of sentence 0 is its best candidate
+
+    # at the length limit only EOS may follow: every finite beam finishes, none with a finite score goes on
+    _, _, limited, finished = _select(logits, scores, k, at_limit=torch.tensor([1, 0]))
+    assert [(r, beam) for r, beam, _ in finished if r < k] == [(0, 0), (1, 1)]  # beam 2 is dead (-inf)
+    assert not torch.isfinite(limited[:k]).any()
+    torch.testing.assert_close(torch.tensor([s for r, _, s in finished if r < k]),
+                               (logp[:2, EOS] + scores[:2]), rtol=1e-6, atol=1e-6)

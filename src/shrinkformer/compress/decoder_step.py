@@ -185,11 +185,18 @@ def _layer_structs(layers: list[tuple[list[Any], list[Tensor | None]]]) -> ctype
 
 def _fingerprint(model: nn.Module) -> tuple:
     """What the descriptors point into: the same tensors, unmodified (a version counter moves on
-    every in-place change), and the same loaded library."""
-    return (native._generation,) + tuple((id(t), t.data_ptr(), t._version)
-                                         for t in model.decoder.state_dict(keep_vars=True).values()) + \
-        tuple((id(t), t.data_ptr(), t._version) for t in model.embed_tokens.state_dict(keep_vars=True).values()) + \
-        tuple((id(t), t.data_ptr(), t._version) for t in model.encoder.state_dict(keep_vars=True).values())
+    every in-place change), and the same loaded library. Read off the modules' own dicts: the
+    walk of ``state_dict`` or ``modules()``, with their prefixes and hooks, was a millisecond per search."""
+    return (native._generation,) + tuple((id(t), t.data_ptr(), t._version) for t in _tensors(model))
+
+
+def _tensors(model: nn.Module):
+    stack = [model.decoder, model.embed_tokens, model.encoder]
+    while stack:
+        m = stack.pop()
+        yield from (t for t in m._parameters.values() if t is not None)
+        yield from (t for t in m._buffers.values() if t is not None)
+        stack.extend(c for c in m._modules.values() if c is not None)
 
 
 def native_decoder(model: nn.Module) -> NativeDecoder | None:

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).parent / "csrc" / "packed_kernels.c"  # the layer kernels
-STEP_SOURCE = SOURCE.with_name("decoder_step.c")  # a whole decoding step over them (decoder_step.py)
+# and beside them: decoder_step.c (a whole decoding step over them, decoder_step.py) and
+# beam_select.c (the search's selection half, native_search.py); one library holds all
 FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c11", f"-I{SOURCE.parent}"]
 OPENMP_FLAG = "-fopenmp"
 # Above this many rows of x a dequantized tile and BLAS win (measured with benchmarks/kernels.py at
@@ -40,6 +41,7 @@ PARALLEL_FROM = 1 << 22  # weights per call from which a build without OpenMP sp
 
 _library: ctypes.CDLL | None = None
 _tried = False
+_sgemm: int | None = None  # the BLAS sgemm the loaded library hands large products to (see _blas_sgemm)
 _pools: dict[int, ThreadPoolExecutor] = {}  # by thread count
 
 
@@ -93,7 +95,8 @@ def _build(cc: str, flags: list[str]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
     os.close(fd)
     try:
-        result = subprocess.run([cc, *flags, str(SOURCE), str(STEP_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120)
+        result = subprocess.run([cc, *flags, *(str(f) for f in sources if f.suffix == ".c"), "-o", tmp, "-lm"],
+                                capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise OSError(f"{cc} failed: {result.stderr.strip().splitlines()[-1] if result.stderr else result.returncode}")
         os.replace(tmp, target)  # concurrent first uses each compile; the last one wins, all identical
@@ -105,7 +108,7 @@ def _build(cc: str, flags: list[str]) -> Path:
 
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (with one warning) when they cannot be had here."""
-    global _library, _tried
+    global _library, _tried, _sgemm
     if _tried:
         return _library
     _tried = True
@@ -133,7 +136,11 @@ def library() -> ctypes.CDLL | None:
             lib.decoder_step_scratch.argtypes = [ctypes.c_void_p, ctypes.c_int64]
             lib.decoder_step_configure.restype = None
             lib.decoder_step_configure.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4
-            lib.decoder_step_configure(_blas_sgemm(), MAX_ROWS, MAX_1BIT_ROWS, MAX_MASKED_ROWS, MAX_DENSE_ROWS)
+            lib.beam_select.restype = ctypes.c_int64
+            lib.beam_select.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + \
+                [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 4
+            _sgemm = _blas_sgemm()
+            lib.decoder_step_configure(_sgemm, MAX_ROWS, MAX_1BIT_ROWS, MAX_MASKED_ROWS, MAX_DENSE_ROWS)
             lib.packed_kernels_init()
             _library = lib
         except (OSError, subprocess.SubprocessError, AttributeError) as err:
@@ -156,7 +163,7 @@ def _blas_sgemm() -> int | None:
 
 def has_blas() -> bool:
     """Whether the loaded kernels can hand large products to BLAS (see ``_blas_sgemm``)."""
-    return library() is not None and _blas_sgemm() is not None
+    return library() is not None and _sgemm is not None
 
 
 _generation = 0  # moves on each reset(): kernels bound to a layer before it are bound again (read per call)
@@ -164,8 +171,8 @@ _generation = 0  # moves on each reset(): kernels bound to a layer before it are
 
 def reset() -> None:
     """Forget the loaded library (tests switch paths with this)."""
-    global _library, _tried, _generation
-    _library, _tried = None, False
+    global _library, _tried, _generation, _sgemm
+    _library, _tried, _sgemm = None, False, None
     _generation += 1
     _threaded.cache_clear()
 

@@ -35,13 +35,17 @@ class SearchConfig:
 def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfig(),
                 use_cache: bool = True, native: bool = True) -> list[list[int]]:
     """Translate a padded batch of source ids (B, S); returns the best hypothesis per sentence
-    as token ids without BOS/EOS. ``native``: each step in one native call where the model allows
-    it (``compress/decoder_step.py``), the same search over the same arithmetic."""
-    model.eval()
+    as token ids without BOS/EOS. ``native``: the same search with each step's decoder and
+    selection native where the model allows it (``compress/native_search.py``)."""
+    if model.training:  # the root's flag: walking every module per call was a millisecond per sentence
+        model.eval()
     n_sent, k = src.shape[0], cfg.beam_size
     decoder = _native_decoder(model, src, k) if native and use_cache else None
-    encoded = decoder.encode(model, src, k) if decoder is not None else None
-    memory, src_mask = encoded if encoded is not None else model.encode(src)
+    if decoder is not None:
+        from ..compress.native_search import beam_search as native_beam_search  # the runtime side
+
+        return native_beam_search(decoder, model, src, cfg)
+    memory, src_mask = model.encode(src)
     src_len = (~src_mask).sum(1)
     limit = model.cfg.max_positions - 1
     max_len = (src_len.float() * cfg.max_len_a + cfg.max_len_b).long().clamp(1, limit)  # (B,)
@@ -51,9 +55,7 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
     tokens = torch.full((n_sent * k, 1), BOS, dtype=torch.long, device=src.device)
     scores = torch.full((n_sent, k), float("-inf"), device=src.device)
     scores[:, 0] = 0.0  # all beams start identical: keep one so the first step fans out
-    session = decoder.start(model, memory, src_mask, k, int(max_len.max()) + 1) if decoder is not None else None
-    cache: list[LayerCache] | None = [{} for _ in model.decoder.layers] if use_cache and not session else None
-    parent = None  # native steps: the previous step's row each row continues
+    cache: list[LayerCache] | None = [{} for _ in model.decoder.layers] if use_cache else None
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n_sent)]
     # Per step, as few tensor operations as the search allows: at batch 1 each one costs about as
     # much as its arithmetic, so what only changes when sentences leave is kept between steps.
@@ -62,9 +64,7 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
     shortest = int(max_len.min())  # no sentence is at its length limit before this step
 
     for step in range(int(max_len.max())):
-        if session is not None:
-            logits = session.step(tokens[:, -1], step, parent, alive)
-        elif use_cache:
+        if use_cache:
             logits = model.decode(tokens[:, -1:], memory, src_mask, cache, start=step)[:, -1]
         else:
             logits = model.decode(tokens, memory, src_mask)[:, -1]
@@ -93,7 +93,6 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
         scores = top_scores.gather(1, order)
         rows = (top_beam.gather(1, order) + offsets).view(-1)
         tokens = torch.cat([tokens[rows], top_tok.gather(1, order).view(-1, 1)], dim=1)
-        parent = rows
 
         done_ids = [len(finished[s]) >= k for s in alive_ids]
         if all(done_ids):
@@ -109,7 +108,6 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
                     for name in layer:
                         layer[name] = layer[name][keep_rows if name.startswith("self") else keep]
         if any(done_ids):
-            parent = rows[keep_rows]
             alive, scores, tokens = alive[keep], scores[keep], tokens[keep_rows]
             alive_ids, offsets = alive.tolist(), offsets[: len(alive)]
             shortest = int(max_len[alive].min())
