@@ -142,16 +142,18 @@ class NativeSearch:
                                key_padding=self.key_padding.data_ptr(), ancestry=self.ancestry.data_ptr())
         self._structs = structs
         self.scratch = torch.empty(native.library().decoder_step_scratch(ctypes.addressof(self.struct), rows))
+        # Reused by every step: a fresh (rows, vocab) tensor per step (10 MB at batch 64) raised
+        # glibc's mmap threshold and left the heap holding ~100 MB after translating.
+        self._x, self._logits = torch.empty(rows, cfg.d_model), torch.empty(rows, cfg.vocab_size)
 
     def step(self, last: Tensor, t: int, parent: Tensor | None, sentences: Tensor) -> Tensor:
         """Logits (M, vocab) for the newest tokens ``last`` (M,) at position t. ``parent`` (M,): the
         row of the previous step each row continues (None at t = 0); ``sentences``: the memory row
-        of each group of beams."""
+        of each group of beams. The logits are a view of a buffer the next step overwrites."""
         if t >= self.capacity:
             raise ValueError(f"step {t} beyond the cache's {self.capacity} positions")
         last = last.to(torch.int64).contiguous()
-        x = torch.empty(len(last), self.decoder.cfg.d_model)
-        logits = torch.empty(len(last), self.decoder.cfg.vocab_size)
+        x, logits = self._x[: len(last)], self._logits[: len(last)]
         parent = None if parent is None else parent.to(torch.int64).contiguous()
         sentences = sentences.to(torch.int64).contiguous()
         native.library().decoder_step(ctypes.addressof(self.struct), last.data_ptr(), x.data_ptr(), len(last), self.beams, t,
