@@ -32,49 +32,55 @@ def beam_search(decoder, model, src: Tensor, cfg) -> list[list[int]]:  # decoder
 
     alive = list(range(n_sent))  # sentence of each group of k rows
     sentences = torch.arange(n_sent)  # the same, as the decoder step takes it (memory rows)
-    last = torch.full((n_sent * k,), BOS, dtype=torch.int64)
+    # beam_select writes each step's continuing rows, tokens and scores in place; the next step
+    # reads them from there (until sentences leave, when the survivors are gathered)
+    parent_out, token_out = torch.empty(n_sent * k, dtype=torch.int64), torch.full((n_sent * k,), BOS, dtype=torch.int64)
+    fin_beam, fin_score = torch.empty(n_sent * k, dtype=torch.int64), torch.empty(n_sent * k)
     scores = torch.full((n_sent * k,), float("-inf"))
     scores[::k] = 0.0  # all beams start identical: keep one so the first step fans out
-    parent: Tensor | None = None  # per row: the row of the previous step it continues
+    last, parent = token_out, None  # parent: per row, the row of the previous step it continues
+    at_limit = torch.zeros(n_sent, dtype=torch.uint8)
     # per step s: for each row entering step s + 1, the row of step s it extends and its token
     history: list[tuple[list[int], list[int]]] = []
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n_sent)]
-    out_parent, out_token = torch.empty(n_sent * k, dtype=torch.int64), torch.empty(n_sent * k, dtype=torch.int64)
-    fin_beam, fin_score = torch.empty(n_sent * k, dtype=torch.int64), torch.empty(n_sent * k)
-    at_limit = torch.zeros(n_sent, dtype=torch.uint8)
     shortest = min(max_len)  # no sentence is at its length limit before this step
+    pointers = [a.data_ptr() for a in (parent_out, token_out, fin_beam, fin_score)]
 
     for step in range(max(max_len)):
         n = len(alive)
         logits = session.step(last, step, parent, sentences)
-        if step + 1 >= shortest:
+        limited = step + 1 >= shortest
+        if limited:
             at_limit[:n] = torch.tensor([max_len[s] <= step + 1 for s in alive], dtype=torch.uint8)
         done = lib.beam_select(logits.data_ptr(), n, k, vocab, scores.data_ptr(),
-                               at_limit.data_ptr() if step + 1 >= shortest else None, PAD, BOS, EOS,
-                               out_parent.data_ptr(), out_token.data_ptr(), fin_beam.data_ptr(), fin_score.data_ptr())
-        rows, toks = out_parent[: n * k].tolist(), out_token[: n * k].tolist()
-        if done:
-            beams, fin_scores = fin_beam[: n * k].tolist(), fin_score[: n * k].tolist()
-            for b in range(n):
-                sent = alive[b]
-                for r in range(b * k, b * k + k):
-                    if beams[r] >= 0 and len(finished[sent]) < k:
-                        hyp = _prefix(history, step, b * k + beams[r])
-                        finished[sent].append((fin_scores[r] / (len(hyp) + 1) ** cfg.length_penalty, hyp))
+                               at_limit.data_ptr() if limited else None, PAD, BOS, EOS, *pointers)
+        rows, toks = parent_out[: n * k].tolist(), token_out[: n * k].tolist()
+        if not done:
+            history.append((rows, toks))
+            last, parent = token_out[: n * k], parent_out[: n * k]
+            continue
 
-        done_ids = [len(finished[s]) >= k for s in alive]
-        if all(done_ids):
+        beams, fin_scores = fin_beam[: n * k].tolist(), fin_score[: n * k].tolist()
+        for b in range(n):
+            sent = alive[b]
+            for r in range(b * k, b * k + k):
+                if beams[r] >= 0 and len(finished[sent]) < k:
+                    hyp = _prefix(history, step, b * k + beams[r])
+                    finished[sent].append((fin_scores[r] / (len(hyp) + 1) ** cfg.length_penalty, hyp))
+        keep = [b for b in range(n) if len(finished[alive[b]]) < k]
+        if not keep:
             break
-        if any(done_ids):  # finished sentences leave the batch
-            keep = [b for b, d in enumerate(done_ids) if not d]
+        if len(keep) < n:  # finished sentences leave the batch
             keep_rows = [b * k + j for b in keep for j in range(k)]
             rows, toks = [rows[r] for r in keep_rows], [toks[r] for r in keep_rows]
             scores = scores[keep_rows].contiguous()
             alive = [alive[b] for b in keep]
             sentences = torch.tensor(alive, dtype=torch.int64)
             shortest = min(max_len[s] for s in alive)
+            last, parent = torch.tensor(toks, dtype=torch.int64), torch.tensor(rows, dtype=torch.int64)
+        else:
+            last, parent = token_out[: n * k], parent_out[: n * k]
         history.append((rows, toks))
-        parent, last = torch.tensor(rows, dtype=torch.int64), torch.tensor(toks, dtype=torch.int64)
 
     return [max(hyps)[1] if hyps else [] for hyps in finished]
 

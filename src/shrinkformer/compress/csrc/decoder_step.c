@@ -5,8 +5,8 @@
 
    Why native: at batch 1 a step's arithmetic is a few hundred microseconds of packed kernels, and
    the PyTorch module calls around them (about 150 operators per step, each a dispatch) took
-   longer than the arithmetic. The search itself (scores, top-k, finished hypotheses) stays in
-   Python: it is a handful of operators per step.
+   longer than the arithmetic. The search's selection (scores, top-k, finished hypotheses) is
+   beam_select.c, called after this step by native_search.py.
 
    Self-attention keys/values are written once, at (row m, position t) of one buffer per layer,
    and never move: beams reorder and sentences leave the batch, so row m's history is found through

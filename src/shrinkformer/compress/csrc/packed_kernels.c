@@ -24,12 +24,31 @@
 #include <string.h>
 
 /* Rows of W split across threads: built with -fopenmp, the library uses the OpenMP runtime torch
-   already loaded (same soname), so torch.set_num_threads governs both and no second pool spins. */
+   already loaded (same soname), so torch.set_num_threads governs both and no second pool spins.
+   The block kernels (a compile-time number of rows of x, mb, inlined per case) are split by hand,
+   one parallel region around the switch over mb and each thread its range of rows of W
+   (thread_rows): GCC outlines an OpenMP loop body before it inlines, so an `omp for` inside a
+   block function left a single outlined copy in which mb was a run-time variable, its
+   accumulators an array indexed at run time and its inner loop a branch per row of x. */
 #ifdef _OPENMP
+#include <omp.h>
 #define PARALLEL_ROWS _Pragma("omp parallel for schedule(static)")
+#define PARALLEL_REGION _Pragma("omp parallel")
+static inline void thread_rows(int64_t N, int64_t unit, int64_t *lo, int64_t *hi) {
+    int64_t t = omp_get_thread_num(), T = omp_get_num_threads(), units = (N + unit - 1) / unit;
+    *lo = units * t / T * unit;
+    *hi = units * (t + 1) / T * unit < N ? units * (t + 1) / T * unit : N;
+}
 #else
 #define PARALLEL_ROWS
+#define PARALLEL_REGION
+static inline void thread_rows(int64_t N, int64_t unit, int64_t *lo, int64_t *hi) {
+    (void)unit;
+    *lo = 0;
+    *hi = N;
+}
 #endif
+#define ROW_UNIT 4 /* rows of W per unit of a thread's range: a multiple of every block's rbmax */
 
 int packed_kernels_threaded(void) {
 #ifdef _OPENMP
@@ -108,12 +127,11 @@ static inline __m256 lookup16(__m256i idx, __m256 lo8, __m256 hi8) {
 }
 
 static inline __attribute__((always_inline)) void lut4_block_avx2(
-        const float *xe, const float *xo, int64_t ld, int64_t half, const uint8_t *w, int64_t N, __m256 lo8,
+        const float *xe, const float *xo, int64_t ld, int64_t half, const uint8_t *w, int64_t n_lo, int64_t n_hi, __m256 lo8,
         __m256 hi8, const float *bias, float *y, int64_t ldy, const int mb, const int rbmax) {
     const __m256i fifteen = _mm256_set1_epi32(15);
-    PARALLEL_ROWS
-    for (int64_t n0 = 0; n0 < N; n0 += rbmax) {
-        int rb = N - n0 < rbmax ? (int)(N - n0) : rbmax;
+    for (int64_t n0 = n_lo; n0 < n_hi; n0 += rbmax) {
+        int rb = n_hi - n0 < rbmax ? (int)(n_hi - n0) : rbmax;
         __m256 ae[MB][MB], ao[MB][MB]; /* [row of x][row of W] */
 #pragma GCC unroll 4
         for (int j = 0; j < mb; j++)
@@ -145,11 +163,10 @@ static inline __attribute__((always_inline)) void lut4_block_avx2(
    so that a beam of five is one pass over W rather than a pass of four and a pass of one, each
    paying the decoding (1.5x faster at M = 5, measured on Zen 3). */
 static inline __attribute__((always_inline)) void lut4_rows8_avx2(
-        const float *xe, const float *xo, int64_t ld, int64_t half, const uint8_t *w, int64_t N, __m256 lo8,
+        const float *xe, const float *xo, int64_t ld, int64_t half, const uint8_t *w, int64_t n_lo, int64_t n_hi, __m256 lo8,
         __m256 hi8, const float *bias, float *y, int64_t ldy, const int mb) {
     const __m256i fifteen = _mm256_set1_epi32(15);
-    PARALLEL_ROWS
-    for (int64_t n = 0; n < N; n++) {
+    for (int64_t n = n_lo; n < n_hi; n++) {
         __m256 acc[8];
 #pragma GCC unroll 8
         for (int j = 0; j < mb; j++) acc[j] = _mm256_setzero_ps();
@@ -209,12 +226,11 @@ static void permute_x(const float *x, int64_t M, int64_t K, float *xp, int64_t l
 
 /* mb rows of x against rbmax rows of W at a time (mb * rbmax <= 8 accumulators). */
 static inline __attribute__((always_inline)) void planes_block(
-        const float *xp, int64_t ld, int64_t K, const uint8_t *w, int64_t N, const __m256i t[4],
+        const float *xp, int64_t ld, int64_t K, const uint8_t *w, int64_t n_lo, int64_t n_hi, const __m256i t[4],
         const float *bias, float *y, int64_t ldy, const int mb, const int rbmax) {
     const int64_t row_bytes = K / 2;
-    PARALLEL_ROWS
-    for (int64_t n0 = 0; n0 < N; n0 += rbmax) {
-        int rb = N - n0 < rbmax ? (int)(N - n0) : rbmax;
+    for (int64_t n0 = n_lo; n0 < n_hi; n0 += rbmax) {
+        int rb = n_hi - n0 < rbmax ? (int)(n_hi - n0) : rbmax;
         __m256 acc[8][4]; /* [row of x][row of W] */
 #pragma GCC unroll 8
         for (int j = 0; j < mb; j++)
@@ -248,15 +264,20 @@ static void lut4_matmul_t_planes(const float *x, int64_t M, int64_t K, const uin
     byte_planes(codebook, t);
     int64_t ld = K + 2 * XPAD; /* rows padded apart, as for xe and xo */
     permute_x(x, M, K, scratch, ld);
-    for (int64_t m0 = 0; m0 < M; m0 += M - m0 > MB ? 8 : MB) {
-        const float *xm = scratch + m0 * ld;
-        float *out = y + m0 * N;
-        switch (M - m0 < 8 ? M - m0 : 8) { /* M <= 5 (the caller's choice): one pass */
-            case 5: planes_block(xm, ld, K, w, N, t, bias, out, N, 5, 1); break;
-            case 1: planes_block(xm, ld, K, w, N, t, bias, out, N, 1, 4); break;
-            case 2: planes_block(xm, ld, K, w, N, t, bias, out, N, 2, 4); break;
-            case 3: planes_block(xm, ld, K, w, N, t, bias, out, N, 3, 2); break;
-            default: planes_block(xm, ld, K, w, N, t, bias, out, N, 4, 2); break;
+    PARALLEL_REGION
+    {
+        int64_t lo, hi;
+        thread_rows(N, ROW_UNIT, &lo, &hi);
+        for (int64_t m0 = 0; m0 < M; m0 += M - m0 > MB ? 8 : MB) {
+            const float *xm = scratch + m0 * ld;
+            float *out = y + m0 * N;
+            switch (M - m0 < 8 ? M - m0 : 8) { /* M <= 5 (the caller's choice): one pass */
+                case 5: planes_block(xm, ld, K, w, lo, hi, t, bias, out, N, 5, 1); break;
+                case 1: planes_block(xm, ld, K, w, lo, hi, t, bias, out, N, 1, 4); break;
+                case 2: planes_block(xm, ld, K, w, lo, hi, t, bias, out, N, 2, 4); break;
+                case 3: planes_block(xm, ld, K, w, lo, hi, t, bias, out, N, 3, 2); break;
+                default: planes_block(xm, ld, K, w, lo, hi, t, bias, out, N, 4, 2); break;
+            }
         }
     }
 }
@@ -272,18 +293,23 @@ void lut4_matmul_t_avx2(const float *x, int64_t M, int64_t K, const uint8_t *w, 
     int64_t ld = half + XPAD;
     float *xe = scratch, *xo = scratch + M * ld;
     split_even_odd(x, M, K, xe, xo, ld);
-    for (int64_t m0 = 0; m0 < M; m0 += M - m0 > MB ? 8 : MB) {
-        const float *e = xe + m0 * ld, *o = xo + m0 * ld;
-        float *out = y + m0 * N;
-        switch (M - m0 < 8 ? M - m0 : 8) {
-            case 8: lut4_rows8_avx2(e, o, ld, half, w, N, lo8, hi8, bias, out, N, 8); break;
-            case 7: lut4_rows8_avx2(e, o, ld, half, w, N, lo8, hi8, bias, out, N, 7); break;
-            case 6: lut4_rows8_avx2(e, o, ld, half, w, N, lo8, hi8, bias, out, N, 6); break;
-            case 5: lut4_rows8_avx2(e, o, ld, half, w, N, lo8, hi8, bias, out, N, 5); break;
-            case 1: lut4_block_avx2(e, o, ld, half, w, N, lo8, hi8, bias, out, N, 1, 4); break;
-            case 2: lut4_block_avx2(e, o, ld, half, w, N, lo8, hi8, bias, out, N, 2, 2); break;
-            case 3: lut4_block_avx2(e, o, ld, half, w, N, lo8, hi8, bias, out, N, 3, 1); break;
-            default: lut4_block_avx2(e, o, ld, half, w, N, lo8, hi8, bias, out, N, 4, 1); break;
+    PARALLEL_REGION
+    {
+        int64_t lo, hi;
+        thread_rows(N, ROW_UNIT, &lo, &hi);
+        for (int64_t m0 = 0; m0 < M; m0 += M - m0 > MB ? 8 : MB) {
+            const float *e = xe + m0 * ld, *o = xo + m0 * ld;
+            float *out = y + m0 * N;
+            switch (M - m0 < 8 ? M - m0 : 8) {
+                case 8: lut4_rows8_avx2(e, o, ld, half, w, lo, hi, lo8, hi8, bias, out, N, 8); break;
+                case 7: lut4_rows8_avx2(e, o, ld, half, w, lo, hi, lo8, hi8, bias, out, N, 7); break;
+                case 6: lut4_rows8_avx2(e, o, ld, half, w, lo, hi, lo8, hi8, bias, out, N, 6); break;
+                case 5: lut4_rows8_avx2(e, o, ld, half, w, lo, hi, lo8, hi8, bias, out, N, 5); break;
+                case 1: lut4_block_avx2(e, o, ld, half, w, lo, hi, lo8, hi8, bias, out, N, 1, 4); break;
+                case 2: lut4_block_avx2(e, o, ld, half, w, lo, hi, lo8, hi8, bias, out, N, 2, 2); break;
+                case 3: lut4_block_avx2(e, o, ld, half, w, lo, hi, lo8, hi8, bias, out, N, 3, 1); break;
+                default: lut4_block_avx2(e, o, ld, half, w, lo, hi, lo8, hi8, bias, out, N, 4, 1); break;
+            }
         }
     }
 }
@@ -337,12 +363,11 @@ AVX512 static inline float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
    in registers), against all N rows of W. Even and odd columns accumulate separately: two
    independent chains per (row of x, row of W). */
 AVX512 static inline __attribute__((always_inline)) void lut4_block(
-        const float *xe, const float *xo, int64_t half, const uint8_t *w, int64_t N, __m512 table,
+        const float *xe, const float *xo, int64_t half, const uint8_t *w, int64_t n_lo, int64_t n_hi, __m512 table,
         const float *bias, float *y, int64_t ldy, const int mb) {
     const __m512i fifteen = _mm512_set1_epi32(15);
-    PARALLEL_ROWS
-    for (int64_t n0 = 0; n0 < N; n0 += RB) {
-        int rb = N - n0 < RB ? (int)(N - n0) : RB;
+    for (int64_t n0 = n_lo; n0 < n_hi; n0 += RB) {
+        int rb = n_hi - n0 < RB ? (int)(n_hi - n0) : RB;
         __m512 ae[MB][RB], ao[MB][RB];
 #pragma GCC unroll 4
         for (int j = 0; j < mb; j++)
@@ -376,12 +401,11 @@ AVX512 static inline __attribute__((always_inline)) void lut4_block(
 #define RB_WIDE 2
 #define MB_WIDE 8
 AVX512 static inline __attribute__((always_inline)) void lut4_block_wide(
-        const float *xe, const float *xo, int64_t half, const uint8_t *w, int64_t N, __m512 table,
+        const float *xe, const float *xo, int64_t half, const uint8_t *w, int64_t n_lo, int64_t n_hi, __m512 table,
         const float *bias, float *y, int64_t ldy, const int mb) {
     const __m512i fifteen = _mm512_set1_epi32(15);
-    PARALLEL_ROWS
-    for (int64_t n0 = 0; n0 < N; n0 += RB_WIDE) {
-        int rb = N - n0 < RB_WIDE ? (int)(N - n0) : RB_WIDE;
+    for (int64_t n0 = n_lo; n0 < n_hi; n0 += RB_WIDE) {
+        int rb = n_hi - n0 < RB_WIDE ? (int)(n_hi - n0) : RB_WIDE;
         __m512 acc[MB_WIDE][RB_WIDE];
 #pragma GCC unroll 8
         for (int j = 0; j < mb; j++)
@@ -413,18 +437,23 @@ AVX512 void lut4_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uin
     int64_t half = K / 2;
     float *xe = scratch, *xo = scratch + M * half; /* (M, K/2) each */
     split_even_odd(x, M, K, xe, xo, half);
-    for (int64_t m0 = 0; m0 < M; m0 += MB_WIDE) {
-        const float *e = xe + m0 * half, *o = xo + m0 * half;
-        float *out = y + m0 * N;
-        switch (M - m0 < MB_WIDE ? M - m0 : MB_WIDE) {
-            case 1: lut4_block(e, o, half, w, N, table, bias, out, N, 1); break;
-            case 2: lut4_block(e, o, half, w, N, table, bias, out, N, 2); break;
-            case 3: lut4_block(e, o, half, w, N, table, bias, out, N, 3); break;
-            case 4: lut4_block_wide(e, o, half, w, N, table, bias, out, N, 4); break; /* 5-10% ahead of lut4_block here */
-            case 5: lut4_block_wide(e, o, half, w, N, table, bias, out, N, 5); break;
-            case 6: lut4_block_wide(e, o, half, w, N, table, bias, out, N, 6); break;
-            case 7: lut4_block_wide(e, o, half, w, N, table, bias, out, N, 7); break;
-            default: lut4_block_wide(e, o, half, w, N, table, bias, out, N, 8); break;
+    PARALLEL_REGION
+    {
+        int64_t lo, hi;
+        thread_rows(N, ROW_UNIT, &lo, &hi);
+        for (int64_t m0 = 0; m0 < M; m0 += MB_WIDE) {
+            const float *e = xe + m0 * half, *o = xo + m0 * half;
+            float *out = y + m0 * N;
+            switch (M - m0 < MB_WIDE ? M - m0 : MB_WIDE) {
+                case 1: lut4_block(e, o, half, w, lo, hi, table, bias, out, N, 1); break;
+                case 2: lut4_block(e, o, half, w, lo, hi, table, bias, out, N, 2); break;
+                case 3: lut4_block(e, o, half, w, lo, hi, table, bias, out, N, 3); break;
+                case 4: lut4_block_wide(e, o, half, w, lo, hi, table, bias, out, N, 4); break; /* 5-10% ahead of lut4_block here */
+                case 5: lut4_block_wide(e, o, half, w, lo, hi, table, bias, out, N, 5); break;
+                case 6: lut4_block_wide(e, o, half, w, lo, hi, table, bias, out, N, 6); break;
+                case 7: lut4_block_wide(e, o, half, w, lo, hi, table, bias, out, N, 7); break;
+                default: lut4_block_wide(e, o, half, w, lo, hi, table, bias, out, N, 8); break;
+            }
         }
     }
 }
