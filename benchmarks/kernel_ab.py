@@ -1,4 +1,4 @@
-"""The 4-bit kernel of two versions of ``packed_kernels.c`` side by side: the source at a git
+"""A 4-bit kernel (``--kernel``: the AVX2 one by default, or ``lut4_matmul_t_avx512``) of two versions of ``packed_kernels.c`` side by side: the source at a git
 revision against the working tree's, both compiled as the package compiles them and loaded into one
 process, called alternately on the same packed weights (cycled from DRAM), median of rounds. For
 deciding whether a kernel change pays, where run-to-run noise on a shared machine is as large as
@@ -39,8 +39,11 @@ def main() -> None:
     p.add_argument("--megabytes", type=float, default=50, help="packed weights cycled through per shape")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--kernel", default="lut4_matmul_t_avx2", choices=["lut4_matmul_t_avx2", "lut4_matmul_t_avx512"])
     p.add_argument("--out", type=Path)
     args = p.parse_args()
+    if args.kernel.endswith("avx512") and not native._wide():
+        sys.exit("kernel_ab.py: this CPU has no AVX-512 (or SHRINKFORMER_NATIVE=avx2): use the AVX2 kernel")
     torch.set_num_threads(args.threads)
     rel = native.SOURCE.resolve().relative_to(Path(__file__).resolve().parents[1])
     base_src = subprocess.run(["git", "show", f"{args.base}:{rel}"], capture_output=True, check=True).stdout
@@ -56,7 +59,7 @@ def main() -> None:
                 x, y, scratch = torch.randn(m, k), torch.empty(m, n), torch.empty(m * (k + 64))
 
                 def run(lib: ctypes.CDLL) -> float:
-                    f = lib.lut4_matmul_t_avx2
+                    f = getattr(lib, args.kernel)
                     return timed(lambda: [f(ctypes.c_void_p(x.data_ptr()), ctypes.c_int64(m), ctypes.c_int64(k),
                                             ctypes.c_void_p(w.data_ptr()), ctypes.c_int64(n),
                                             ctypes.c_void_p(codebook.data_ptr()), None, ctypes.c_void_p(y.data_ptr()),
@@ -68,7 +71,7 @@ def main() -> None:
                                 "new_speedup": round(times["base"] / times["new"], 3)})
                 print(results[-1], file=sys.stderr)
     report("kernel_ab", {"command": "python kernel_ab.py " + shlex.join(sys.argv[1:]), "base": args.base,
-                         "kernel": "lut4_matmul_t_avx2", "results": results, "threads": args.threads}, args.out)
+                         "kernel": args.kernel, "results": results, "threads": args.threads}, args.out)
 
 
 if __name__ == "__main__":
