@@ -141,6 +141,26 @@ def test_a_changed_weight_is_seen_by_the_next_search():
     torch.testing.assert_close(logits, m.decode(torch.tensor([[4]]), memory, mask)[:, -1], rtol=1e-4, atol=1e-5)
 
 
+def test_a_translator_looks_its_decoder_up_once_per_call_and_sees_a_change_between_calls(monkeypatch):
+    from shrinkformer.compress import decoder_step
+    from shrinkformer.translate import Translator
+
+    m = model("4-bit + embeddings")
+    ids = [[5, 6, 7, EOS], [8, 9, EOS], [10, 11, 12, 13, EOS]]
+    translator = Translator(m, tokenizer=None, search=SearchConfig(beam_size=3), batch_sentences=1)
+    builds = []
+    real = decoder_step._fingerprint
+    monkeypatch.setattr(decoder_step, "_fingerprint", lambda model: builds.append(1) or real(model))
+    first = translator.translate_ids(ids)
+    assert len(builds) == 1  # read once for the call (where the decoder was built), not once per batch of one
+    assert not decoder_step._pinned  # released after the call
+    with torch.no_grad():
+        m.decoder.final_norm.weight.mul_(-1)  # between calls (every logit flips): seen by the next one
+    after = translator.translate_ids(ids)
+    assert after == Translator(m, tokenizer=None, search=SearchConfig(beam_size=3), native=False).translate_ids(ids)
+    assert first != after
+
+
 @pytest.mark.parametrize("n", [1, 12])  # 7 rows through the kernels; 84 rows through BLAS (where there is one)
 @pytest.mark.parametrize("pre_norm", [True, False])
 @pytest.mark.parametrize("kind", KINDS)

@@ -8,6 +8,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from .compress.decoder_step import pinned
 from .data.batching import pad
 from .data.tokenizer import Tokenizer
 from .model.search import SearchConfig, beam_search
@@ -43,7 +44,7 @@ class Translator:
     def translate_ids(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # similar lengths batch well
         out: list[list[int]] = [[] for _ in sources]
-        with evaluating(self.model):
+        with evaluating(self.model), pinned(self.model):  # the native decoder looked up once, not per batch
             for start in range(0, len(order), self.batch_sentences):
                 chunk = order[start:start + self.batch_sentences]
                 src = pad([list(sources[i][: self.max_source]) + [EOS] for i in chunk]).to(self.device)

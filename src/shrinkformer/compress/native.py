@@ -136,6 +136,9 @@ def library() -> ctypes.CDLL | None:
             lib.decoder_step_scratch.argtypes = [ctypes.c_void_p, ctypes.c_int64]
             lib.decoder_step_configure.restype = None
             lib.decoder_step_configure.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4
+            lib.decoder_project.restype = None
+            lib.decoder_project.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 3
+            lib.decoder_tile_floats.restype = ctypes.c_int64
             lib.beam_select.restype = ctypes.c_int64
             lib.beam_select.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + \
                 [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 4

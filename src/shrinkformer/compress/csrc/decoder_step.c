@@ -171,6 +171,14 @@ static void attend_prefix(const float *q, const float *k, const float *v, const 
     }
 }
 
+/* A projection outside the step (the cross-attention keys and values of the encoder's output, once
+   per batch): the kernel or tiles through BLAS, as in the step. tile: TILE_FLOATS floats. */
+void decoder_project(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y, float *tile) {
+    project(L, x, M, bias, y, tile);
+}
+
+int64_t decoder_tile_floats(void) { return TILE_FLOATS; }
+
 static void linear(const decoder_layer *L, int which, const float *x, int64_t M, float *y, float *tile) {
     project(L->proj[which], x, M, L->bias[which], y, tile);
 }
