@@ -167,9 +167,7 @@ class PackedWeight(nn.Module):
         if held is not None and held[0] == native._generation and held[1] is b["index"] and \
                 held[2] is b["values"] and held[3] is b["centroids"] and held[4] is b["mask"]:
             return held[5]
-        table = self._codebook() if self.centroids is not None else None
-        call = native.bind(self.encoding, self.bits, *self.shape, index=self.index, codebook=table,
-                           values=self.values, mask=self.mask, row_start=self.row_start)
+        call = native.bind(self.encoding, self.bits, *self.shape, **self._native_tensors())
         self._kernel = (native._generation, b["index"], b["values"], b["centroids"], b["mask"], call)
         return call
 
@@ -179,11 +177,15 @@ class PackedWeight(nn.Module):
         if native.library() is None or self.centroids is None and self.values is None or \
                 not (self.centroids if self.centroids is not None else self.values).is_cpu:
             return None
-        table = self._codebook() if self.centroids is not None else None
-        layer = native.layer_descriptor(self.encoding, self.bits, *self.shape, index=self.index, codebook=table,
-                                        values=self.values, mask=self.mask, row_start=self.row_start)
-        held = [t for t in (self.index, table, self.values, self.mask, self.row_start) if t is not None]
-        return None if layer is None else (layer, held)
+        tensors = self._native_tensors()
+        layer = native.layer_descriptor(self.encoding, self.bits, *self.shape, **tensors)
+        return None if layer is None else (layer, [t for t in tensors.values() if t is not None])
+
+    def _native_tensors(self) -> dict[str, Tensor | None]:
+        """What the native kernels read, by the names ``native.bind`` and ``native.layer_descriptor``
+        take: the codebook padded to the kernels' table size."""
+        return {"index": self.index, "codebook": self._codebook() if self.centroids is not None else None,
+                "values": self.values, "mask": self.mask, "row_start": self.row_start}
 
     def rows_per_tile(self) -> int:
         return max(1, min(self.shape[0], TILE_FLOATS // self.shape[1]))

@@ -11,8 +11,6 @@ continuing beam extends and its token, and a finished hypothesis is read back th
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 from torch import Tensor
 
