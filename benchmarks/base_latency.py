@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
+import sys
 from pathlib import Path
 
 import torch
@@ -60,7 +62,7 @@ def main() -> None:
     rows = {name: {"ms_per_sentence": round(1e3 * times[name] / args.sentences, 1),
                    "output_tokens": lengths[name], "resident_weight_bytes": resident_weight_bytes(models[name]),
                    "batch1_speedup_vs_fp32": round(times["fp32"] / times[name], 3)} for name in models}
-    report("base_latency", {
+    report("base_latency", {"command": shlex.join(["python", *sys.argv]),
         "benchmark": "base_latency", "preset": "base", "parameters": sum(p.numel() for p in fp32.parameters()),
         "beam": search.beam_size, "source_tokens": args.source_tokens, "sentences": args.sentences,
         "rounds": args.rounds, "same_lengths": len({tuple(r["output_tokens"]) for r in rows.values()}) == 1,
