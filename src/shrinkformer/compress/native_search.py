@@ -23,8 +23,7 @@ def beam_search(decoder, model, src: Tensor, cfg) -> list[list[int]]:  # decoder
     n_sent, k = src.shape[0], cfg.beam_size
     encoded = decoder.encode(model, src, k)
     memory, src_mask = encoded if encoded is not None else model.encode(src)
-    limit = model.cfg.max_positions - 1
-    max_len = (((~src_mask).sum(1).float() * cfg.max_len_a + cfg.max_len_b).long().clamp(1, limit)).tolist()
+    max_len = cfg.max_lengths(src_mask, model.cfg.max_positions).tolist()
     session = decoder.start(model, memory, src_mask, k, max(max_len) + 1)
     lib, vocab = native.library(), model.cfg.vocab_size
 
@@ -53,31 +52,26 @@ def beam_search(decoder, model, src: Tensor, cfg) -> list[list[int]]:  # decoder
         done = lib.beam_select(logits.data_ptr(), n, k, vocab, scores.data_ptr(),
                                at_limit.data_ptr() if limited else None, PAD, BOS, EOS, *pointers)
         rows, toks = parent_out[: n * k].tolist(), token_out[: n * k].tolist()
-        if not done:
-            history.append((rows, toks))
-            last, parent = token_out[: n * k], parent_out[: n * k]
-            continue
-
-        beams, fin_scores = fin_beam[: n * k].tolist(), fin_score[: n * k].tolist()
-        for b in range(n):
-            sent = alive[b]
-            for r in range(b * k, b * k + k):
-                if beams[r] >= 0 and len(finished[sent]) < k:
-                    hyp = _prefix(history, step, b * k + beams[r])
-                    finished[sent].append((fin_scores[r] / (len(hyp) + 1) ** cfg.length_penalty, hyp))
-        keep = [b for b in range(n) if len(finished[alive[b]]) < k]
-        if not keep:
-            break
-        if len(keep) < n:  # finished sentences leave the batch
-            keep_rows = [b * k + j for b in keep for j in range(k)]
-            rows, toks = [rows[r] for r in keep_rows], [toks[r] for r in keep_rows]
-            scores = scores[keep_rows].contiguous()
-            alive = [alive[b] for b in keep]
-            sentences = torch.tensor(alive, dtype=torch.int64)
-            shortest = min(max_len[s] for s in alive)
-            last, parent = torch.tensor(toks, dtype=torch.int64), torch.tensor(rows, dtype=torch.int64)
-        else:
-            last, parent = token_out[: n * k], parent_out[: n * k]
+        last, parent = token_out[: n * k], parent_out[: n * k]  # read by the next step where they are
+        if done:
+            beams, fin_scores = fin_beam[: n * k].tolist(), fin_score[: n * k].tolist()
+            for b in range(n):
+                sent = alive[b]
+                for r in range(b * k, b * k + k):
+                    if beams[r] >= 0 and len(finished[sent]) < k:
+                        hyp = _prefix(history, step, b * k + beams[r])
+                        finished[sent].append((cfg.final_score(fin_scores[r], hyp), hyp))
+            keep = [b for b in range(n) if len(finished[alive[b]]) < k]
+            if not keep:
+                break
+            if len(keep) < n:  # finished sentences leave the batch
+                keep_rows = [b * k + j for b in keep for j in range(k)]
+                rows, toks = [rows[r] for r in keep_rows], [toks[r] for r in keep_rows]
+                scores = scores[keep_rows].contiguous()
+                alive = [alive[b] for b in keep]
+                sentences = torch.tensor(alive, dtype=torch.int64)
+                shortest = min(max_len[s] for s in alive)
+                last, parent = torch.tensor(toks, dtype=torch.int64), torch.tensor(rows, dtype=torch.int64)
         history.append((rows, toks))
 
     return [max(hyps)[1] if hyps else [] for hyps in finished]

@@ -30,6 +30,15 @@ class SearchConfig:
         if self.beam_size < 1:
             raise UsageError(f"beam size must be >= 1, got {self.beam_size}")
 
+    def max_lengths(self, src_mask: Tensor, max_positions: int) -> Tensor:
+        """Per sentence (B,), the most target tokens it may have: a * its source length + b, within
+        the positional table."""
+        return ((~src_mask).sum(1).float() * self.max_len_a + self.max_len_b).long().clamp(1, max_positions - 1)
+
+    def final_score(self, score: float, hyp: list[int]) -> float:
+        """A finished hypothesis's score: its log-probability (EOS included) over its length with EOS."""
+        return score / (len(hyp) + 1) ** self.length_penalty
+
 
 @torch.no_grad()
 def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfig(),
@@ -46,9 +55,7 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
 
         return native_beam_search(decoder, model, src, cfg)
     memory, src_mask = model.encode(src)
-    src_len = (~src_mask).sum(1)
-    limit = model.cfg.max_positions - 1
-    max_len = (src_len.float() * cfg.max_len_a + cfg.max_len_b).long().clamp(1, limit)  # (B,)
+    max_len = cfg.max_lengths(src_mask, model.cfg.max_positions)  # (B,)
 
     # Flattened beams: row b * k + j is beam j of sentence alive[b]; memory row b is its source.
     alive = torch.arange(n_sent, device=src.device)
@@ -86,7 +93,7 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
             if len(finished[sent]) < k:
                 row = b * k + int(top_beam[b, r])
                 hyp = tokens[row, 1:].tolist()
-                finished[sent].append((float(top_scores[b, r]) / (len(hyp) + 1) ** cfg.length_penalty, hyp))
+                finished[sent].append((cfg.final_score(float(top_scores[b, r]), hyp), hyp))
 
         # The best k non-EOS candidates continue.
         order = (is_eos.long() * 2 * k + ranks).argsort(dim=1)[:, :k]
@@ -119,7 +126,8 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
 def _native_decoder(model: Transformer, src: Tensor, beams: int):  # -> NativeDecoder | None
     from ..compress.decoder_step import max_rows, native_decoder  # the runtime side; the model does not need it
 
-    if not src.is_cpu or src.shape[0] * beams > (max_rows() or src.shape[0] * beams):
+    most = max_rows()
+    if not src.is_cpu or most is not None and src.shape[0] * beams > most:
         return None
     return native_decoder(model)
 

@@ -126,9 +126,11 @@ int64_t beam_select(const float *logits, int64_t n, int64_t k, int64_t V, float 
     int64_t c = 2 * k < V ? 2 * k : V, want = 2 * k, finished = 0;
     PARALLEL_OVER_SENTENCES(n)
     for (int64_t b = 0; b < n; b++) {
-        /* a beam's best raw logits (c), then the pool of every beam's candidates (k * c) */
-        float *val = malloc(sizeof(float) * (size_t)(c + k * c)), *pool_score = val + c;
-        int64_t *idx = malloc(sizeof(int64_t) * (size_t)(c + k * c)), *pool_tok = idx + c;
+        /* one allocation: a beam's best raw logits (c values, c tokens), the pool of every beam's
+           candidates (k * c scores, k * c tokens) and the sentence's best (2k pool positions) */
+        int64_t *idx = malloc(sizeof(int64_t) * (size_t)(2 * c + 2 * k * c + want)), *pool_tok = idx + c,
+                *best = pool_tok + k * c;
+        float *val = (float *)(best + want), *pool_score = val + c;
         int64_t pooled = 0;
         for (int64_t j = 0; j < k; j++) {
             const float *x = logits + (b * k + j) * V;
@@ -152,7 +154,7 @@ int64_t beam_select(const float *logits, int64_t n, int64_t k, int64_t V, float 
                 if (v == pad || v == bos) { pool_score[pooled] = -INFINITY; pool_tok[pooled++] = v; count++; }
         }
         /* the sentence's best 2k of the pool: positions sorted by score, stable */
-        int64_t *best = malloc(sizeof(int64_t) * (size_t)want), have = 0;
+        int64_t have = 0;
         for (int64_t p = 0; p < pooled; p++) {
             if (have == want && !(pool_score[p] > pool_score[best[want - 1]])) continue;
             int64_t q = have < want ? have++ : want - 1;
@@ -178,8 +180,6 @@ int64_t beam_select(const float *logits, int64_t n, int64_t k, int64_t V, float 
                 scores[b * k + kept] = pool_score[p];
                 kept++;
             }
-        free(best);
-        free(val);
         free(idx);
 #ifdef _OPENMP
 #pragma omp atomic

@@ -222,6 +222,13 @@ static void embedding_row(const packed_layer *E, int64_t r, float *out) {
     else masked_dequant(E, r, r + 1, out);
 }
 
+/* The model's embed() of one token at one position: its row times sqrt(C), plus the position's
+   sinusoid (in that order, unfused, as PyTorch rounds it). */
+static void embed(const decoder_desc *D, int64_t token, int64_t position, float *out) {
+    embedding_row(D->embed, token, out);
+    for (int64_t c = 0; c < D->C; c++) out[c] = out[c] * D->embed_scale + D->positions[position * D->C + c];
+}
+
 /* tokens (M): the newest token of each row, at position t; parent (M): the row of step t - 1 that
    row m continues (ignored at t = 0); sentence (M / beams): the memory row of each group of beams.
    x: M * C floats the step works in; logits (M, vocab); work: decoder_step_scratch(D, M) floats. */
@@ -234,12 +241,7 @@ void decoder_step(const decoder_desc *D, const int64_t *tokens, float *x, int64_
     int32_t *before = (int32_t *)(tile + (sgemm ? TILE_FLOATS + C * D->ffn : 0));
     float scale = 1.0f / sqrtf((float)Dh);
 
-    /* the model's embed(): the token's row times sqrt(C), plus the position's sinusoid (in that
-       order, unfused, as PyTorch rounds it) */
-    for (int64_t m = 0; m < M; m++) {
-        embedding_row(D->embed, tokens[m], x + m * C);
-        for (int64_t c = 0; c < C; c++) x[m * C + c] = x[m * C + c] * D->embed_scale + D->positions[t * C + c];
-    }
+    for (int64_t m = 0; m < M; m++) embed(D, tokens[m], t, x + m * C);
 
     /* row m's prefix is parent[m]'s, and its position t is its own row */
     int32_t *anc = D->ancestry;
@@ -307,10 +309,7 @@ void encoder_forward(const decoder_desc *E, const int64_t *tokens, int64_t n, co
     float *h = work, *q = h + M * C, *k = q + M * C, *v = k + M * C, *a = v + M * C, *f = a + M * C,
           *ff = f + M * C, *scores = ff + M * E->ffn, *tile = scores + M * S;
     float scale = 1.0f / sqrtf((float)Dh);
-    for (int64_t m = 0; m < M; m++) {
-        embedding_row(E->embed, tokens[m], x + m * C);
-        for (int64_t c = 0; c < C; c++) x[m * C + c] = x[m * C + c] * E->embed_scale + E->positions[(m % S) * C + c];
-    }
+    for (int64_t m = 0; m < M; m++) embed(E, tokens[m], m % S, x + m * C);
     for (int64_t l = 0; l < E->layers; l++) {
         const decoder_layer *L = &E->layer[l];
         const float *in = block_input(E, L, SELF_NORM, x, M, h);
