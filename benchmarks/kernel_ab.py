@@ -20,7 +20,10 @@ from pathlib import Path
 import torch
 from common import interleaved, median, report, timed
 
-from shrinkformer.compress import native
+from shrinkformer.runtime import build as runtime_build
+from shrinkformer.runtime import native
+
+SOURCE = runtime_build.CSRC / "packed_kernels.c"
 
 SHAPES = {"512->512": (512, 512), "512->2048": (2048, 512), "2048->512": (512, 2048), "output 512->8000": (8000, 256)}
 
@@ -28,7 +31,8 @@ SHAPES = {"512->512": (512, 512), "512->2048": (2048, 512), "2048->512": (512, 2
 def build(source: bytes, where: Path, name: str) -> ctypes.CDLL:
     src, lib = where / f"{name}.c", where / f"{name}.so"
     src.write_bytes(source)
-    subprocess.run(["cc", *native.FLAGS, native.OPENMP_FLAG, str(src), "-o", str(lib)], check=True)
+    flags = [*runtime_build.FLAGS, *runtime_build.VARIANTS["x86"][1], f"-I{runtime_build.CSRC}"]
+    subprocess.run(["cc", *flags, runtime_build.OPENMP_FLAG, str(src), "-o", str(lib)], check=True)
     return ctypes.CDLL(str(lib))
 
 
@@ -42,15 +46,15 @@ def main() -> None:
     p.add_argument("--kernel", default="lut4_matmul_t_avx2", choices=["lut4_matmul_t_avx2", "lut4_matmul_t_avx512"])
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    if args.kernel.endswith("avx512") and not native._wide():
+    if args.kernel.endswith("avx512") and not native.wide():
         sys.exit("kernel_ab.py: this CPU has no AVX-512 (or SHRINKFORMER_NATIVE=avx2): use the AVX2 kernel")
     torch.set_num_threads(args.threads)
-    rel = native.SOURCE.resolve().relative_to(Path(__file__).resolve().parents[1])
+    rel = SOURCE.resolve().relative_to(Path(__file__).resolve().parents[1])
     base_src = subprocess.run(["git", "show", f"{args.base}:{rel}"], capture_output=True, check=True).stdout
     torch.manual_seed(0)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        libs = {"base": build(base_src, Path(tmp), "base"), "new": build(native.SOURCE.read_bytes(), Path(tmp), "new")}
+        libs = {"base": build(base_src, Path(tmp), "base"), "new": build(SOURCE.read_bytes(), Path(tmp), "new")}
         for shape, (n, k) in SHAPES.items():
             layers = [torch.randint(0, 256, (n * k // 2,), dtype=torch.uint8)
                       for _ in range(max(2, min(200, int(args.megabytes * 2**20 / (n * k // 2)))))]

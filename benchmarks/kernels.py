@@ -90,10 +90,13 @@ def last_level_cache_bytes() -> int:
 def kernel_path() -> str:
     """Which code ran the packed products: the native kernels (and which), or the tile path."""
     from shrinkformer.compress import native
+    from shrinkformer.runtime import native as runtime_native
 
     if native.library() is None:
         return "tile (pure PyTorch)"
-    return f"native ({'AVX-512' if native._wide() else 'AVX2'}) up to {native.MAX_ROWS} rows of x " \
+    simd = "portable C" if runtime_native.loaded_variant() == "portable" else \
+        "AVX-512" if runtime_native.wide() else "AVX2"
+    return f"native ({simd}) up to {native.MAX_ROWS} rows of x " \
            f"({native.MAX_1BIT_ROWS} for 1-bit, {native.MAX_MASKED_ROWS} for pruned layers), " \
            "dequantized tiles and BLAS above"
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from common import DATA, report
 
-from shrinkformer.compress.decoder_step import native_decoder
+from shrinkformer.compress.engine import native_engine
 from shrinkformer.data.corpus import read_parallel
 from shrinkformer.evaluate.bleu import score
 from shrinkformer.loading import load_any
@@ -43,7 +43,7 @@ def main() -> None:
     rows = {}
     for path in args.models:
         cfg, tok, model = load_any(path)
-        row = {"native_step_available": native_decoder(model.eval()) is not None}
+        row = {"native_step_available": native_engine(model.eval()) is not None}
         for name, batch, lines in (("batched", 64, data.source), ("batch1", 1, data.source[: args.batch1_sentences])):
             out, seconds = {}, {}
             for native in (True, False):

@@ -7,7 +7,7 @@ from pathlib import Path
 import shrinkformer
 
 ROOT = Path(shrinkformer.__file__).parent
-LOWER = ("shrinkformer.pack", "shrinkformer.compress", "shrinkformer.data", "shrinkformer.model")
+LOWER = ("shrinkformer.pack", "shrinkformer.compress", "shrinkformer.data", "shrinkformer.model", "shrinkformer.runtime")
 UPPER = ("shrinkformer.train", "shrinkformer.huggingface", "shrinkformer.experiments", "shrinkformer.cli")
 
 
@@ -69,3 +69,22 @@ def test_no_import_cycles():
 
 def test_the_cycle_check_finds_a_cycle():
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "p": {"p.x"}, "p.x": set()}) == ["a -> b -> c -> a"]
+
+
+RUNTIME_MAY_IMPORT = ("shrinkformer.runtime", "shrinkformer.errors", "shrinkformer.io", "shrinkformer.special_tokens",
+                      "shrinkformer.pack.entropy", "shrinkformer.pack")
+
+
+def test_the_runtime_imports_neither_torch_nor_the_layers_above_it():
+    """shrinkformer.runtime runs where torch is not installed: it imports the ground (errors, io,
+    special tokens, the Huffman decoder) and itself, never torch (at any depth of a function)."""
+    bad = []
+    for path in (ROOT / "runtime").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            bad += [(path.name, n) for n in names if n.split(".")[0] in ("torch", "safetensors", "sacrebleu")]
+    graph = imports()
+    bad += [(m, d) for m, deps in graph.items() if m.startswith("shrinkformer.runtime")
+            for d in deps if not d.startswith(RUNTIME_MAY_IMPORT)]
+    assert bad == []

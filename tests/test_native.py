@@ -16,6 +16,7 @@ from shrinkformer.compress.primitives import assign
 def fresh(monkeypatch, tmp_path):
     """Each test decides anew whether the kernels load (and compiles into its own cache)."""
     monkeypatch.setenv("SHRINKFORMER_CACHE", str(tmp_path))
+    monkeypatch.tmp = tmp_path
     native.reset()
     yield monkeypatch
     native.reset()
@@ -28,11 +29,11 @@ def layer(bits: int, rows: int, cols: int, seed: int = 0) -> PackedWeight:
     return PackedWeight.from_codec(CodebookCodec(w.shape, centroids, assign(w.flatten(), centroids).to(torch.uint8)))
 
 
-@pytest.mark.parametrize("variant", ["best", "avx2"])
+@pytest.mark.parametrize("variant", ["best", "avx2", "portable"])
 @pytest.mark.parametrize("bits", [1, 4])
 def test_kernels_agree_with_the_tile_path(fresh, variant, bits):
-    if variant == "avx2":
-        fresh.setenv("SHRINKFORMER_NATIVE", "avx2")
+    if variant != "best":
+        fresh.setenv("SHRINKFORMER_NATIVE", variant)
     if native.library() is None:
         pytest.skip("no native kernels on this machine (the fallback test covers it)")
     for rows, cols in [(64, 512), (37, 96), (37, 48), (3, 16), (8, 8)]:  # K % 32 == 0: byte planes
@@ -66,10 +67,12 @@ def test_large_layers_split_across_threads_give_the_same_result(fresh):
 def test_without_kernels_the_tile_path_runs_after_one_warning(fresh, how):
     if how == "disabled":
         fresh.setenv("SHRINKFORMER_NATIVE", "0")
-    else:
+    else:  # nothing was built at install, and nothing can be built now
+        from shrinkformer.runtime import native as runtime_native
+        fresh.setattr(runtime_native, "LIB_DIR", fresh.tmp / "none")
         fresh.setenv("CC", "/nonexistent/cc")
     w, x = layer(4, 32, 64), torch.randn(2, 64)
-    with pytest.warns(RuntimeWarning, match="pure-PyTorch tile path"):
+    with pytest.warns(RuntimeWarning, match="without its native library"):
         first = w.matmul_t(x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # only once
@@ -78,15 +81,15 @@ def test_without_kernels_the_tile_path_runs_after_one_warning(fresh, how):
     torch.testing.assert_close(first, torch.nn.functional.linear(x, w.dense()))
 
 
-@pytest.mark.parametrize("variant", ["best", "avx2"])
+@pytest.mark.parametrize("variant", ["best", "avx2", "portable"])
 @pytest.mark.parametrize("encoding", ["sparse", "codebook"])
 @pytest.mark.parametrize("sparsity", [0.3, 0.8, 0.97])
 def test_pruned_layer_kernels_agree_with_the_tile_path(fresh, variant, encoding, sparsity):
     from shrinkformer.compress.base import SparseCodec
     from shrinkformer.compress.primitives import magnitude_mask
 
-    if variant == "avx2":
-        fresh.setenv("SHRINKFORMER_NATIVE", "avx2")
+    if variant != "best":
+        fresh.setenv("SHRINKFORMER_NATIVE", variant)
     if native.library() is None:
         pytest.skip("no native kernels on this machine (the fallback test covers it)")
     g = torch.Generator().manual_seed(1)
@@ -153,12 +156,13 @@ def test_without_openmp_the_kernels_run_on_one_thread_with_the_same_results(fres
     x, bias = torch.randn(5, 256), torch.randn(300)
     threaded = [w.matmul_t(x, bias) for w in layers]
     native.reset()
-    fresh.setattr(native, "OPENMP_FLAG", "-fno-such-flag")  # the compiler refuses it: built without OpenMP
-    fresh.setattr(native, "PARALLEL_FROM", 1 << 12)  # and these layers count as large: a thread pool splits them
+    from shrinkformer.runtime import build, native as runtime_native
+    fresh.setattr(runtime_native, "LIB_DIR", fresh.tmp / "none")  # built anew, into the test's cache
+    fresh.setattr(build, "OPENMP_FLAG", "-fno-such-flag")  # the compiler refuses it: built without OpenMP
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        assert native.library() is not None and not native._threaded()
+        assert native.library() is not None and not native.threaded()
         for w, expected in zip(layers, threaded):
             assert torch.equal(w.matmul_t(x, bias), expected)  # split across threads or not, each row sums alike
     finally:

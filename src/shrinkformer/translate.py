@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-from itertools import islice
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from .compress.decoder_step import pinned
+from .compress.engine import pinned
 from .data.batching import pad
 from .data.tokenizer import Tokenizer
 from .model.search import SearchConfig, beam_search
 from .model.transformer import EOS, Transformer
+from .runtime.translator import stream
 
 
 @contextlib.contextmanager
@@ -33,7 +33,7 @@ class Translator:
                  batch_sentences: int = 64, device: str | torch.device = "cpu", native: bool = True) -> None:
         self.model, self.tokenizer, self.search = model.to(device), tokenizer, search
         self.batch_sentences, self.device = batch_sentences, device
-        self.native = native  # decoding steps in one native call where they can (model/search.py)
+        self.native = native  # the runtime's engine and search where they serve the model (model/search.py)
         # Longest source the positional table allows once the target budget is added.
         self.max_source = max(1, model.cfg.max_positions // 2 - 1)
 
@@ -64,10 +64,3 @@ class Translator:
 
     def stream(self, lines: Iterable[str], chunk: int = 256) -> Iterator[str]:
         return stream(self.translate, lines, chunk)
-
-
-def stream(translate: Callable[[Sequence[str]], list[str]], lines: Iterable[str], chunk: int = 256) -> Iterator[str]:
-    """Translate an unbounded stream, a chunk at a time, keeping the order."""
-    it = (line.rstrip("\n") for line in lines)
-    while block := list(islice(it, chunk)):
-        yield from translate(block)

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import native
+from ..runtime.layers import LayerArrays
 from .api import replace_module
 from .base import Codec, CompressedEmbedding, CompressedLinear
-from .primitives import pack_bits, unpack_bits, unpack_mask
+from .primitives import unpack_bits
 
 TILE_FLOATS = 1 << 18  # 1 MiB of fp32 per dequantized tile: stays in a core's L2 on most CPUs
 
@@ -37,29 +38,20 @@ _BITS = ((torch.arange(256)[:, None] >> torch.arange(7, -1, -1)) & 1).bool()
 
 
 class PackedWeight(nn.Module):
-    """One layer's weight in its packed form; ``tile(r0, r1)`` dequantizes rows r0..r1."""
+    """One layer's weight in its packed form; ``tile(r0, r1)`` dequantizes rows r0..r1. Its buffers
+    are the runtime's layout (``runtime/layers.py``: built there, viewed here as tensors), so the
+    native kernels read them in place."""
 
-    def __init__(self, shape: torch.Size, encoding: str, bits: int, centroids: Tensor | None, index: Tensor | None,
-                 values: Tensor | None, mask: Tensor | None, made_by: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, arrays: LayerArrays, centroids: Tensor | None, made_by: list[dict[str, Any]] | None = None) -> None:
         super().__init__()
-        self.shape, self.encoding, self.bits = torch.Size(shape), encoding, bits
+        self.shape, self.encoding, self.bits = torch.Size((arrays.rows, arrays.cols)), arrays.encoding, arrays.bits
         self.made_by = made_by or []
-        rows, cols = self.shape
+
+        def tensor(a):
+            return None if a is None else torch.from_numpy(a)
         self.register_buffer("centroids", None if centroids is None else centroids.float().contiguous())
-        if index is not None and mask is not None:  # the pruned-layer kernel reads 16 bytes at a time
-            index = torch.cat([index.flatten(), index.new_zeros(16)])
-        self.register_buffer("index", None if index is None else index.contiguous())
-        self.register_buffer("values", None if values is None else values.float().contiguous())
-        if mask is not None:
-            self.register_buffer("mask", pack_bits(mask.flatten().to(torch.uint8), 1))
-            if mask.sum() >= 2 ** 31:
-                raise ValueError(f"a pruned layer of {mask.sum()} survivors: row offsets are 32-bit")
-            first = torch.zeros(rows + 1, dtype=torch.int32)
-            first[1:] = mask.view(rows, cols).sum(1).cumsum(0)
-            self.register_buffer("row_start", first)  # survivors before each row
-        else:
-            self.register_buffer("mask", None)
-            self.register_buffer("row_start", None)
+        for name in ("index", "values", "mask", "row_start"):
+            self.register_buffer(name, tensor(getattr(arrays, name)))
         self._lut: Tensor | None = None
         self._padded: tuple[Tensor, Tensor] | None = None  # (the centroids it pads, padded)
         self._kernel: tuple | None = None  # (what it was bound to, ..., bound kernel or None)
@@ -73,14 +65,9 @@ class PackedWeight(nn.Module):
     def from_parts(cls, shape: torch.Size, parts: dict[str, Tensor], meta: dict[str, Any],
                    made_by: list[dict[str, Any]] | None = None) -> "PackedWeight":
         """From a packed file's tensors and metadata (entropy coding already undone)."""
-        n = torch.Size(shape).numel()
-        mask = unpack_mask(meta["mask"], parts["mask"], n) if "mask" in meta else None
-        if meta["encoding"] == "codebook":
-            bits, centroids, index = meta["bits"], parts["centroids"], parts["index"]
-            if bits not in (1, 4) and mask is None and centroids.numel() <= 16:  # 2 or 3 bits: as 4-bit indices
-                index, bits = pack_bits(unpack_bits(index, bits, meta["count"]), 4), 4
-            return cls(shape, "codebook", bits, centroids, index, None, mask, made_by)
-        return cls(shape, "sparse", 32, None, None, parts["values"], mask, made_by)
+        arrays = LayerArrays.from_parts(tuple(shape), {k: v.numpy() for k, v in parts.items()}, meta, densify=False)
+        centroids = parts["centroids"] if meta["encoding"] == "codebook" else None
+        return cls(arrays, centroids, made_by)
 
     @property
     def resident_bytes(self) -> int:
@@ -128,9 +115,7 @@ class PackedWeight(nn.Module):
             if self.mask is None:
                 if native.dequantize(self.index, self.bits, r0 * self.shape[1], self._codebook(), out):
                     return out
-            elif native.dequantize_masked(self.bits, self.shape[1], self.index, self.values,
-                                          self._codebook() if self.centroids is not None else None,
-                                          self.mask, self.row_start, r0, out):
+            elif native.dequantize_masked(self.arrays(), r0, out):
                 return out
         if out is None:
             return self.tile_reference(r0, r1)
@@ -161,29 +146,27 @@ class PackedWeight(nn.Module):
     def _bound(self) -> Any:
         """This layer's native kernel (``native.bind``) or None, bound again after ``native.reset()``
         or when a buffer it reads was replaced (moved, converted, loaded anew). Runs once per layer
-        and decoding step, hence the plain dictionary reads (``self.index`` goes through
+        and call, hence the plain dictionary reads (``self.index`` goes through
         ``nn.Module.__getattr__``)."""
         held, b = self._kernel, self._buffers
-        if held is not None and held[0] == native._generation and held[1] is b["index"] and \
+        if held is not None and held[0] == native.generation() and held[1] is b["index"] and \
                 held[2] is b["values"] and held[3] is b["centroids"] and held[4] is b["mask"]:
             return held[5]
-        call = native.bind(self.encoding, self.bits, *self.shape, **self._native_tensors())
-        self._kernel = (native._generation, b["index"], b["values"], b["centroids"], b["mask"], call)
+        call = None
+        if native.library() is not None and self.is_cpu():
+            call = native.bind(self.arrays(), [t for t in self._native_tensors().values() if t is not None])
+        self._kernel = (native.generation(), b["index"], b["values"], b["centroids"], b["mask"], call)
         return call
 
-    def descriptor(self) -> tuple[Any, list[Tensor]] | None:
-        """The C descriptor of the whole layer and the tensors it points into (which the caller
-        keeps alive), or None where no native kernel serves the layer."""
-        if native.library() is None or self.centroids is None and self.values is None or \
-                not (self.centroids if self.centroids is not None else self.values).is_cpu:
-            return None
-        tensors = self._native_tensors()
-        layer = native.layer_descriptor(self.encoding, self.bits, *self.shape, **tensors)
-        return None if layer is None else (layer, [t for t in tensors.values() if t is not None])
+    def is_cpu(self) -> bool:
+        return (self.centroids if self.centroids is not None else self.values).is_cpu
+
+    def arrays(self) -> LayerArrays:
+        """The runtime's view of this layer (numpy views of its buffers, the codebook padded to
+        the kernels' table size): what its C descriptor points into, while this module lives."""
+        return native.arrays(self.encoding, self.bits, *self.shape, **self._native_tensors())
 
     def _native_tensors(self) -> dict[str, Tensor | None]:
-        """What the native kernels read, by the names ``native.bind`` and ``native.layer_descriptor``
-        take: the codebook padded to the kernels' table size."""
         return {"index": self.index, "codebook": self._codebook() if self.centroids is not None else None,
                 "values": self.values, "mask": self.mask, "row_start": self.row_start}
 

@@ -10,34 +10,19 @@ reference the decoding benchmark compares against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from ..errors import UsageError
+from ..runtime.search import SearchConfig
 from .transformer import BOS, EOS, PAD, LayerCache, Transformer
 
+__all__ = ["SearchConfig", "beam_search"]
 
-@dataclass(frozen=True)
-class SearchConfig:
-    beam_size: int = 5
-    length_penalty: float = 1.0  # final score = sum log p / length ** length_penalty
-    max_len_a: float = 1.2  # at most a * source_length + b target tokens
-    max_len_b: int = 10
 
-    def __post_init__(self) -> None:
-        if self.beam_size < 1:
-            raise UsageError(f"beam size must be >= 1, got {self.beam_size}")
-
-    def max_lengths(self, src_mask: Tensor, max_positions: int) -> Tensor:
-        """Per sentence (B,), the most target tokens it may have: a * its source length + b, within
-        the positional table."""
-        return ((~src_mask).sum(1).float() * self.max_len_a + self.max_len_b).long().clamp(1, max_positions - 1)
-
-    def final_score(self, score: float, hyp: list[int]) -> float:
-        """A finished hypothesis's score: its log-probability (EOS included) over its length with EOS."""
-        return score / (len(hyp) + 1) ** self.length_penalty
+def max_lengths(cfg: SearchConfig, src_mask: Tensor, max_positions: int) -> Tensor:
+    """Per sentence (B,), the most target tokens it may have (``SearchConfig.max_lengths``)."""
+    lengths = (~src_mask).sum(1).cpu().numpy()
+    return torch.from_numpy(cfg.max_lengths(lengths, max_positions)).to(src_mask.device)
 
 
 @torch.no_grad()
@@ -45,17 +30,17 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
                 use_cache: bool = True, native: bool = True) -> list[list[int]]:
     """Translate a padded batch of source ids (B, S); returns the best hypothesis per sentence
     as token ids without BOS/EOS. ``native``: the same search with each step's decoder and
-    selection native where the model allows it (``compress/native_search.py``)."""
+    selection native where the model allows it: the runtime's engine and search (``runtime/``)."""
     if model.training:  # the root's flag: walking every module per call was a millisecond per sentence
         model.eval()
     n_sent, k = src.shape[0], cfg.beam_size
-    decoder = _native_decoder(model, src, k) if native and use_cache else None
-    if decoder is not None:
-        from ..compress.native_search import beam_search as native_beam_search  # the runtime side
+    engine = _native_engine(model, src) if native and use_cache else None
+    if engine is not None:
+        from ..compress.engine import beam_search as runtime_beam_search  # the runtime side
 
-        return native_beam_search(decoder, model, src, cfg)
+        return runtime_beam_search(engine, src, cfg, model.cfg.max_positions)
     memory, src_mask = model.encode(src)
-    max_len = cfg.max_lengths(src_mask, model.cfg.max_positions)  # (B,)
+    max_len = max_lengths(cfg, src_mask, model.cfg.max_positions)  # (B,)
 
     # Flattened beams: row b * k + j is beam j of sentence alive[b]; memory row b is its source.
     alive = torch.arange(n_sent, device=src.device)
@@ -123,13 +108,10 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
     return [max(hyps)[1] if hyps else [] for hyps in finished]
 
 
-def _native_decoder(model: Transformer, src: Tensor, beams: int):  # -> NativeDecoder | None
-    from ..compress.decoder_step import max_rows, native_decoder  # the runtime side; the model does not need it
+def _native_engine(model: Transformer, src: Tensor):  # -> runtime Engine | None
+    from ..compress.engine import native_engine  # the runtime side; the model does not need it
 
-    most = max_rows()
-    if not src.is_cpu or most is not None and src.shape[0] * beams > most:
-        return None
-    return native_decoder(model)
+    return native_engine(model) if src.is_cpu else None
 
 
 def _best(cand: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:

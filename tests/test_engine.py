@@ -1,16 +1,19 @@
-"""The native decoding step (one C call per step) computes what the PyTorch modules compute, for
-every kind of layer it serves, and steps aside for everything it does not."""
+"""The runtime's engine, built over a torch model's own tensors (``compress/engine.py``), computes
+what the PyTorch modules compute, for every kind of layer it serves, and steps aside for everything
+it does not; its search translates as the PyTorch search does."""
 
 import copy
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
 from shrinkformer.compress import BinaryConfig, KMeansConfig, PruneConfig, compress, native, to_inference
-from shrinkformer.compress.decoder_step import MAX_ROWS_WITHOUT_BLAS, native_decoder
+from shrinkformer.compress import engine as torch_engine
+from shrinkformer.compress.engine import native_engine
 from shrinkformer.model import MODEL_PRESETS, SearchConfig, Transformer, beam_search
-from shrinkformer.model.search import _native_decoder
+from shrinkformer.model.search import _native_engine
 from shrinkformer.model.transformer import BOS, EOS, PAD
 
 KINDS = {
@@ -51,22 +54,22 @@ def kernels():
 @pytest.mark.parametrize("n", [3, 17])  # 17 sentences x 4 beams: every kind's products go through BLAS
 @pytest.mark.parametrize("pre_norm", [True, False])
 @pytest.mark.parametrize("kind", KINDS)
+@torch.no_grad()
 def test_native_steps_give_the_logits_of_the_pytorch_steps(kind, pre_norm, n):
-    if n > 3 and not native.has_blas():
-        pytest.skip("torch exports no BLAS sgemm here: every product goes through the kernels")
     m = model(kind, pre_norm)
-    decoder = native_decoder(m)
-    assert decoder is not None
+    engine = native_engine(m)
+    assert engine is not None
     beams, steps = 4, 7
     src = sources(n)
     memory, mask = m.encode(src)
-    session = decoder.start(m, memory, mask, beams, capacity=steps)
+    session = engine.start(memory.detach().numpy(), mask.numpy(), beams, capacity=steps)
     cache = [{} for _ in m.decoder.layers]
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(4, 40, (n * beams, steps), generator=g)
     alive, parent = torch.arange(n), None
     for t in range(steps):
-        native_logits = session.step(tokens[:, t], t, parent, alive)
+        native_logits = torch.from_numpy(session.step(tokens[:, t].contiguous().numpy(), t,
+                                                      None if parent is None else parent.numpy(), alive.numpy()))
         logits = m.decode(tokens[:, t:t + 1], memory, mask, cache, start=t)[:, -1]
         torch.testing.assert_close(native_logits, logits, rtol=1e-4, atol=1e-5)
         # beams reorder at random; after step 3 the middle sentence leaves the batch
@@ -85,21 +88,19 @@ def test_native_search_translates_as_the_pytorch_search(kind):
     m = model(kind, seed=2)
     cfg = SearchConfig(beam_size=5)
     for batch in (sources(1, seed=3), sources(3, seed=4), sources(2, seed=5), sources(12, seed=6)):
-        assert _native_decoder(m, batch, 5) is not None  # the native path is what runs
+        assert _native_engine(m, batch) is not None  # the runtime's engine is what runs
         assert beam_search(m, batch, cfg) == beam_search(m, batch, cfg, native=False)
 
 
-def test_without_blas_only_small_batches_run_natively(monkeypatch):
+def test_without_blas_every_product_runs_in_the_kernels(monkeypatch):
     m = model("4-bit + embeddings")
-    many = sources(MAX_ROWS_WITHOUT_BLAS // 5 + 1)
-    if native.has_blas():
-        assert _native_decoder(m, many, 5) is not None  # large products go to BLAS
-    monkeypatch.setattr(native, "_blas_sgemm", lambda: None)
+    many = sources(7)  # 35 rows of beams: past every kernel's rows, BLAS's where there is one
+    from shrinkformer.runtime import native as runtime_native
+    monkeypatch.setattr(runtime_native, "blas_sgemm", lambda: (None, 0))
     native.reset()
     try:
         assert not native.has_blas()
-        assert _native_decoder(m, many, 5) is None
-        assert _native_decoder(m, sources(3), 5) is not None
+        assert _native_engine(m, many) is not None
         assert beam_search(m, many, SearchConfig(beam_size=5)) == beam_search(m, many, SearchConfig(beam_size=5),
                                                                                native=False)
     finally:
@@ -110,20 +111,20 @@ def test_without_blas_only_small_batches_run_natively(monkeypatch):
 def test_models_it_cannot_serve_use_the_pytorch_path():
     m = model("4-bit + embeddings")
     m.decoder.layers[0].self_attn.prob_transform = lambda p: p  # the attention analysis's hook
-    assert native_decoder(m) is None
+    assert native_engine(m) is None
     m.decoder.layers[0].self_attn.prob_transform = None
-    assert native_decoder(m) is not None
+    assert native_engine(m) is not None
 
     training_form = Transformer(dataclasses.replace(MODEL_PRESETS["tiny"], vocab_size=40))
     compress(training_form, KMeansConfig(4), "all")  # compressed layers compute their weight per call
-    assert native_decoder(training_form.eval()) is None
-    assert native_decoder(training_form.train()) is None
+    assert native_engine(training_form.eval()) is None
+    assert native_engine(training_form.train()) is None
 
 
 def test_a_model_that_decoded_natively_can_still_be_copied():
     m = model("4-bit + embeddings")
     beam_search(m, sources(1), SearchConfig(beam_size=2))
-    assert native_decoder(m) is not None
+    assert native_engine(m) is not None
     twin = copy.deepcopy(m)  # what compressing a copy of a model does
     assert beam_search(twin, sources(2), SearchConfig(beam_size=2)) == beam_search(m, sources(2), SearchConfig(beam_size=2))
 
@@ -131,29 +132,29 @@ def test_a_model_that_decoded_natively_can_still_be_copied():
 def test_a_changed_weight_is_seen_by_the_next_search():
     m = model("fp32")
     src = sources(1)
-    before = native_decoder(m)
+    before = native_engine(m)
     with torch.no_grad():
         m.decoder.layers[1].ffn.fc2.weight.mul_(-3)  # in place: the same tensor, a new version
-    after = native_decoder(m)
+    after = native_engine(m)
     assert after is not before
     memory, mask = m.encode(src)
-    logits = after.start(m, memory, mask, 1, 2).step(torch.tensor([4]), 0, None, torch.arange(1))
-    torch.testing.assert_close(logits, m.decode(torch.tensor([[4]]), memory, mask)[:, -1], rtol=1e-4, atol=1e-5)
+    logits = after.start(memory.detach().numpy(), mask.numpy(), 1, 2).step(np.array([4]), 0, None, np.arange(1))
+    torch.testing.assert_close(torch.from_numpy(logits), m.decode(torch.tensor([[4]]), memory, mask)[:, -1],
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_a_translator_looks_its_decoder_up_once_per_call_and_sees_a_change_between_calls(monkeypatch):
-    from shrinkformer.compress import decoder_step
     from shrinkformer.translate import Translator
 
     m = model("4-bit + embeddings")
     ids = [[5, 6, 7, EOS], [8, 9, EOS], [10, 11, 12, 13, EOS]]
     translator = Translator(m, tokenizer=None, search=SearchConfig(beam_size=3), batch_sentences=1)
     builds = []
-    real = decoder_step._fingerprint
-    monkeypatch.setattr(decoder_step, "_fingerprint", lambda model: builds.append(1) or real(model))
+    real = torch_engine._fingerprint
+    monkeypatch.setattr(torch_engine, "_fingerprint", lambda model: builds.append(1) or real(model))
     first = translator.translate_ids(ids)
     assert len(builds) == 1  # read once for the call (where the decoder was built), not once per batch of one
-    assert not decoder_step._pinned  # released after the call
+    assert not torch_engine._pinned  # released after the call
     with torch.no_grad():
         m.decoder.final_norm.weight.mul_(-1)  # between calls (every logit flips): seen by the next one
     after = translator.translate_ids(ids)
@@ -161,23 +162,17 @@ def test_a_translator_looks_its_decoder_up_once_per_call_and_sees_a_change_betwe
     assert first != after
 
 
-@pytest.mark.parametrize("n", [1, 12])  # 7 rows through the kernels; 84 rows through BLAS (where there is one)
+@pytest.mark.parametrize("n", [1, 12])  # 7 rows through the kernels; 84 rows through BLAS
 @pytest.mark.parametrize("pre_norm", [True, False])
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_native_encoder_gives_the_memory_of_the_pytorch_encoder(kind, pre_norm, n):
     m = model(kind, pre_norm)
     src = sources(n, seed=7)
-    memory, mask = native_decoder(m).encode(m, src, beams=1)
-    expected, expected_mask = m.encode(src)
-    assert torch.equal(mask, expected_mask)
+    memory = torch.from_numpy(native_engine(m).encode(src.numpy()))
+    with torch.no_grad():
+        expected, mask = m.encode(src)
     real = ~mask  # padding positions are never read (cross-attention masks them)
     torch.testing.assert_close(memory[real], expected[real], rtol=1e-4, atol=1e-5)
-
-
-def test_large_batches_keep_the_pytorch_encoder():
-    m = model("4-bit + embeddings")
-    assert native_decoder(m).encode(m, sources(4), beams=5) is None  # 20 rows of beams
-    assert native_decoder(m).encode(m, sources(3), beams=5) is not None
 
 
 def _tiny_vocab_model(vocab: int, seed: int) -> Transformer:

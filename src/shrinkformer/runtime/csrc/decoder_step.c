@@ -23,79 +23,126 @@
    Arithmetic follows the PyTorch modules (LayerNorm with biased variance, softmax(q.k / sqrt(D)),
    ReLU); sums run in a different order, so results agree to rounding, not bit for bit. */
 
+#ifdef __AVX2__
 #include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "packed_layer.h"
+#include "runtime.h"
 
-enum { SELF_Q, SELF_K, SELF_V, SELF_OUT, CROSS_Q, CROSS_OUT, FC1, FC2, PROJECTIONS };
-enum { SELF_NORM, CROSS_NORM, FFN_NORM, NORMS };
-
-typedef struct {
-    const packed_layer *proj[PROJECTIONS];
-    const float *bias[PROJECTIONS]; /* NULL: no bias */
-    const float *norm_weight[NORMS], *norm_bias[NORMS];
-    float *self_k, *self_v;           /* (rows, capacity, C): position j of buffer row r */
-    const float *cross_k, *cross_v;   /* (sentences, S, C) */
-} decoder_layer;
-
-typedef struct {
-    int64_t layers, C, heads, ffn, vocab, capacity, S, pre_norm;
-    float eps;
-    const decoder_layer *layer;
-    const float *final_weight, *final_bias; /* NULL: no final norm (post-norm models) */
-    const packed_layer *out;
-    const packed_layer *embed;              /* the token embedding (rows: tokens), packed or fp32 */
-    const float *positions;                 /* (max_positions, C) sinusoids */
-    float embed_scale;                      /* sqrt(C) */
-    const uint8_t *key_padding;             /* (sentences, S): 1 where the source is padding */
-    int32_t *ancestry;                      /* (rows, capacity), see above; updated by each step */
-} decoder_desc;
-
-/* Fortran BLAS sgemm, as torch's MKL (or OpenBLAS) exports it. */
+/* Fortran BLAS sgemm: LP64 (32-bit integers, as torch's MKL exports it) or ILP64 (64-bit
+   integers, as numpy's bundled OpenBLAS exports scipy_sgemm_64_). */
 typedef void (*sgemm_fn)(const char *ta, const char *tb, const int *m, const int *n, const int *k, const float *alpha,
                          const float *a, const int *lda, const float *b, const int *ldb, const float *beta, float *c,
                          const int *ldc);
-static sgemm_fn sgemm;
-static int64_t kernel_rows[5]; /* per LAYER_* kind: the most rows of x its kernel takes before BLAS wins */
-#define TILE_FLOATS (1 << 18)  /* a dequantized tile: 1 MiB, as the PyTorch tile path */
+typedef void (*sgemm64_fn)(const char *ta, const char *tb, const int64_t *m, const int64_t *n, const int64_t *k,
+                           const float *alpha, const float *a, const int64_t *lda, const float *b, const int64_t *ldb,
+                           const float *beta, float *c, const int64_t *ldc);
+static void *sgemm;
+static int sgemm_ilp64;
+static int64_t kernel_rows[LAYER_KINDS]; /* per LAYER_* kind: the most rows of x its kernel takes before BLAS wins */
+#define TILE_FLOATS (1 << 18)            /* a dequantized tile: 1 MiB, as the PyTorch tile path */
 
-void lut_dequant(const uint8_t *w, int bits, int64_t start, int64_t count, const float *codebook, float *out);
-void masked_dequant(const packed_layer *L, int64_t r0, int64_t r1, float *out);
+#ifdef _OPENMP
+#include <omp.h>
+static int max_threads(void) { return omp_get_max_threads(); }
+static int thread_id(void) { return omp_get_thread_num(); }
+#else
+static int max_threads(void) { return 1; }
+static int thread_id(void) { return 0; }
+#endif
 
-void decoder_step_configure(void *blas_sgemm, int64_t lut4_rows, int64_t bin1_rows, int64_t pruned_rows,
-                            int64_t dense_rows) {
-    sgemm = (sgemm_fn)blas_sgemm;
+void decoder_step_configure(void *blas_sgemm, int64_t ilp64, int64_t lut4_rows, int64_t bin1_rows,
+                            int64_t pruned_rows, int64_t dense_rows) {
+    sgemm = blas_sgemm;
+    sgemm_ilp64 = (int)ilp64;
     kernel_rows[LAYER_LUT4] = lut4_rows;
     kernel_rows[LAYER_BIN1] = bin1_rows;
     kernel_rows[LAYER_SPARSE] = kernel_rows[LAYER_SPARSE_LUT4] = pruned_rows;
     kernel_rows[LAYER_DENSE] = dense_rows;
 }
 
-/* y (M, N) = x (M, K) @ W.T + bias: the layer's kernel, or tiles of W through sgemm. */
+/* Threads the kernels and the step use: the OpenMP runtime's (torch's own where torch is loaded:
+   one soname, one runtime). */
+void shrinkformer_set_threads(int64_t n) {
+#ifdef _OPENMP
+    if (n > 0) omp_set_num_threads((int)n);
+#else
+    (void)n;
+#endif
+}
+
+int64_t shrinkformer_threads(void) { return max_threads(); }
+
+/* The struct layouts this library was compiled with (runtime.h); returns how many values. */
+int64_t shrinkformer_layout(int64_t *out, int64_t capacity) {
+    int64_t values[] = {
+#define LAYOUT_VALUE(v) (int64_t)(v),
+        SHRINKFORMER_LAYOUT(LAYOUT_VALUE)
+#undef LAYOUT_VALUE
+    };
+    int64_t n = (int64_t)(sizeof(values) / sizeof(values[0]));
+    for (int64_t i = 0; i < n && i < capacity; i++) out[i] = values[i];
+    return n;
+}
+
+#ifndef SHRINKFORMER_SOURCE_HASH
+#define SHRINKFORMER_SOURCE_HASH "unknown"
+#endif
+#ifndef SHRINKFORMER_VARIANT
+#define SHRINKFORMER_VARIANT "unknown"
+#endif
+/* Which sources, and which kernel variant (x86 or portable), the library was built from. */
+const char *shrinkformer_source_hash(void) { return SHRINKFORMER_SOURCE_HASH; }
+const char *shrinkformer_variant(void) { return SHRINKFORMER_VARIANT; }
+
+/* Y.T (n, m) = W_tile (k, n).T @ X.T (k, m) in BLAS's column-major terms: y's rows ldc apart. */
+static void blas_product(int64_t n, int64_t m, int64_t k, const float *w, const float *x, float *y, int64_t ldc) {
+    float one = 1.0f, zero = 0.0f;
+    if (sgemm_ilp64) {
+        ((sgemm64_fn)sgemm)("T", "N", &n, &m, &k, &one, w, &k, x, &k, &zero, y, &ldc);
+    } else {
+        int n32 = (int)n, m32 = (int)m, k32 = (int)k, ldc32 = (int)ldc;
+        ((sgemm_fn)sgemm)("T", "N", &n32, &m32, &k32, &one, w, &k32, x, &k32, &zero, y, &ldc32);
+    }
+}
+
+/* Floats of tile scratch the products through BLAS need: one tile per thread. */
+static int64_t tile_floats(void) { return sgemm ? (int64_t)TILE_FLOATS * max_threads() : 0; }
+
+/* y (M, N) = x (M, K) @ W.T + bias: the layer's kernel, or tiles of W through sgemm. The tiles are
+   split across the threads, each dequantizing its own tile and multiplying it with a
+   single-threaded sgemm: one pool of threads (OpenMP's) does all the work, where a BLAS pool of
+   its own would spin against the kernels' threads on a small machine. */
 static void project(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y, float *tile) {
     if (!sgemm || M <= kernel_rows[L->kind]) {
         packed_layer_matmul_t(L, x, M, bias, y);
         return;
     }
-    int64_t N = L->rows, K = L->cols, step = L->kind == LAYER_DENSE ? N : (TILE_FLOATS / K > 0 ? TILE_FLOATS / K : 1);
-    int m = (int)M, k = (int)K, ldc = (int)N;
-    float one = 1.0f, zero = 0.0f;
-    for (int64_t n0 = 0; n0 < N; n0 += step) {
-        int64_t n1 = n0 + step < N ? n0 + step : N;
-        const float *w = tile;
+    int64_t N = L->rows, K = L->cols, threads = max_threads();
+    /* at least one tile per thread (most layers are smaller than one tile), at most a tile's rows */
+    int64_t step = (N + threads - 1) / threads, most = TILE_FLOATS / K > 0 ? TILE_FLOATS / K : 1;
+    if (L->kind != LAYER_DENSE && step > most) step = most;
+    step = (step + 15) / 16 * 16;
+    int64_t tiles = (N + step - 1) / step;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic) if(tiles > 1)
+#endif
+    for (int64_t t = 0; t < tiles; t++) {
+        int64_t n0 = t * step, n1 = n0 + step < N ? n0 + step : N;
+        float *mine = tile + (int64_t)thread_id() * TILE_FLOATS;
+        const float *w = mine;
         if (L->kind == LAYER_DENSE) w = L->values + n0 * K;
-        else if (L->kind == LAYER_LUT4 || L->kind == LAYER_BIN1) lut_dequant(L->index, (int)L->bits, n0 * K, (n1 - n0) * K, L->codebook, tile);
-        else masked_dequant(L, n0, n1, tile);
-        int n = (int)(n1 - n0);
-        /* column-major: Y.T (n, M) = W_tile (K, n).T @ X.T (K, M), Y.T's columns N apart */
-        sgemm("T", "N", &n, &m, &k, &one, w, &k, x, &k, &zero, y + n0, &ldc);
+        else if (L->kind == LAYER_LUT4 || L->kind == LAYER_BIN1)
+            lut_dequant(L->index, (int)L->bits, n0 * K, (n1 - n0) * K, L->codebook, mine);
+        else masked_dequant(L, n0, n1, mine);
+        blas_product(n1 - n0, M, K, w, x, y + n0, N);
+        if (bias)
+            for (int64_t i = 0; i < M; i++)
+                for (int64_t n = n0; n < n1; n++) y[i * N + n] += bias[n];
     }
-    if (bias)
-        for (int64_t i = 0; i < M; i++)
-            for (int64_t n = 0; n < N; n++) y[i * N + n] += bias[n];
 }
 
 #ifdef _OPENMP
@@ -117,13 +164,24 @@ static void layer_norm(const float *x, int64_t M, int64_t C, const float *w, con
     }
 }
 
+/* The AVX2 build's 8 lanes and reduction order, which the portable build keeps (fmaf per lane,
+   then the same pairwise sums), so both compute the same attention scores bit for bit. */
 static inline float dot(const float *a, const float *b, int64_t n) {
-    __m256 acc = _mm256_setzero_ps();
     int64_t i = 0;
+    float s;
+#ifdef __AVX2__
+    __m256 acc = _mm256_setzero_ps();
     for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
     __m128 lo = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
     lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    float s = _mm_cvtss_f32(_mm_add_ss(lo, _mm_movehdup_ps(lo)));
+    s = _mm_cvtss_f32(_mm_add_ss(lo, _mm_movehdup_ps(lo)));
+#else
+    float acc[8] = {0};
+    for (; i + 8 <= n; i += 8)
+        for (int u = 0; u < 8; u++) acc[u] = fmaf(a[i + u], b[i + u], acc[u]);
+    float q0 = acc[0] + acc[4], q1 = acc[1] + acc[5], q2 = acc[2] + acc[6], q3 = acc[3] + acc[7];
+    s = (q0 + q2) + (q1 + q3);
+#endif
     for (; i < n; i++) s += a[i] * b[i];
     return s;
 }
@@ -172,12 +230,12 @@ static void attend_prefix(const float *q, const float *k, const float *v, const 
 }
 
 /* A projection outside the step (the cross-attention keys and values of the encoder's output, once
-   per batch): the kernel or tiles through BLAS, as in the step. tile: TILE_FLOATS floats. */
+   per batch): the kernel or tiles through BLAS, as in the step. tile: decoder_tile_floats() floats. */
 void decoder_project(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y, float *tile) {
     project(L, x, M, bias, y, tile);
 }
 
-int64_t decoder_tile_floats(void) { return TILE_FLOATS; }
+int64_t decoder_tile_floats(void) { return tile_floats(); }
 
 static void linear(const decoder_layer *L, int which, const float *x, int64_t M, float *y, float *tile) {
     project(L->proj[which], x, M, L->bias[which], y, tile);
@@ -211,8 +269,7 @@ static void feed_forward(const decoder_desc *D, const decoder_layer *L, float *x
    one buffer for a whole search, since a fresh one each step paid its page faults every step. */
 int64_t decoder_step_scratch(const decoder_desc *D, int64_t M) {
     int64_t longest = D->capacity > D->S ? D->capacity : D->S;
-    int64_t tile_floats = sgemm ? TILE_FLOATS + D->C * D->ffn : 0; /* a tile, or a whole fp32 layer's rows */
-    return M * (6 * D->C + D->ffn + longest) + tile_floats + M * D->capacity; /* ..., and the ancestry's copy */
+    return M * (6 * D->C + D->ffn + longest) + tile_floats() + M * D->capacity; /* ..., and the ancestry's copy */
 }
 
 /* One embedding row as fp32 (exactly the stored value: a centroid, or the fp32 weight). */
@@ -238,7 +295,7 @@ void decoder_step(const decoder_desc *D, const int64_t *tokens, float *x, int64_
     int64_t longest = cap > S ? cap : S;
     float *h = work, *q = h + M * C, *k = q + M * C, *v = k + M * C, *a = v + M * C, *f = a + M * C,
           *ff = f + M * C, *scores = ff + M * D->ffn, *tile = scores + M * longest;
-    int32_t *before = (int32_t *)(tile + (sgemm ? TILE_FLOATS + C * D->ffn : 0));
+    int32_t *before = (int32_t *)(tile + tile_floats());
     float scale = 1.0f / sqrtf((float)Dh);
 
     for (int64_t m = 0; m < M; m++) embed(D, tokens[m], t, x + m * C);
@@ -299,8 +356,7 @@ void decoder_step(const decoder_desc *D, const int64_t *tokens, float *x, int64_
    Rows at padding positions are computed like the others (attending to the sentence's real
    tokens), as PyTorch computes them; cross-attention never reads them. */
 int64_t encoder_scratch(const decoder_desc *E, int64_t M) {
-    int64_t tile_floats = sgemm ? TILE_FLOATS + E->C * E->ffn : 0;
-    return M * (6 * E->C + E->ffn + E->S) + tile_floats;
+    return M * (6 * E->C + E->ffn + E->S) + tile_floats();
 }
 
 void encoder_forward(const decoder_desc *E, const int64_t *tokens, int64_t n, const uint8_t *key_padding,

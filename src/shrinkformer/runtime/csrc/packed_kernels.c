@@ -18,7 +18,7 @@
    through ctypes on the tensors' data pointers. */
 
 #include <immintrin.h>
-#include "packed_layer.h"
+#include "runtime.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -521,7 +521,7 @@ AVX512 void bin1_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uin
 /* Split across threads only when there is enough to split: a thread costs microseconds to wake. */
 #ifdef _OPENMP
 #define PRAGMA(text) _Pragma(#text)
-#define PARALLEL_IF(cond) PRAGMA(omp parallel for schedule(static) if(cond))
+#define PARALLEL_IF(cond) PRAGMA(omp parallel for schedule(static) if((cond) && !omp_in_parallel()))
 #else
 #define PARALLEL_IF(cond)
 #endif

@@ -14,7 +14,9 @@
    so one pass keeps the max and a sorted short list of raw values; a vector compare against the
    list's last entry skips almost every element. A second pass sums the exponentials. */
 
+#ifdef __AVX2__
 #include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -26,6 +28,7 @@
 #define PARALLEL_OVER_SENTENCES(n)
 #endif
 
+#ifdef __AVX2__
 /* e^x for 8 lanes, x <= 0 (logits less their max): Cephes' expf, reduced by ln 2, a degree-6
    polynomial, within 2 ulp; below -87.3 it returns 2^-126 where expf underflows towards 0,
    which a sum that holds e^0 = 1 cannot tell apart. */
@@ -59,6 +62,25 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+#else
+/* The same polynomial one lane at a time, with fmaf where the AVX2 build fuses: the same values. */
+static inline float exp1(float x) {
+    x = x > -87.3365447505f ? x : -87.3365447505f;
+    float fx = floorf(fmaf(x, 1.44269504088896341f, 0.5f));
+    x = fmaf(-fx, 0.693359375f, x);
+    x = fmaf(-fx, -2.12194440e-4f, x);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, x, 1.3981999507e-3f);
+    p = fmaf(p, x, 8.3334519073e-3f);
+    p = fmaf(p, x, 4.1665795894e-2f);
+    p = fmaf(p, x, 1.6666665459e-1f);
+    p = fmaf(p, x, 5.0000001201e-1f);
+    float y = fmaf(p * x, x, x) + 1.0f;
+    union { int32_t i; float f; } e = {.i = ((int32_t)lrintf(fx) + 127) << 23};
+    return y * e.f;
+}
+#endif
+
 /* Insert (x, i) into the descending list (val, idx) of *count <= c entries; an equal value goes
    after those already there (they have lower indices). */
 static inline void insert(float *val, int64_t *idx, int64_t *count, int64_t c, float x, int64_t i) {
@@ -72,6 +94,7 @@ static inline void insert(float *val, int64_t *idx, int64_t *count, int64_t c, f
     idx[p] = i;
 }
 
+#ifdef __AVX2__
 /* One row: its max, log-sum-exp and best c raw logits (tokens pad and bos excluded). */
 static float row_best(const float *x, int64_t V, int64_t c, int64_t pad, int64_t bos, float *val, int64_t *idx,
                       int64_t *count) {
@@ -113,6 +136,37 @@ static float row_log_sum_exp_less_max(const float *x, int64_t V, float m) {
     for (; v < V; v++) s += expf(x[v] - m);
     return logf(s);
 }
+
+#else
+static float row_best(const float *x, int64_t V, int64_t c, int64_t pad, int64_t bos, float *val, int64_t *idx,
+                      int64_t *count) {
+    float mx = -INFINITY;
+    *count = 0;
+    for (int64_t v = 0; v < V; v++) {
+        mx = x[v] > mx ? x[v] : mx;
+        if (v != pad && v != bos && (*count < c || x[v] > val[c - 1])) insert(val, idx, count, c, x[v], v);
+    }
+    return mx;
+}
+
+static float row_max(const float *x, int64_t V) {
+    float mx = -INFINITY;
+    for (int64_t v = 0; v < V; v++) mx = x[v] > mx ? x[v] : mx;
+    return mx;
+}
+
+/* 8 lanes summed as the AVX2 build sums them, then its horizontal order: the same float. */
+static float row_log_sum_exp_less_max(const float *x, int64_t V, float m) {
+    float acc[8] = {0};
+    int64_t v = 0;
+    for (; v + 8 <= V; v += 8)
+        for (int u = 0; u < 8; u++) acc[u] += exp1(x[v + u] - m);
+    float q0 = acc[0] + acc[4], q1 = acc[1] + acc[5], q2 = acc[2] + acc[6], q3 = acc[3] + acc[7];
+    float s = (q0 + q2) + (q1 + q3);
+    for (; v < V; v++) s += expf(x[v] - m);
+    return logf(s);
+}
+#endif
 
 /* logits (n * k, V); scores (n * k): in, each beam's score; out, the continuing beams' scores.
    at_limit (n) or NULL: 1 where only EOS may follow. Out, per sentence b and slot j < k:
