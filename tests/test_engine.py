@@ -22,6 +22,8 @@ KINDS = {
     "1-bit": [(BinaryConfig("fixed"), "all")],
     "pruned fp32": [(PruneConfig(0.6, 0.6), "all")],
     "pruned 4-bit": [(PruneConfig(0.8, 0.8), "all"), (KMeansConfig(4), "all")],
+    "pruned 2-bit, 50%": [(PruneConfig(0.5, 0.5), "all"), (KMeansConfig(2), "all")],  # decodes as dense 4-bit
+    "pruned 1-bit, 95%": [(PruneConfig(0.95, 0.95), "all"), (KMeansConfig(1), "all")],  # stays pruned
 }
 
 

@@ -35,6 +35,8 @@ KINDS = {
     "1-bit": [(BinaryConfig("fixed"), "all")],
     "pruned fp32": [(PruneConfig(0.6, 0.6), "all")],
     "pruned 4-bit": [(PruneConfig(0.8, 0.8), "all"), (KMeansConfig(4), "all")],
+    "pruned 2-bit, 50%": [(PruneConfig(0.5, 0.5), "all"), (KMeansConfig(2), "all")],  # decodes as dense 4-bit
+    "pruned 1-bit, 95%": [(PruneConfig(0.95, 0.95), "all"), (KMeansConfig(1), "all")],  # stays pruned
 }
 LINES = ["a man rides a bike", "two dogs play in the snow .", "", "a woman with a red hat", "people walk", "the end"]
 
@@ -210,3 +212,17 @@ def test_a_named_output_appears_only_when_complete(tmp_path, tokenizer):
     assert subprocess.run([sys.executable, "-m", "shrinkformer.runtime.cli", str(path), "-i", str(src), "-o", str(out)],
                           capture_output=True, timeout=60).returncode == 0
     assert out.read_text().splitlines() == torch_translations(path, ["a man", "two dogs"], batch=64)
+
+
+def test_lightly_pruned_narrow_codebooks_decode_as_dense_4bit_with_the_same_weights(tmp_path, tokenizer):
+    from shrinkformer.runtime.model import load
+
+    path = packed_model(tmp_path, tokenizer, "pruned 2-bit, 50%")
+    model, _, _ = load(path)
+    fc1 = model.decoder[0].proj[6]
+    assert fc1.mask is None and fc1.bits == 4  # decoding layout
+    cfg, tok, torch_model, _ = load_packed(path)
+    torch.testing.assert_close(torch.from_numpy(fc1.dequantize(0, fc1.rows)),
+                               torch_model.decoder.layers[0].ffn.fc1.packed.dense(), rtol=0, atol=0)
+    sparse, _, _ = load(packed_model(tmp_path, tokenizer, "pruned 1-bit, 95%"))
+    assert sparse.decoder[0].proj[6].mask is not None  # few survivors: the pruned kernels pay

@@ -18,6 +18,9 @@ from . import contract, native
 from .model import ModelArrays
 
 
+ENCODER_ROWS = 512  # source positions per encoder call (see Engine.encode)
+
+
 def _address(a: np.ndarray | None) -> int | None:
     return None if a is None else a.ctypes.data
 
@@ -67,15 +70,21 @@ class Engine:
                                 embed_scale=self.embed_scale, **norm, **fields)
 
     def encode(self, tokens: np.ndarray) -> np.ndarray:
-        """The encoder's output (n, S, C) for padded source ids (n, S) (padding: ``key_padding``)."""
+        """The encoder's output (n, S, C) for padded source ids (n, S) (PAD = 0). Sentences go
+        through in blocks of about ``ENCODER_ROWS`` rows: the encoder's scratch is ~10 KB per row,
+        30 MB for a batch of 64 long sentences at once, and a block's products are still large
+        enough for BLAS (each tile of W is dequantized once per block)."""
         n, S = tokens.shape
         tokens = np.ascontiguousarray(tokens, dtype=np.int64)
-        key_padding = np.ascontiguousarray(tokens == 0, dtype=np.uint8)  # PAD = 0
+        key_padding = np.ascontiguousarray(tokens == 0, dtype=np.uint8)
         desc = self._descriptor(self.encoder_layers, self.model.spec.encoder_layers, self.model.encoder_norm, S=S)
         memory = np.empty((n, S, self.model.spec.d_model), dtype=np.float32)
-        work = np.empty(self.lib.encoder_scratch(ctypes.addressof(desc), n * S), dtype=np.float32)
-        self.lib.encoder_forward(ctypes.addressof(desc), tokens.ctypes.data, n, key_padding.ctypes.data,
-                                 memory.ctypes.data, work.ctypes.data)
+        block = max(1, ENCODER_ROWS // S)
+        work = np.empty(self.lib.encoder_scratch(ctypes.addressof(desc), min(n, block) * S), dtype=np.float32)
+        for b0 in range(0, n, block):
+            b1 = min(n, b0 + block)
+            self.lib.encoder_forward(ctypes.addressof(desc), tokens[b0:b1].ctypes.data, b1 - b0,
+                                     key_padding[b0:b1].ctypes.data, memory[b0:b1].ctypes.data, work.ctypes.data)
         return memory
 
     def start(self, memory: np.ndarray, key_padding: np.ndarray, beams: int, capacity: int) -> "Session":

@@ -91,7 +91,13 @@ Tensor = Callable[[str], "np.ndarray | None"]  # a dense tensor by state-dict na
 
 
 def build(spec: ModelSpec, layer: Layer, tensor: Tensor, positions: np.ndarray | None = None) -> ModelArrays:
-    """The model from named parts: ``layer(name)`` a module's weight, ``tensor(key)`` a bias or norm."""
+    """The model from named parts: ``layer(name)`` a module's weight, ``tensor(key)`` a bias or norm;
+    each layer in the layout decoding runs fastest (``LayerArrays.for_decoding``)."""
+    named = layer
+
+    def layer(name: str) -> LayerArrays:  # noqa: F811 (the caller's, in decoding layout)
+        return named(name).for_decoding()
+
     def block(prefix: str, projections: tuple[str | None, ...], norms: tuple[str | None, ...]) -> Block:
         proj = [None if n is None else layer(f"{prefix}.{n}") for n in projections]
         bias = [None if n is None else tensor(f"{prefix}.{n}.bias") for n in projections]
