@@ -6,7 +6,8 @@ Two variants from one set of sources (``csrc/``):
 - ``x86``: the AVX2/FMA kernels (``packed_kernels.c``; AVX-512 ones inside, chosen per CPU at run
   time), for x86-64 CPUs that have AVX2 and FMA;
 - ``portable``: the same entry points in plain C (``packed_portable.c``), for every other CPU and
-  architecture (aarch64 compiles it with NEON through the compiler's vectorizer); CI forces it once.
+  architecture (on aarch64 its 4-bit decoding uses NEON's table lookup, the rest the compiler's
+  vectorizer); CI forces it once, and runs the aarch64 build under qemu (tests/test_aarch64.py).
 
 Standard library only: ``setup.py`` imports this file before anything is installed.
 """

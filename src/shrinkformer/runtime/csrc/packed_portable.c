@@ -42,6 +42,38 @@ void lut_dequant(const uint8_t *w, int bits, int64_t start, int64_t count, const
     for (int64_t i = 0; i < count; i++) out[i] = code_at(w, bits, start + i, codebook);
 }
 
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+/* aarch64: 32 4-bit indices (16 bytes, the high nibble first) to 32 floats, exactly. The 16
+   centroids are held as four byte planes (plane p: byte p of every centroid); vqtbl1q_u8, NEON's
+   byte shuffle, looks an index up in each plane, and zips put each float's four bytes back
+   together (the AVX2 kernel's byte-plane idea with NEON's table lookup). */
+static void byte_planes(const float *codebook, uint8x16_t planes[4]) {
+    uint8_t bytes[4][16];
+    for (int c = 0; c < 16; c++) {
+        uint32_t bits;
+        memcpy(&bits, codebook + c, 4);
+        for (int p = 0; p < 4; p++) bytes[p][c] = (uint8_t)(bits >> (8 * p));
+    }
+    for (int p = 0; p < 4; p++) planes[p] = vld1q_u8(bytes[p]);
+}
+
+static void decode32(const uint8_t *w, const uint8x16_t planes[4], float *out) {
+    uint8x16_t packed = vld1q_u8(w);
+    uint8x16x2_t idx = vzipq_u8(vshrq_n_u8(packed, 4), vandq_u8(packed, vdupq_n_u8(15))); /* weights 0-15, 16-31 */
+    for (int h = 0; h < 2; h++) {
+        uint8x16x2_t z01 = vzipq_u8(vqtbl1q_u8(planes[0], idx.val[h]), vqtbl1q_u8(planes[1], idx.val[h]));
+        uint8x16x2_t z23 = vzipq_u8(vqtbl1q_u8(planes[2], idx.val[h]), vqtbl1q_u8(planes[3], idx.val[h]));
+        for (int q = 0; q < 2; q++) {
+            uint16x8x2_t f = vzipq_u16(vreinterpretq_u16_u8(z01.val[q]), vreinterpretq_u16_u8(z23.val[q]));
+            vst1q_u8((uint8_t *)(out + 16 * h + 8 * q), vreinterpretq_u8_u16(f.val[0]));
+            vst1q_u8((uint8_t *)(out + 16 * h + 8 * q + 4), vreinterpretq_u8_u16(f.val[1]));
+        }
+    }
+}
+#define HAVE_NEON_LUT4 1
+#endif
+
 static inline int survives(const uint8_t *mask_row, int64_t k) { return (mask_row[k >> 3] >> (7 - (k & 7))) & 1; }
 
 static inline float survivor(const packed_layer *L, int64_t s) {
@@ -56,6 +88,15 @@ static void decode_row(const packed_layer *L, int64_t n, float *out) {
             memcpy(out, L->values + n * K, sizeof(float) * K);
             break;
         case LAYER_LUT4:
+#ifdef HAVE_NEON_LUT4
+            if (K % 32 == 0) {
+                uint8x16_t planes[4];
+                byte_planes(L->codebook, planes);
+                for (int64_t k = 0; k < K; k += 32) decode32(L->index + (n * K + k) / 2, planes, out + k);
+                break;
+            }
+#endif
+            /* fall through */
         case LAYER_BIN1:
             for (int64_t k = 0; k < K; k++) out[k] = code_at(L->index, (int)L->bits, n * K + k, L->codebook);
             break;
