@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import torch
 from . import __version__
 from .config import load_config
 from .errors import ShrinkformerError, UsageError
-from .io import atomic_write, check_writable, write_text_atomic
+from .io import STORAGE_ERRNOS, atomic_write, check_writable, write_text_atomic
 from .loading import load_any
 
 log = logging.getLogger("shrinkformer")
@@ -60,7 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     started = time.perf_counter()
     try:
-        metrics = train(cfg, args.output, world)
+        with _held(world.is_main, args.output / ".lock", f"run directory {args.output}"):
+            metrics = train(cfg, args.output, world)
     finally:
         shutdown(world)
     if world.is_main:
@@ -72,6 +74,16 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"({metrics['bleu_signature']})")
         print(f"model: {args.output / 'model.pt'}; metrics: {args.output / 'metrics.json'}")
     return 0
+
+
+def _held(main: bool, lock: Path, what: str):
+    """The lock on what this command writes, taken by the main process only (torchrun's other
+    ranks write through it)."""
+    from contextlib import nullcontext
+
+    from .locks import hold
+
+    return hold(lock, what) if main else nullcontext()
 
 
 def is_pretrained(path: Path) -> bool:
@@ -181,9 +193,6 @@ def allocation_outputs(output: Path) -> tuple[Path, Path]:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from .train.budget import allocation_stages, load_or_plan
-    from .train.distributed import init_world, shutdown
-    from .train.pipeline import compress_model
     from .train.retrain import RetrainConfig
 
     # Parameters and outputs are checked before any work is done.
@@ -197,6 +206,17 @@ def cmd_compress(args: argparse.Namespace) -> int:
             check_writable(path)
     if args.threads:
         torch.set_num_threads(args.threads)
+    work = args.work_dir or args.output.with_name(args.output.name + ".work")
+    main = os.environ.get("RANK", "0") == "0"  # torchrun's rank 0, or a plain run
+    with _held(main, work.with_name(work.name + ".lock"), f"work directory {work}"):
+        return _compress(args, stages, rc, half_dense, budget, work)
+
+
+def _compress(args: argparse.Namespace, stages: list, rc: Any, half_dense: bool, budget: Any, work: Path) -> int:
+    from .train.budget import allocation_stages, load_or_plan
+    from .train.distributed import init_world, shutdown
+    from .train.pipeline import compress_model
+
     if is_pretrained(args.checkpoint):
         result, allocation = compress_pretrained(args, stages, rc, half_dense, budget)
         report = result.to_dict()
@@ -206,7 +226,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
     cfg, tok, model = load_any(args.checkpoint, training=True)  # retraining updates the codecs
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
-    work = args.work_dir or args.output.with_name(args.output.name + ".work")
     world = init_world()
     if not world.is_main:
         logging.getLogger().setLevel(logging.WARNING)
@@ -311,9 +330,16 @@ def git_commit() -> str | None:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiments.plots import bleu_vs_compression
-    from .experiments.report import write_results
+    from .experiments.report import terminal_table, write_results
     from .experiments.sweep import reproduce
 
+    if args.list_rows:
+        from .experiments.grid import preset_rows
+
+        print("\n".join(preset_rows(args.preset)))
+        return 0
+    if args.output is None:
+        raise UsageError("reproduce needs --output DIR (or --list-rows)")
     started, commit = time.perf_counter(), git_commit()  # the code that runs, even if HEAD moves meanwhile
     check_writable(args.output, directory=True)
     if args.threads:
@@ -328,8 +354,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     write_results(result, args.output)
     failed = [r["name"] for r in result["rows"] if r.get("status") == "failed"]
     pending = [r["name"] for r in result["rows"] if r.get("status") == "pending"]
+    print("\n" + terminal_table(result) + "\n")
     print(f"{len(result['rows'])} experiments ({len(failed)} failed{': ' + ', '.join(failed) if failed else ''}"
-          f"{f'; {len(pending)} not run yet' if pending else ''}); report: {args.output / 'report.md'}")
+          f"{f'; {len(pending)} not run yet' if pending else ''}); report: {args.output / 'report.md'}, plot: "
+          f"{args.output / 'bleu_vs_compression.png'}")
     return 1 if failed else 0
 
 
@@ -553,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quick", help="quick (the study's message in minutes, from the committed "
                    "Multi30k baseline), multi30k (the whole study, hours on a CPU), smoke (a tiny model, for tests), "
                    "wmt14 (default quick)")
-    p.add_argument("--output", "-o", type=Path, required=True, help="directory for results, report, plot, models")
+    p.add_argument("--output", "-o", type=Path, help="directory for results, report, plot, models, and the rows' "
+                   "cache (cache/): row jobs on several machines share it through a shared filesystem")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--baseline", type=Path, help="start from this trained model instead of the preset's: .pt, "
                    ".sfz, or a Hugging Face model (directory or hub name; rows it cannot take are left out, with why)")
@@ -561,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--cached", action="store_true", help="run nothing: report the rows already cached and list "
                                                          "the rest as not run yet (e.g. while a sweep runs elsewhere)")
+    p.add_argument("--list-rows", action="store_true", help="print the preset's rows, one per line, and exit (row "
+                   "names for --only, e.g. one per job of a job array)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("attention", help="quantize self-attention probabilities and measure what changes",
@@ -619,6 +650,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShrinkformerError as err:
         print(f"shrinkformer: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # a writer not routed through io.atomic_write; still one line
+        if err.errno not in STORAGE_ERRNOS | {errno.EACCES}:
+            raise
+        print(f"shrinkformer: error: cannot write {err.filename or 'an output'}: {err.strerror}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("shrinkformer: interrupted", file=sys.stderr)
         return 130

@@ -83,13 +83,35 @@ def check_writable(path: Path, directory: bool = False) -> None:
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
 
+class _Recording:
+    """A file that remembers the storage error its writes raised. Some writers (``torch.save``'s
+    zip writer) catch the OSError and raise their own error without its cause; this keeps it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
 @contextlib.contextmanager
-def _body(path: Path) -> Iterator[None]:
+def _body(path: Path, recording: _Recording) -> Iterator[None]:
     try:
         yield
     except OSError as err:
         if err.errno in STORAGE_ERRNOS:
             raise OutputError(f"cannot write {path}: {_reason(err)}") from None
+        raise
+    except Exception:
+        if recording.error is not None and recording.error.errno in STORAGE_ERRNOS:
+            raise OutputError(f"cannot write {path}: {_reason(recording.error)}") from None
         raise
 
 
@@ -102,8 +124,9 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
             f = open(path, "wb", buffering=0)  # unbuffered: a failed write must not fail again at close
         except OSError as err:
             raise OutputError(f"cannot write {path}: {_reason(err)}") from None
-        with f, _body(path):
-            yield f
+        recording = _Recording(f)
+        with _body(path, recording), f:
+            yield recording  # type: ignore[misc]
             f.flush()
         return
     if path.is_dir():
@@ -114,11 +137,13 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
     except OSError as err:
         raise OutputError(f"cannot write {path}: {_reason(err)}") from None
     try:
-        with os.fdopen(fd, "wb") as f, _body(path):
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        with _body(path):
+        recording = _Recording(os.fdopen(fd, "wb"))
+        with _body(path, recording):  # outside the file: closing it flushes, and that may fail too
+            with recording._f as f:
+                yield recording  # type: ignore[misc]
+                f.flush()
+                os.fsync(f.fileno())
+        with _body(path, recording):
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; these are ordinary files
             os.replace(tmp, path)
     finally:

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..compress import BinaryConfig, KMeansConfig, PruneConfig
 from ..compress.base import MethodConfig
+from ..errors import UsageError
 from ..train.budget import BudgetConfig
 
 
@@ -186,3 +187,10 @@ SWEEP_PRESETS = {
                             test_splits=("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")),
     "wmt14": SweepPreset("wmt14", "base", ["data.dataset=wmt14"], retrain_epochs=1, retrain_lr=2e-4),
 }
+
+
+def preset_rows(preset: str) -> list[str]:
+    """The rows a preset runs, in order (what ``reproduce --list-rows`` prints)."""
+    if preset not in SWEEP_PRESETS:
+        raise UsageError(f"unknown sweep preset {preset!r} (known: {', '.join(SWEEP_PRESETS)})")
+    return list(SWEEP_PRESETS[preset].rows)

@@ -255,6 +255,35 @@ def pareto(rows: list[dict]) -> list[dict]:
     return sorted((r for r in ok if not any(beats(s, r) for s in ok)), key=lambda r: r["compression_ratio"])
 
 
+def terminal_table(result: dict[str, Any]) -> str:
+    """The results as ``reproduce`` prints them when it ends: per row BLEU on each test split, its
+    difference from the baseline and the control (paired bootstrap, * for p < ALPHA), retention,
+    the whole-model ratio and whether this run computed it."""
+    rows, comps = result["rows"], result.get("comparisons", [])
+    splits, computed = result.get("test_splits") or [], set(result.get("computed_this_run", []))
+    header = ["experiment", *(f"BLEU {s}" for s in splits), "vs baseline", "vs control", "% of baseline",
+              "ratio", "row"]
+    table = [header]
+    for r in rows:
+        if r.get("status") != "ok":
+            table.append([r["name"], *(["–"] * len(splits)), r.get("status", "?"), "", "", "", ""])
+            continue
+        primary = splits[0] if splits else r.get("test_split")
+        table.append([r["name"], *(_fmt(r.get("tests", {}).get(s, {}).get("bleu")) for s in splits),
+                      _cell(find(comps, "baseline", r["name"], primary)), _cell(find(comps, "control", r["name"], primary)),
+                      _fmt(100 * r["bleu_retention"] if r.get("bleu_retention") is not None else None, ".1f"),
+                      _fmt(r.get("model_compression_ratio"), ".2f", "x"),
+                      f"{(r.get('wall_seconds') or 0) / 60:.1f} min" if r["name"] in computed else "cached"])
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]
+    text = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+            for line in table]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    first = splits[0] if splits else "the test split"
+    text.append(f"vs baseline / vs control: BLEU difference on {first} (p-value of the paired bootstrap; * p < {ALPHA}); "
+                "ratio: 4 bytes per parameter over the packed file")
+    return "\n".join(text)
+
+
 def render(result: dict[str, Any]) -> str:
     rows, comps = result["rows"], result.get("comparisons", [])
     base = _row(rows, "baseline")

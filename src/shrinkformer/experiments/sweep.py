@@ -26,9 +26,10 @@ from ..compress.scopes import select
 from ..config import RunConfig, load_config
 from ..data.datasets import cache_root
 from ..data.splits import read_split
-from ..errors import UsageError
+from ..errors import OutputError, UsageError
 from ..io import atomic_write, write_text_atomic
 from ..loading import load_any
+from ..locks import BusyError, hold
 from ..pack.format import write_packed
 from ..pack.sizes import ModelSizes
 from ..train.loop import train
@@ -66,14 +67,15 @@ def baseline_checkpoint(sp: SweepPreset, output: Path, data_dir: str | None, bas
                              "(run from the repository root, or pass --baseline MODEL)")
         return Path(sp.baseline)
     run = output / "baseline"
-    if not (run / "model.pt").exists() or (run / "last.pt").exists() and not _finished(run):
-        path = Path(sp.train_config)
-        is_file = path.suffix in (".yaml", ".yml")
-        cfg = load_config(None if is_file else sp.train_config, path if is_file else None, sp.overrides)
-        if data_dir:
-            cfg.data.data_dir = data_dir
-        log.info("training the baseline into %s", run)
-        train(cfg, run)
+    with hold(run / ".lock", f"run directory {run}", wait=True):  # row jobs wait for the one training it
+        if not (run / "model.pt").exists() or (run / "last.pt").exists() and not _finished(run):
+            path = Path(sp.train_config)
+            is_file = path.suffix in (".yaml", ".yml")
+            cfg = load_config(None if is_file else sp.train_config, path if is_file else None, sp.overrides)
+            if data_dir:
+                cfg.data.data_dir = data_dir
+            log.info("training the baseline into %s", run)
+            train(cfg, run)
     return run / "model.pt"
 
 
@@ -292,31 +294,26 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
         del model
     if data_dir:
         cfg.data.data_dir = data_dir
-    rows = []
+    rows, computed = [], []
     bar = tqdm(grid, desc="experiments", unit="exp", disable=None)
     for exp in bar:
         bar.set_postfix_str(exp.name)
         key = cache_key(exp, sp, base_hash)
         cached = cache / f"{exp.name}.json"
-        if cached.exists():
-            entry = json.loads(cached.read_text())
-            if entry.get("key") == key:
-                rows.append(entry["row"])
-                log.info("%s: cached", exp.name)
-                continue
-        if cached_only:
-            rows.append({"name": exp.name, "method": exp.method, "scope": exp.scope, "status": "pending"})
-            continue
-        log.info("running %s", exp.name)
-        try:
-            row = run_experiment(exp, sp, checkpoint, data_dir, output, work_dir(exp, key))
-            row.update(status="ok", git_commit=commit)
-            write_text_atomic(cached, json.dumps({"key": key, "row": row}, indent=1))
-        except Exception as err:  # one failure must not end the sweep
-            log.error("%s failed: %s", exp.name, err)
-            log.debug("%s", traceback.format_exc())
-            row = {"name": exp.name, "method": exp.method, "scope": exp.scope, "status": "failed",
-                   "error": f"{type(err).__name__}: {err}"}
+        row = cached_row(cached, key)
+        if row is not None:
+            log.info("%s: cached", exp.name)
+        elif cached_only:
+            row = {"name": exp.name, "method": exp.method, "scope": exp.scope, "status": "pending"}
+        else:
+            # A row belongs to the process that runs it. One that only comes along (the baseline and
+            # the control beside --only rows) is waited for: row jobs on one cache share them.
+            implicit = only is not None and exp.name not in only
+            with hold(cache / f"{exp.name}.lock", f"sweep row {exp.name} in {cache}", wait=implicit):
+                row = cached_row(cached, key)  # finished by another process while this one waited
+                if row is None:
+                    row = run_row(exp, sp, checkpoint, data_dir, output, key, commit, cached)
+                    computed.append(exp.name)
         rows.append(row)
     add_retention(rows)
     splits = list(sp.test_splits or [cfg.data.test_split])
@@ -327,7 +324,33 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
     return {"preset": preset, "settings": settings, "rows": rows, "baseline_checkpoint": str(checkpoint),
             "test_splits": splits,
             "comparisons": [c.to_dict() for c in comparisons],
-            "sweep_seconds": round(time.perf_counter() - started, 1)}
+            "sweep_seconds": round(time.perf_counter() - started, 1), "computed_this_run": computed}
+
+
+def cached_row(path: Path, key: str) -> dict[str, Any] | None:
+    """The row cached at ``path`` for exactly this configuration, or None."""
+    if not path.exists():
+        return None
+    entry = json.loads(path.read_text())
+    return entry["row"] if entry.get("key") == key else None
+
+
+def run_row(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir: str | None, output: Path, key: str,
+            commit: str | None, cached: Path) -> dict[str, Any]:
+    """One experiment, cached when it succeeds; a failure is a row saying why (the sweep goes on)."""
+    log.info("running %s", exp.name)
+    try:
+        row = run_experiment(exp, sp, checkpoint, data_dir, output, work_dir(exp, key))
+    except (BusyError, OutputError):
+        raise  # another process's work, or nowhere to write: the next rows would fail alike
+    except Exception as err:
+        log.error("%s failed: %s", exp.name, err)
+        log.debug("%s", traceback.format_exc())
+        return {"name": exp.name, "method": exp.method, "scope": exp.scope, "status": "failed",
+                "error": f"{type(err).__name__}: {err}"}
+    row.update(status="ok", git_commit=commit)
+    write_text_atomic(cached, json.dumps({"key": key, "row": row}, indent=1))
+    return row
 
 
 def add_retention(rows: list[dict[str, Any]]) -> None:

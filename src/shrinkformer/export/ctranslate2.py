@@ -138,6 +138,8 @@ def export(model: Transformer, tokenizer: Tokenizer, output: Path, quantization:
         tmp.rename(output)
     except OSError as err:
         raise OutputError(f"cannot write {output}: {err.strerror or err}") from None
+    except RuntimeError as err:  # CTranslate2's C++ writer says what failed, without an errno
+        raise OutputError(f"cannot write {output}: {str(err).splitlines()[0] if str(err) else 'write failed'}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return output

@@ -29,7 +29,7 @@ from torch import nn
 from ..compress.base import CompressedEmbedding, CompressedLinear
 from ..compress.scopes import select
 from ..config import DataConfig
-from ..errors import CheckpointError, ShrinkformerError, UsageError
+from ..errors import CheckpointError, OutputError, ShrinkformerError, UsageError
 from ..io import atomic_write
 from ..pack.format import PackedFile, dense_state, encode_file, load_dense, read_file, restore_layers
 
@@ -221,6 +221,9 @@ def export_pretrained(hf: HFModel, out: Path) -> Path:
         decompressed(hf.model).save_pretrained(tmp)
         hf.tokenizer.save_pretrained(tmp)
         os.replace(tmp, out)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot write {out}: {err.strerror or err}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -153,7 +153,20 @@ def encode_file(model: nn.Module, header: dict[str, str], blobs: dict[str, bytes
     if aliases:  # absent otherwise: files without tied tensors stay as they were
         meta["aliases"] = json.dumps(aliases)
     meta["sha256"] = _digest(tensors, meta)
-    return st_save(tensors, metadata=meta), layer_bytes, sum(len(b) for b in blobs.values())
+    return canonical(st_save(tensors, metadata=meta)), layer_bytes, sum(len(b) for b in blobs.values())
+
+
+def canonical(data: bytes) -> bytes:
+    """safetensors bytes with the metadata in sorted order. safetensors writes its metadata map in a
+    per-process hash order, so one model gave files that differ from run to run; sorted, the same
+    model always gives the same bytes. Readers see the same header (JSON objects are unordered)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors pads it
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def write_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path: Path,

@@ -31,6 +31,7 @@ from ..evaluate.bleu import Scores, score
 from ..model.search import SearchConfig
 from ..model.transformer import PAD, Transformer
 from ..translate import Translator
+from ..io import atomic_write
 from ..checkpoint import average_checkpoints, load_checkpoint, make_checkpoint, restore, save_atomic
 from .distributed import World
 
@@ -266,8 +267,8 @@ def start_or_resume(cfg: RunConfig, output: Path, world: World) -> tuple[RunConf
     if world.is_main:
         raw = read_split(cfg, cfg.data.train_split, cfg.data.train_limit)
         tokenizer = Tokenizer.train(raw.source + raw.target, cfg.data.vocab_size)
-        output.mkdir(parents=True, exist_ok=True)
-        spm_path.write_bytes(tokenizer.model_proto)
+        with atomic_write(spm_path) as f:
+            f.write(tokenizer.model_proto)
     world.barrier()
     tokenizer = Tokenizer(spm_path.read_bytes())
     cfg.model.vocab_size = len(tokenizer)
