@@ -199,7 +199,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     budget = budget_config(args)
     stages = method_stages(args) if budget is None else []
     half_dense = args.dense_dtype == "fp16" or (budget is not None and budget.half_dense)
-    rc = RetrainConfig(epochs=args.retrain_epochs, lr=args.lr, distill=args.distill, save_every_steps=args.save_every)
+    rc = RetrainConfig(epochs=args.retrain_epochs, lr=args.lr, distill=args.distill, save_every_steps=args.save_every,
+                       data=args.retrain_data)
     outputs = [args.output, args.report, *(allocation_outputs(args.output) if budget else ())]
     for path in outputs:
         if path is not None:
@@ -562,6 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain-epochs", type=int, default=2, help="retraining epochs after each step (default 2)")
     p.add_argument("--lr", type=float, default=3e-4, help="retraining peak learning rate")
     p.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the uncompressed model")
+    p.add_argument("--retrain-data", choices=("references", "teacher", "both"), default="references",
+                   help="what retraining learns from: the references (default), the input model's own beam-search "
+                        "translations of the training sources (sequence-level distillation; translated once, cached "
+                        "under ~/.cache/shrinkformer/teacher), or both")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--train-limit", type=int, help="retrain on the first N pairs only")
     p.add_argument("--threads", type=int, help=THREADS_HELP)

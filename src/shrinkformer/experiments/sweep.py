@@ -206,6 +206,8 @@ def run_pretrained_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path
 
 def unsupported_for_huggingface(exp: Experiment, model: Any) -> str | None:
     """Why a row cannot run on a Hugging Face model, or None."""
+    if exp.retrain_data != "references":
+        return "retraining on teacher translations is not supported for Hugging Face models yet"
     for _, scope in exp.stages:
         chosen = select(model, list(scope) if isinstance(scope, tuple) else [scope])
         if any(isinstance(m, nn.Embedding) for m in chosen.values()):
@@ -226,6 +228,7 @@ def model_path(output: Path, exp: Experiment, checkpoint: Path) -> Path:
 
 def retrain_config(exp: Experiment, sp: SweepPreset) -> RetrainConfig:
     return RetrainConfig(epochs=exp.retrain_epochs or sp.retrain_epochs, lr=sp.retrain_lr, distill=exp.distill,
+                         data=exp.retrain_data,
                          **({"warmup_steps": sp.retrain_warmup} if sp.retrain_warmup is not None else {}))
 
 

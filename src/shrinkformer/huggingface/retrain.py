@@ -9,7 +9,6 @@ compression, loads their weights and goes on; the step that was in progress star
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -21,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..compress import count_params
+from ..errors import UsageError
 from ..data.corpus import Parallel
 from ..evaluate.bleu import score
 from ..train.loop import inverse_sqrt
@@ -73,7 +73,7 @@ def fit(hf: HFModel, pairs: Parallel, rc: RetrainConfig, batch_sentences: int = 
 
 def run_key(hf: HFModel, stages: list[Stage], rc: RetrainConfig, train: Parallel) -> str:
     """What a work directory belongs to: the model's weights, the stages, the settings, the data."""
-    h = hashlib.sha256(json.dumps({"stages": [s.to_dict() for s in stages], "retrain": dataclasses.asdict(rc),
+    h = hashlib.sha256(json.dumps({"stages": [s.to_dict() for s in stages], "retrain": rc.key(),
                                    "pairs": len(train.source), "config": hf.model.config.to_dict()},
                                   sort_keys=True, default=str).encode())
     for name, value in sorted(hf.model.state_dict().items()):
@@ -85,6 +85,9 @@ def run_key(hf: HFModel, stages: list[Stage], rc: RetrainConfig, train: Parallel
 def retrain(hf: HFModel, stages: list[Stage], rc: RetrainConfig, train: Parallel,
             valid: Parallel | None = None, work_dir: Path | None = None) -> RetrainOutcome:
     """Compress ``hf.model`` in place step by step, retraining after each; resumes from ``work_dir``."""
+    if rc.data != "references":
+        raise UsageError("retraining on teacher translations (--retrain-data) is not supported for Hugging Face "
+                         "models yet; it runs on shrinkformer's own Transformer")
     compressor = Compressor(hf.model, stages)  # type: ignore[arg-type]  # any nn.Module compresses
     total = count_params(hf.model)
     key = run_key(hf, stages, rc, train)

@@ -41,6 +41,7 @@ from ..evaluate.bleu import score
 from ..io import write_text_atomic
 from ..model.transformer import Transformer
 from ..translate import Translator
+from . import teacher as teacher_data
 from .distributed import World
 from .loop import Progress, build_optimizer, fit, load_training_state
 
@@ -55,8 +56,18 @@ class RetrainConfig:
     distill: float = 0.0  # weight of the KL term to the uncompressed model (0 = off)
     temperature: float = 1.0
     save_every_steps: int = 200  # a killed retraining loses at most this many optimizer steps
+    data: str = "references"  # or "teacher"/"both": sequence-level distillation (teacher.py)
 
     def __post_init__(self) -> None:
+        teacher_data.check(self.data)
+
+    def key(self) -> dict[str, Any]:
+        """The settings that shape retraining, for work-directory keys (``data`` only when it is not
+        the default, so directories written before it stay valid)."""
+        d = dataclasses.asdict(self)
+        if self.data == "references":
+            del d["data"]
+        return d
         if self.epochs < 0:
             raise UsageError(f"retrain epochs must be >= 0, got {self.epochs}")
         if not 0.0 <= self.distill <= 1.0:
@@ -131,7 +142,7 @@ def valid_bleu(model: Transformer, tok: Tokenizer, cfg: RunConfig, split: Split,
 def run_key(model: torch.nn.Module, tok: Tokenizer, cfg: RunConfig, stages: list[Stage], rc: RetrainConfig,
             train_limit: int | None) -> str:
     """What a work directory belongs to: the starting model and everything that shapes retraining."""
-    spec = {"stages": [s.to_dict() for s in stages], "retrain": dataclasses.asdict(rc), "train_limit": train_limit,
+    spec = {"stages": [s.to_dict() for s in stages], "retrain": rc.key(), "train_limit": train_limit,
             "data": dataclasses.asdict(cfg.data), "model": model_fingerprint(cfg, tok, model)}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -203,7 +214,11 @@ def retrain(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Sta
             select(model, stage.scopes, stage.include, stage.exclude)
     key = run_key(model, tok, cfg, stages, rc, train_limit)
     steps = plan(stages)
-    train = Split.encode(read_split(cfg, cfg.data.train_split, train_limit), tok, cfg.data.max_tokens_per_sentence)
+    references = read_split(cfg, cfg.data.train_split, train_limit)
+    distilled = None if rc.data == "references" else teacher_data.translations(model, tok, cfg, references.source,
+                                                                                world)
+    train = Split.encode(teacher_data.retraining_pairs(rc.data, references, distilled), tok,
+                         cfg.data.max_tokens_per_sentence)
     valid = Split.encode(read_split(cfg, cfg.data.valid_split, cfg.data.valid_limit), tok)
     teacher = copy.deepcopy(model).eval() if rc.distill > 0 else None
     compressor = Compressor(model, stages)
