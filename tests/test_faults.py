@@ -141,6 +141,19 @@ def test_full_disk_during_a_sweep_row_keeps_the_rows_before_it(disk, tiny_run, m
     assert rows == {"baseline": "ok", "control": "ok", "kmeans-4bit-all": "ok"}
 
 
+@pytest.mark.parametrize("command", ["export", "attention"])
+def test_full_disk_during_export_and_attention_leaves_no_output(disk, tiny_run, multi30k, command):
+    d = disk(24 << 10)
+    out = d.path / "out"
+    args = {"export": ["export", str(tiny_run / "model.pt"), "--format", "ctranslate2", "-o", str(out)],
+            "attention": ["attention", str(tiny_run / "model.pt"), "--data-dir", str(multi30k), "--sentences", "20",
+                          "--test-sentences", "20", "--k", "2,4", "--beam", "1", "-o", str(out)]}[command]
+    result = d.run(*args)
+    one_line_error(result, out, d.reason)
+    assert not (out / "model.bin").exists() and not (out / "attention.json").exists()
+    no_temporaries(d.path)
+
+
 @pytest.mark.parametrize("command", ["train", "compress", "translate"])
 def test_a_read_only_output_is_one_line(disk, tiny_run, multi30k, command):
     d = disk(8 << 20)
