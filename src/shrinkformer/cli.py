@@ -331,6 +331,7 @@ def git_commit() -> str | None:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiments.plots import bleu_vs_compression
+    from .experiments import frontier
     from .experiments.report import terminal_table, write_results
     from .experiments.sweep import reproduce
 
@@ -352,6 +353,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                   wall_seconds=round(time.perf_counter() - started, 1))
     bleu_vs_compression(result["rows"], args.output / "bleu_vs_compression.png",
                         f"BLEU vs compression ({args.preset})", result["comparisons"])
+    front = frontier.points(result["rows"], result["test_splits"])
+    if front:
+        frontier.plot(front, args.output / "frontier.png", f"The frontier ({args.preset})")
+        frontier.write_html(front, result["test_splits"], args.output / "frontier.html", f"The frontier ({args.preset})")
     write_results(result, args.output)
     failed = [r["name"] for r in result["rows"] if r.get("status") == "failed"]
     pending = [r["name"] for r in result["rows"] if r.get("status") == "pending"]

@@ -6,8 +6,10 @@ binarization on the same scope; each pruning row against every quantization row 
 as compressed; distillation against none; each budgeted (mixed) row against every uniform row it
 is at least as compressed as, on the whole-model ratio, down to half its ratio; a budgeted row
 retrained for more epochs (``mixed-20x-4ep``), with flexible codebooks (``mixed-20x-flex``) or in
-stages (``mixed-20x-staged``) against the same row retrained as the others are, and such variants of
-one allocation against each other.
+stages (``mixed-20x-staged``) or on the baseline's translations (``mixed-20x-teacher``) against the
+same row retrained as the others are, and such variants of one allocation against each other; a
+row retrained on the baseline's translations also against the data control (``control-teacher``,
+the uncompressed model retrained on them), which is tested against the control.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
                 out.append((p["name"], q["name"]))
     if "bsflex-all" in ok and "bsflex-all-distill" in ok:
         out.append(("bsflex-all", "bsflex-all-distill"))
+    if "control" in ok and "control-teacher" in ok:
+        out.append(("control", "control-teacher"))
+    for name in ok:
+        if name.endswith("-teacher") and name != "control-teacher" and "control-teacher" in ok:
+            out.append(("control-teacher", name))
     for m in (r for r in ok.values() if r["method"] == "mixed"):
         for u in uniform_below(list(ok.values()), m):
             out.append((u["name"], m["name"]))
@@ -44,9 +51,12 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 def retrained_twin(name: str) -> str | None:
     """The row a budgeted row's allocation comes from when the row only retrains it differently
-    (``mixed-20x-4ep``, ``-flex``, ``-staged`` -> ``mixed-20x``), else None."""
+    (``mixed-20x-4ep``, ``-flex``, ``-staged``, ``-teacher`` -> ``mixed-20x``), else None."""
     base, _, variant = name.rpartition("-")
-    return base if name.startswith("mixed-") and (variant.endswith("ep") or variant in ("flex", "staged")) else None
+    return base if name.startswith("mixed-") and (variant.endswith("ep") or variant in VARIANTS) else None
+
+
+VARIANTS = ("flex", "staged", "teacher")  # ways of retraining one allocation, as row-name suffixes
 
 
 def uniform_below(rows: list[dict[str, Any]], mixed: dict[str, Any]) -> list[dict[str, Any]]:

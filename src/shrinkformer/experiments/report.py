@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from ..evaluate.significance import ALPHA, RESAMPLES
 from ..io import write_text_atomic
+from . import frontier
 from .comparisons import QUANTIZERS, find, retrained_twin, uniform_below
 from .grid import EXPERIMENTS, STUDY_WMT
 from .sweep import ROW_FIELDS
@@ -156,6 +157,21 @@ def findings(rows: list[dict], comps: list[dict], splits: Sequence[str]) -> list
                    f"parameters and {_fmt(dc.get('scope_compression_ratio'), '.1f')}x on the compressed layers "
                    f"({_fmt(dc.get('huffman_scope_compression_ratio'), '.1f')}x with Huffman coding). "
                    + summary(comps, "baseline", dc["name"], splits, "Against the baseline") + ".")
+    kd, control_kd = _row(rows, "control"), _row(rows, "control-teacher")
+    if kd and control_kd:
+        hi, lo, n = _sig(comps, "control", "control-teacher", splits)
+        verdict = _verdict(hi, lo, n, "the two controls", "the translations help", "the translations hurt")
+        students = [r for r in rows if r.get("status") == "ok" and r["name"].endswith("-teacher")
+                    and r["name"] != "control-teacher"]
+        out.append("**Sequence-level distillation: the data alone.** Retrained without compression on the "
+                   f"baseline's own translations of the training sources, the model keeps {pct(control_kd):.1f}% "
+                   f"(the control, on the references: {pct(kd):.1f}%). "
+                   + summary(comps, "control", "control-teacher", splits, "Translations minus references")
+                   + f": {verdict}."
+                   + (" Compressed rows retrained on them: " + ", ".join(
+                       f"{r['name']} ({pct(r):.1f}% at {_fmt(r.get('model_compression_ratio'))}x)" for r in students)
+                      + "; each is tested against its twin retrained on the references and against this data "
+                      "control under its budgeted allocation above." if students else ""))
     d, nd = _row(rows, "bsflex-all-distill"), _row(rows, "bsflex-all")
     if d and nd:
         hi, lo, n = _sig(comps, nd["name"], d["name"], splits)
@@ -220,6 +236,9 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
         variant = m["name"].rpartition("-")[2]
         if variant == "flex":
             how, names = "with flexible k-means codebooks instead of frozen assignments", ("flexible", "frozen")
+        elif variant == "teacher":
+            how, names = ("on the baseline's beam-search translations of the training sources instead of the "
+                          "references (sequence-level distillation)", ("distilled", "reference"))
         elif variant == "staged":
             times = sum(1 for h in m.get("history", []) if h.get("when") == "retrained")
             how, names = (f"after each kind of compression ({times} retrainings) instead of once after all of it",
@@ -230,6 +249,11 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
                            f"{names[0]} retraining hurts")
         said += (f" The same allocation retrained {how} ({twin['name']}, {pct(twin):.1f}%): "
                  + summary(comps, twin["name"], m["name"], splits, f"{names[0]} minus {names[1]}") + f"; {verdict}.")
+        data_control = _row(rows, "control-teacher") if variant == "teacher" else None
+        if data_control:
+            said += (f" Against the data control (the uncompressed model retrained on the same translations, "
+                     f"{pct(data_control):.1f}%): " + summary(comps, "control-teacher", m["name"], splits,
+                                                              "vs data control") + ".")
     below = [u for u in uniform_below(rows, m) if splits and find(comps, u["name"], m["name"], splits[0])]
     if not below:
         return said + " No uniform row between half its ratio and its ratio has been tested against it yet."
@@ -350,6 +374,7 @@ def render(result: dict[str, Any]) -> str:
                           _cell(find(comps, "control", r["name"], s))]
             lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += frontier.markdown(frontier.points(rows, splits), splits)
     lines += ["![BLEU vs compression](bleu_vs_compression.png)", "", "## Findings", ""]
     lines += [f + "\n" for f in findings(rows, comps, splits)]
     return "\n".join(lines)
