@@ -12,17 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from shrinkformer.runtime import build
-from shrinkformer.runtime.layers import LayerArrays, pack_bits
+from tests.kernel_cases import check_against_host, compile_driver
 from tests.test_runtime import KINDS, LINES, packed_model, tokenizer  # noqa: F401 (a fixture)
 
 CROSS = shutil.which("aarch64-linux-gnu-gcc")
 QEMU = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
-DRIVER = Path(__file__).parent / "native" / "kernel_check.c"
-SOURCES = [build.CSRC / "packed_portable.c", DRIVER]
 SYSROOT = Path(os.environ.get("SHRINKFORMER_AARCH64_SYSROOT",
                               Path.home() / ".cache" / "shrinkformer" / "aarch64-sysroot"))
 ARM_PYTHON = SYSROOT / "root" / "usr" / "bin" / "python3.11"
@@ -38,65 +35,10 @@ open(sys.argv[2], "w").write(json.dumps(out))
 """
 
 
-def compile_driver(cc: str, target: Path, extra: list[str]) -> Path:
-    subprocess.run([cc, "-O3", "-std=c11", f"-I{build.CSRC}", *extra, *map(str, SOURCES), "-o", str(target), "-lm"],
-                   check=True, capture_output=True, timeout=300)
-    return target
-
-
-def layers(rng: np.random.Generator) -> dict[str, LayerArrays]:
-    out = {}
-    for rows, cols in [(40, 64), (24, 96), (16, 40)]:  # 40 columns: NEON's 32-wide decoding leaves a tail
-        n = rows * cols
-        mask = rng.random(n) < 0.4
-        out[f"4-bit {rows}x{cols}"] = LayerArrays.codebook_layer(
-            rows, cols, 4, np.sort(rng.standard_normal(16)).astype(np.float32), pack_bits(rng.integers(0, 16, n), 4), None)
-        out[f"1-bit {rows}x{cols}"] = LayerArrays.codebook_layer(
-            rows, cols, 1, np.array([-0.5, 0.7], np.float32), pack_bits(rng.integers(0, 2, n), 1), None)
-        for bits in (2, 4):
-            out[f"pruned {bits}-bit {rows}x{cols}"] = LayerArrays.codebook_layer(
-                rows, cols, bits, rng.standard_normal(2 ** bits).astype(np.float32),
-                pack_bits(rng.integers(0, 2 ** bits, int(mask.sum())), bits), mask)
-        sparse = LayerArrays(rows, cols, "sparse", 32, values=rng.standard_normal(int(mask.sum())).astype(np.float32))
-        sparse._set_mask(mask)
-        out[f"sparse {rows}x{cols}"] = sparse
-        out[f"fp32 {rows}x{cols}"] = LayerArrays.dense(rng.standard_normal((rows, cols)).astype(np.float32))
-    return out
-
-
-def write_case(path: Path, layer: LayerArrays, x: np.ndarray, bias: np.ndarray) -> None:
-    arrays = [layer.index, layer.codebook, layer.values, layer.mask, layer.row_start]
-    header = [layer.kind(), layer.rows, layer.cols, layer.bits, x.shape[0], 1] + [0 if a is None else a.nbytes for a in arrays]
-    with open(path, "wb") as f:
-        f.write(np.array(header, dtype=np.int64).tobytes())
-        for a in arrays:
-            if a is not None:
-                f.write(np.ascontiguousarray(a).tobytes())
-        f.write(x.astype(np.float32).tobytes())
-        f.write(bias.astype(np.float32).tobytes())
-
-
 @pytest.mark.skipif(CROSS is None or QEMU is None, reason="no aarch64 cross compiler or qemu-aarch64 here")
 def test_aarch64_kernels_compute_what_the_portable_kernels_compute_here(tmp_path):
     arm = compile_driver(CROSS, tmp_path / "check-aarch64", ["-static", "-march=armv8-a"])
-    host = compile_driver("cc", tmp_path / "check-host", [])
-    rng = np.random.default_rng(0)
-    for name, layer in layers(rng).items():
-        for m in (1, 5, 12):
-            x, bias = rng.standard_normal((m, layer.cols)).astype(np.float32), rng.standard_normal(layer.rows)
-            case = tmp_path / "case.bin"
-            write_case(case, layer, x, bias)
-            outputs = {}
-            for which, command in (("aarch64", [QEMU, str(arm)]), ("host", [str(host)])):
-                result = tmp_path / f"{which}.bin"
-                subprocess.run([*command, str(case), str(result)], check=True, timeout=120)
-                outputs[which] = np.fromfile(result, dtype=np.float32)
-            assert outputs["aarch64"].tobytes() == outputs["host"].tobytes(), (name, m)
-            y, w = outputs["aarch64"][: m * layer.rows], outputs["aarch64"][m * layer.rows:]
-            dense = layer.dequantize(0, layer.rows)
-            assert np.array_equal(w.reshape(layer.rows, layer.cols), dense), name  # exactly the stored weights
-            np.testing.assert_allclose(y.reshape(m, layer.rows), x @ dense.T + bias.astype(np.float32), rtol=1e-5,
-                                       atol=1e-4)
+    check_against_host(tmp_path, [QEMU, str(arm)], "aarch64")
 
 
 @pytest.mark.skipif(CROSS is None or QEMU is None or not ARM_PYTHON.exists(),
