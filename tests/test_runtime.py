@@ -207,7 +207,7 @@ def test_a_named_output_appears_only_when_complete(tmp_path, tokenizer):
     out = tmp_path / "out.txt"
     result = subprocess.run([sys.executable, "-m", "shrinkformer.runtime.cli", str(path), "-i", str(src), "-o", str(out)],
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "invalid UTF-8" in result.stderr and not out.exists()
+    assert result.returncode == 1 and "invalid UTF-8 at byte" in result.stderr and not out.exists()
     src.write_text("a man\ntwo dogs\n")
     assert subprocess.run([sys.executable, "-m", "shrinkformer.runtime.cli", str(path), "-i", str(src), "-o", str(out)],
                           capture_output=True, timeout=60).returncode == 0

@@ -19,7 +19,8 @@ import torch
 from . import __version__
 from .config import load_config
 from .errors import ShrinkformerError, UsageError
-from .io import STORAGE_ERRNOS, atomic_write, check_writable, write_text_atomic
+from .io import STORAGE_ERRNOS, check_writable, write_text_atomic
+from .runtime.cli import translate_stream
 from .loading import load_any
 
 log = logging.getLogger("shrinkformer")
@@ -414,7 +415,8 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 
 DATA_DIR_HELP = "directory of {split}.{lang}[.gz] files (else $SHRINKFORMER_DATA, else the dataset is downloaded)"
-THREADS_HELP = "torch intra-op threads (default: torch's choice)"
+THREADS_HELP = ("torch intra-op threads (default: torch's choice). Runs are byte-identical at the same thread count, "
+                "resumed or not; other thread counts sum in another order")
 
 
 def add_decode_args(p: argparse.ArgumentParser, checkpoint_optional: bool = False) -> None:
@@ -435,21 +437,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     if args.output:
         check_writable(args.output)
     _, translator = _translator(args)
-    source = open(args.input, encoding="utf-8") if args.input else sys.stdin
-    try:
-        if args.output:  # a named output file appears only once complete
-            with atomic_write(args.output) as out:
-                for line in translator.stream(source, chunk=args.batch_size):
-                    out.write((line + "\n").encode("utf-8"))
-        else:  # stdout streams line by line
-            for line in translator.stream(source, chunk=args.batch_size):
-                sys.stdout.write(line + "\n")
-                sys.stdout.flush()
-    except UnicodeDecodeError as err:
-        raise ShrinkformerError(f"{args.input or 'stdin'}: invalid UTF-8 ({err.reason})") from None
-    finally:
-        if args.input:
-            source.close()
+    translate_stream(translator, args.input, args.output, args.batch_size)
     return 0
 
 

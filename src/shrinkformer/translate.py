@@ -12,7 +12,7 @@ from .data.batching import pad
 from .data.tokenizer import Tokenizer
 from .model.search import SearchConfig, beam_search
 from .model.transformer import EOS, Transformer
-from .runtime.translator import stream
+from .runtime.translator import by_length, stream, translate_lines
 
 
 @contextlib.contextmanager
@@ -42,25 +42,16 @@ class Translator:
         return self.search.beam_size
 
     def translate_ids(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:
-        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # similar lengths batch well
         out: list[list[int]] = [[] for _ in sources]
         with evaluating(self.model), pinned(self.model):  # the native decoder looked up once, not per batch
-            for start in range(0, len(order), self.batch_sentences):
-                chunk = order[start:start + self.batch_sentences]
+            for chunk in by_length(sources, self.batch_sentences):
                 src = pad([list(sources[i][: self.max_source]) + [EOS] for i in chunk]).to(self.device)
                 for i, hyp in zip(chunk, beam_search(self.model, src, self.search, native=self.native)):
                     out[i] = hyp
         return out
 
     def translate(self, lines: Sequence[str]) -> list[str]:
-        """Detokenized translations; an empty line stays empty rather than inviting a hallucination."""
-        todo = [i for i, line in enumerate(lines) if line.strip()]
-        out = [""] * len(lines)
-        if todo:
-            hyps = self.translate_ids(self.tokenizer.encode([lines[i] for i in todo]))
-            for i, text in zip(todo, self.tokenizer.decode(hyps)):
-                out[i] = text
-        return out
+        return translate_lines(lines, self.tokenizer.encode, self.translate_ids, self.tokenizer.decode)
 
     def stream(self, lines: Iterable[str], chunk: int = 256) -> Iterator[str]:
         return stream(self.translate, lines, chunk)

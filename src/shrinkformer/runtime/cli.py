@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ShrinkformerError, UsageError
+from ..errors import DataError, ShrinkformerError, UsageError
 from ..io import atomic_write, check_writable
 
 
@@ -36,25 +36,31 @@ def run(args: argparse.Namespace) -> int:
         check_writable(args.output)
     translator = Translator.load(args.checkpoint, beam_size=args.beam, length_penalty=args.length_penalty,
                                  batch_sentences=args.batch_size, threads=args.threads)
+    translate_stream(translator, args.input, args.output, args.batch_size)
+    return 0
+
+
+def translate_stream(translator, input_path: str | None, output_path: str | None, chunk: int) -> None:
+    """Lines of ``input_path`` (or stdin) to ``output_path`` (or stdout, line by line as they are
+    translated); a named output appears only once complete. Both CLIs translate through this."""
     try:
-        source = open(args.input, encoding="utf-8") if args.input else sys.stdin
+        source = open(input_path, encoding="utf-8") if input_path else sys.stdin
     except OSError as err:
-        raise UsageError(f"{args.input}: cannot read ({err.strerror})") from None
+        raise UsageError(f"{input_path}: cannot read ({err.strerror})") from None
     try:
-        if args.output:  # a named output file appears only once complete
-            with atomic_write(args.output) as out:
-                for line in translator.stream(source, chunk=args.batch_size):
+        if output_path:
+            with atomic_write(output_path) as out:
+                for line in translator.stream(source, chunk=chunk):
                     out.write((line + "\n").encode("utf-8"))
-        else:  # stdout streams line by line
-            for line in translator.stream(source, chunk=args.batch_size):
+        else:
+            for line in translator.stream(source, chunk=chunk):
                 sys.stdout.write(line + "\n")
                 sys.stdout.flush()
     except UnicodeDecodeError as err:
-        raise UsageError(f"{args.input or '<stdin>'}: invalid UTF-8 at byte {err.start}") from None
+        raise DataError(f"{input_path or '<stdin>'}: invalid UTF-8 at byte {err.start}") from None
     finally:
-        if args.input:
+        if input_path:
             source.close()
-    return 0
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "shrinkformer-translate") -> int:

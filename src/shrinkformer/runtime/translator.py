@@ -61,27 +61,38 @@ class Translator:
         return cls(model, tokenizer, search, batch_sentences)
 
     def translate_ids(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:
-        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # similar lengths batch well
         out: list[list[int]] = [[] for _ in sources]
-        for start in range(0, len(order), self.batch_sentences):
-            chunk = order[start:start + self.batch_sentences]
+        for chunk in by_length(sources, self.batch_sentences):
             src = pad([list(sources[i][: self.max_source]) + [EOS] for i in chunk])
             for i, hyp in zip(chunk, beam_search(self.engine, src, self.search, self.model.spec.max_positions)):
                 out[i] = hyp
         return out
 
     def translate(self, lines: Sequence[str]) -> list[str]:
-        """Detokenized translations; an empty line stays empty rather than inviting a hallucination."""
-        todo = [i for i, line in enumerate(lines) if line.strip()]
-        out = [""] * len(lines)
-        if todo:
-            hyps = self.translate_ids(self.sp.encode([lines[i] for i in todo], out_type=int))
-            for i, text in zip(todo, self.sp.decode(hyps)):
-                out[i] = text
-        return out
+        return translate_lines(lines, lambda todo: self.sp.encode(todo, out_type=int), self.translate_ids,
+                               self.sp.decode)
 
     def stream(self, lines: Iterable[str], chunk: int = 256) -> Iterator[str]:
         return stream(self.translate, lines, chunk)
+
+
+def by_length(sources: Sequence[Sequence[int]], batch: int) -> Iterator[list[int]]:
+    """Indices of ``sources`` in batches of similar lengths (they batch well), shortest first."""
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    for start in range(0, len(order), batch):
+        yield order[start:start + batch]
+
+
+def translate_lines(lines: Sequence[str], encode: Callable[[list[str]], list[list[int]]],
+                    translate_ids: Callable[[list[list[int]]], list[list[int]]],
+                    decode: Callable[[list[list[int]]], list[str]]) -> list[str]:
+    """Detokenized translations; an empty line stays empty rather than inviting a hallucination."""
+    todo = [i for i, line in enumerate(lines) if line.strip()]
+    out = [""] * len(lines)
+    if todo:
+        for i, text in zip(todo, decode(translate_ids(encode([lines[i] for i in todo])))):
+            out[i] = text
+    return out
 
 
 def stream(translate: Callable[[Sequence[str]], list[str]], lines: Iterable[str], chunk: int = 256) -> Iterator[str]:
