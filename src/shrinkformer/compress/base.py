@@ -76,7 +76,10 @@ class CodebookCodec(Codec):
         return max(1, (self.centroids.numel() - 1).bit_length())
 
     def forward(self) -> Tensor:
-        values = self.centroids[self.index.long()]
+        # index_select, not self.centroids[index]: the indexing's backward adds the members' gradients
+        # with atomics across threads (a different sum every run at 2 threads); index_select's adds
+        # them in index order, as the indexing does on one thread, so runs repeat at any thread count.
+        values = self.centroids.index_select(0, self.index.long())
         if self.mask is None:
             return values.view(self.shape)
         return torch.zeros(self.shape, dtype=values.dtype, device=values.device).masked_scatter(self.mask, values)

@@ -81,7 +81,7 @@ class FlexCodebookCodec(Codec):
         index, centroids = self.quantize()
         if self.training:
             self.centroids.copy_(centroids)  # the next step's assignment starts from these
-        values = centroids[index.long()]
+        values = centroids.index_select(0, index.long())  # deterministic backward (CodebookCodec.forward)
         if self.mask is None:
             q = values.view(self.shape)
         else:
