@@ -13,7 +13,7 @@ from shrinkformer.errors import CheckpointError
 from shrinkformer.model import Transformer
 from shrinkformer.compress.base import CompressedEmbedding, CompressedLinear
 from shrinkformer.compress.inference import PackedEmbedding, PackedLinear, resident_weight_bytes, to_inference
-from shrinkformer.pack.format import fp32_size, load_packed, save_packed, write_packed
+from shrinkformer.pack.format import fp32_size, load_packed, write_packed
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_packed_model_reproduces_in_memory_outputs_exactly(name, tokenizer, tmp_
                 if p.grad is not None:
                     p -= 0.1 * p.grad
     m.eval()
-    size = save_packed(m, cfg, tokenizer, tmp_path / "m.sfz")
+    size = write_packed(m, cfg, tokenizer, tmp_path / "m.sfz").file_bytes
     assert size == (tmp_path / "m.sfz").stat().st_size and size < fp32_size(m, tokenizer)
     _, tok2, loaded, _ = load_packed(tmp_path / "m.sfz")  # the inference form: weights stay packed
     training = load_packed(tmp_path / "m.sfz", training=True)[2]
@@ -134,7 +134,7 @@ def layer_bytes(path, name):
 def test_packed_codebook_layer_size(bits, tokenizer, tmp_path):
     cfg, m = tiny(tokenizer)
     compress(m, KMeansConfig(bits), "ffn")
-    save_packed(m, cfg, tokenizer, tmp_path / "m.sfz")
+    write_packed(m, cfg, tokenizer, tmp_path / "m.sfz")
     n = m.encoder.layers[0].ffn.fc1.codec.shape.numel()
     expected = n * bits / 8 + 4 * 2 ** bits
     assert abs(layer_bytes(tmp_path / "m.sfz", "encoder.layers.0.ffn.fc1") - expected) <= 0.01 * expected
@@ -143,7 +143,7 @@ def test_packed_codebook_layer_size(bits, tokenizer, tmp_path):
 def test_sparse_layer_is_smaller_than_dense_fp16(tokenizer, tmp_path):
     cfg, m = tiny(tokenizer)
     compress(m, PruneConfig(0.8, 0.8), "ffn")
-    save_packed(m, cfg, tokenizer, tmp_path / "m.sfz")
+    write_packed(m, cfg, tokenizer, tmp_path / "m.sfz")
     n = m.encoder.layers[0].ffn.fc1.codec.shape.numel()
     assert layer_bytes(tmp_path / "m.sfz", "encoder.layers.0.ffn.fc1") < 2 * n
 
@@ -153,7 +153,7 @@ def packed_bytes(tokenizer, tmp_path_factory):
     cfg, m = tiny(tokenizer)
     compress(m, KMeansConfig(3), "all")
     path = tmp_path_factory.mktemp("p") / "m.sfz"
-    save_packed(m.eval(), cfg, tokenizer, path)
+    write_packed(m.eval(), cfg, tokenizer, path)
     return path.read_bytes()
 
 
@@ -215,8 +215,8 @@ def test_huffman_packed_files_are_smaller_and_load_exactly(name, tokenizer, tmp_
     for config, scope in METHODS[name]:
         compress(m, config, scope)
     m.eval()
-    plain = save_packed(m, cfg, tokenizer, tmp_path / "p.sfz")
-    huff = save_packed(m, cfg, tokenizer, tmp_path / "h.sfz", huffman=True)
+    plain = write_packed(m, cfg, tokenizer, tmp_path / "p.sfz").file_bytes
+    huff = write_packed(m, cfg, tokenizer, tmp_path / "h.sfz", huffman=True).file_bytes
     assert huff < plain
     loaded = load_packed(tmp_path / "h.sfz", training=True)[2]
     packed = load_packed(tmp_path / "h.sfz")[2]
@@ -228,7 +228,7 @@ def test_huffman_packed_files_are_smaller_and_load_exactly(name, tokenizer, tmp_
 
 def test_written_files_are_ordinary_readable_files(tokenizer, tmp_path):
     cfg, m = tiny(tokenizer)
-    save_packed(m, cfg, tokenizer, tmp_path / "m.sfz")
+    write_packed(m, cfg, tokenizer, tmp_path / "m.sfz")
     assert (tmp_path / "m.sfz").stat().st_mode & 0o044  # group/other may read, as with any file
 
 

@@ -69,14 +69,14 @@ def test_failed_experiment_is_recorded_and_the_rest_continue(multi30k, tiny_run,
 def test_cache_key_follows_the_model_not_its_file(tiny_run, tmp_path):
     from shrinkformer.experiments.sweep import fingerprint
     from shrinkformer.loading import load_any
-    from shrinkformer.pack.format import save_packed
+    from shrinkformer.pack.format import write_packed
     cfg, tok, model = load_any(tiny_run / "model.pt")
-    save_packed(model, cfg, tok, tmp_path / "same.sfz")
+    write_packed(model, cfg, tok, tmp_path / "same.sfz")
     assert fingerprint(tiny_run / "model.pt") == fingerprint(tmp_path / "same.sfz")
     import torch
     with torch.no_grad():
         model.encoder.layers[0].ffn.fc1.weight[0, 0] += 1.0
-    save_packed(model, cfg, tok, tmp_path / "other.sfz")
+    write_packed(model, cfg, tok, tmp_path / "other.sfz")
     assert fingerprint(tmp_path / "other.sfz") != fingerprint(tmp_path / "same.sfz")
 
 

@@ -46,8 +46,8 @@ def test_packed_file_translates_like_the_in_memory_model(tiny_run, multi30k, tmp
     cfg, tok, model = load_model(tiny_run / "model.pt")
     compress(model, KMeansConfig(2), "all")
     out = tmp_path / "k.sfz"
-    from shrinkformer.pack.format import save_packed
-    save_packed(model.eval(), cfg, tok, out)
+    from shrinkformer.pack.format import write_packed
+    write_packed(model.eval(), cfg, tok, out)
     lines = ["A man in a red shirt.", "Two children play football on the beach."]
     expected = Translator(model, tok).translate(lines)
     result = run_cli("translate", str(out), stdin="\n".join(lines) + "\n")
@@ -287,8 +287,8 @@ def test_translate_packed_and_dense_forms_agree(tiny_run, tmp_path):
     compress(model, KMeansConfig(4), "all")
     compress(model, KMeansConfig(4), "embeddings")
     out = tmp_path / "k.sfz"
-    from shrinkformer.pack.format import save_packed
-    save_packed(model.eval(), cfg, tok, out)
+    from shrinkformer.pack.format import write_packed
+    write_packed(model.eval(), cfg, tok, out)
     lines = "A man in a red shirt.\nTwo children play football on the beach.\n"
     packed = run_cli("translate", str(out), "--beam", "2", stdin=lines)
     dense = run_cli("translate", str(out), "--beam", "2", "--dense", stdin=lines)

@@ -30,16 +30,6 @@ class MethodConfig:
         return {"method": self.method, **dataclasses.asdict(self)}  # type: ignore[call-overload]
 
 
-def config_from_dict(values: dict[str, Any]) -> MethodConfig:
-    """The config that ``to_dict`` described."""
-    values = dict(values)
-    name = values.pop("method", None)
-    by_name = {t.method: t for t in METHODS}
-    if name not in by_name:
-        raise ValueError(f"unknown compression method {name!r} (known: {', '.join(by_name)})")
-    return by_name[name](**values)
-
-
 class Codec(nn.Module):
     method: ClassVar[str]
 
@@ -165,12 +155,14 @@ def wrap(module: nn.Module, codec: Codec) -> nn.Module:
     return new.train(module.training)
 
 
-# Config type -> function building a codec from (config, weight). Each method file registers one.
-METHODS: dict[type, Callable[[Any, Tensor], Codec]] = {}
+# Config type -> function building a codec from (config, weight, the mask of an earlier pruning or
+# None). Each method file registers one.
+CodecBuilder = Callable[[Any, Tensor, "Tensor | None"], Codec]
+METHODS: dict[type, CodecBuilder] = {}
 
 
-def register(config_type: type) -> Callable:
-    def decorator(fn: Callable[[Any, Tensor], Codec]) -> Callable[[Any, Tensor], Codec]:
+def register(config_type: type) -> Callable[[CodecBuilder], CodecBuilder]:
+    def decorator(fn: CodecBuilder) -> CodecBuilder:
         METHODS[config_type] = fn
         return fn
     return decorator

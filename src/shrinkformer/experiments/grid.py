@@ -31,7 +31,8 @@ class Experiment:
 
     def budget(self) -> BudgetConfig:
         """A budgeted row's allocation settings."""
-        assert self.target_ratio is not None
+        if self.target_ratio is None:
+            raise ValueError(f"{self.name} is not a budgeted row")
         return BudgetConfig(target_ratio=self.target_ratio, flex=self.flex, staged=self.staged)
 
     @property

@@ -180,12 +180,6 @@ def write_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path:
     return PackedFile(Path(path), len(data), layer_bytes, tokenizer_bytes)
 
 
-def save_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path: Path,
-                extra: dict[str, Any] | None = None, huffman: bool = False) -> int:
-    """``write_packed``, returning the file size in bytes."""
-    return write_packed(model, cfg, tokenizer, path, extra, huffman).file_bytes
-
-
 def _header(data: bytes, path: Path) -> dict[str, str]:
     if len(data) < 8:
         raise CheckpointError(f"{path}: truncated packed file")

@@ -77,7 +77,8 @@ def retraining_pairs(data: str, references: Parallel, teacher: list[str] | None)
     source twice, once with each target)."""
     if data == "references":
         return references
-    assert teacher is not None and len(teacher) == len(references)
+    if teacher is None or len(teacher) != len(references):
+        raise ValueError(f"{len(teacher or [])} teacher translations for {len(references)} training pairs")
     keep = [i for i, t in enumerate(teacher) if t.strip()]  # an empty translation teaches nothing
     distilled = Parallel([references.source[i] for i in keep], [teacher[i] for i in keep])
     if data == "teacher":
