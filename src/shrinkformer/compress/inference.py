@@ -18,6 +18,7 @@ Layouts, chosen so that resident bytes match the packed file's, but where speed 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,6 +36,18 @@ TILE_FLOATS = 1 << 18  # 1 MiB of fp32 per dequantized tile: stays in a core's L
 
 # Byte -> its 8 bits, most significant first: unpacks a bitmask with one gather.
 _BITS = ((torch.arange(256)[:, None] >> torch.arange(7, -1, -1)) & 1).bool()
+
+
+_KERNEL_READS = ("index", "values", "centroids", "mask")  # the buffers a bound kernel points into
+
+
+@dataclass(frozen=True)
+class _Bound:
+    """A layer's native kernel and what it was bound to: the library's generation and the buffers."""
+
+    generation: int
+    buffers: tuple
+    call: Any
 
 
 class PackedWeight(nn.Module):
@@ -149,13 +162,14 @@ class PackedWeight(nn.Module):
         and call, hence the plain dictionary reads (``self.index`` goes through
         ``nn.Module.__getattr__``)."""
         held, b = self._kernel, self._buffers
-        if held is not None and held[0] == native.generation() and held[1] is b["index"] and \
-                held[2] is b["values"] and held[3] is b["centroids"] and held[4] is b["mask"]:
-            return held[5]
+        reads = tuple(b[k] for k in _KERNEL_READS)
+        if held is not None and held.generation == native.generation() and \
+                all(x is y for x, y in zip(held.buffers, reads)):
+            return held.call
         call = None
         if native.library() is not None and self.is_cpu():
             call = native.bind(self.arrays(), [t for t in self._native_tensors().values() if t is not None])
-        self._kernel = (native.generation(), b["index"], b["values"], b["centroids"], b["mask"], call)
+        self._kernel = _Bound(native.generation(), reads, call)
         return call
 
     def is_cpu(self) -> bool:
