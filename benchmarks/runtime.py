@@ -153,6 +153,26 @@ def _tree_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+def cold_start_only(args) -> None:
+    engines = {"runtime 4-bit": ("runtime", MODELS / f"{RUNTIME_MODELS['4-bit']}.sfz"),
+               "ctranslate2 int8": ("ctranslate2", export_ct2("int8"))}
+    first_line = lines(args.split, "en")[0]
+    cold: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(args.rounds):
+        for name, (engine, path) in engines.items():
+            cold[name].append(cold_start(engine, path, first_line))
+    result = {"command": "python benchmarks/runtime.py " + shlex.join(sys.argv[1:]), "rounds": args.rounds,
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+              "cold_start_vs_ct2_int8": round(statistics.median(cold["runtime 4-bit"])
+                                              / statistics.median(cold["ctranslate2 int8"]), 3),
+              "cold_start_seconds": {k: [round(v, 3) for v in vs] for k, vs in cold.items()}}
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--worker", nargs=2, metavar=("ENGINE", "PATH"), help=argparse.SUPPRESS)
@@ -164,11 +184,16 @@ def main() -> None:
     p.add_argument("--latency-sentences", type=int, default=100)
     p.add_argument("--thread-counts", default="1,2")
     p.add_argument("--skip-install", action="store_true", help="leave the installed-size measurement out")
+    p.add_argument("--cold-start-only", action="store_true",
+                   help="only the cold start (one line through the CLI vs CTranslate2 int8's Python API), "
+                        "--rounds times alternating: a quick check of that one bar")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if args.worker:
         return worker(args.worker[0], args.worker[1], args.mode, args.threads, args.split, args.latency_sentences,
                       args.hyps)
+    if args.cold_start_only:
+        return cold_start_only(args)
 
     import sacrebleu
 
