@@ -26,6 +26,7 @@ from ..compress.inference import packed_module
 from ..compress.primitives import encode_positions, pack_bits, unpack_bits, unpack_mask
 from . import entropy
 from ..config import RunConfig, config_from_dict
+from ..runtime import sfz
 from ..data.tokenizer import Tokenizer
 from ..errors import CheckpointError, ShrinkformerError
 from ..io import atomic_write
@@ -180,18 +181,6 @@ def write_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path:
     return PackedFile(Path(path), len(data), layer_bytes, tokenizer_bytes)
 
 
-def _header(data: bytes, path: Path) -> dict[str, str]:
-    if len(data) < 8:
-        raise CheckpointError(f"{path}: truncated packed file")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise CheckpointError(f"{path}: truncated or corrupt packed file (header of {n} bytes in a {len(data)}-byte file)")
-    try:
-        return json.loads(data[8:8 + n]).get("__metadata__", {})
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        raise CheckpointError(f"{path}: corrupt packed file (unreadable header)") from None
-
-
 def load_packed(path: str | Path, training: bool = False) -> tuple[RunConfig, Tokenizer, Transformer, dict[str, Any]]:
     """The model as it was packed, in eval mode, plus the file's extra metadata. Compressed layers
     come in their inference form (packed in memory, ``compress/inference.py``), or with
@@ -221,7 +210,9 @@ def read_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
         data = path.read_bytes()
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
-    meta = _header(data, path)
+    meta = sfz.header(data, path).get("__metadata__", {})
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: corrupt packed file (unreadable header)")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a shrinkformer packed file")
     if meta.get("version") != str(VERSION):
