@@ -83,9 +83,7 @@ def _pct(v: float | None) -> str:
 
 
 def plot(pts: list[dict[str, Any]], path: Path, title: str) -> None:
-    from .plots import MARKERS, TICKS, _save, plt
-
-    import matplotlib.ticker
+    from .plots import MARKERS, _save, plt, ratio_axis
 
     fig, ax = plt.subplots(figsize=(11, 6))
     colors = {m: plt.cm.tab10(i) for i, m in enumerate(MARKERS)}
@@ -108,13 +106,7 @@ def plot(pts: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.annotate(",".join(str(p["number"]) for p in group), (group[0]["ratio"], group[0]["retention"]),
                     textcoords="offset points", xytext=(4, 4), fontsize=7.5)
     ax.axhline(100, color="grey", linestyle="--", linewidth=1)
-    ax.set_xscale("log")
-    xs = [p["ratio"] for p in pts]
-    lo, hi = min(xs) / 1.15, max(xs) * 1.15
-    ax.set_xlim(lo, hi)
-    ax.set_xticks([t for t in TICKS if lo <= t <= hi])
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ratio_axis(ax, [p["ratio"] for p in pts])
     ax.set_xlabel("compression ratio, whole model (log scale)")
     ax.set_ylabel("% of baseline BLEU (first test set)")
     ax.grid(True, alpha=0.3)
@@ -125,12 +117,9 @@ def plot(pts: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def _front(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    front, best = [], -math.inf
-    for p in sorted(pts, key=lambda p: (-p["ratio"], -p["retention"])):
-        if p["retention"] > best:
-            front.append(p)
-            best = p["retention"]
-    return front[::-1]
+    from .plots import pareto_front
+
+    return pareto_front(pts, "ratio", "retention")
 
 
 def write_html(pts: list[dict[str, Any]], splits: Sequence[str], path: Path, title: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,7 @@ def bleu_vs_compression(rows: list[dict[str, Any]], path: Path, title: str,
         if control and control.get("bleu_retention") is not None:
             ax.axhline(100 * control["bleu_retention"], color="grey", linestyle=":", linewidth=1.2,
                        label="control (retrained, uncompressed)")
-        ax.set_xscale("log")
-        xs = [r[key] for r in pts] or [1.0]
-        lo, hi = min(xs) / 1.15, max(xs) * 1.6  # room on the right for the labels
-        ax.set_xlim(lo, hi)
-        ax.set_xticks([t for t in TICKS if lo <= t <= hi])
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ratio_axis(ax, [r[key] for r in pts], right=1.6)  # room on the right for the labels
         ax.set_xlabel(f"compression ratio, {what} (fp32 / packed parameters, log scale)")
         ax.grid(True, which="major", alpha=0.3)
         fig.canvas.draw()  # label placement needs the axes' final pixel geometry
@@ -69,14 +64,25 @@ def bleu_vs_compression(rows: list[dict[str, Any]], path: Path, title: str,
     _save(fig, path)
 
 
-def pareto_front(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    """The rows no other row beats on both ``key`` (ratio) and BLEU, by increasing ratio."""
-    front, best = [], -1.0
-    for r in sorted(rows, key=lambda r: (-r[key], -r["bleu_retention"])):
-        if r["bleu_retention"] > best:
+def pareto_front(rows: list[dict[str, Any]], key: str, value: str = "bleu_retention") -> list[dict[str, Any]]:
+    """The rows no other row beats on both ``key`` (ratio) and ``value`` (retention), by increasing ratio."""
+    front, best = [], -math.inf
+    for r in sorted(rows, key=lambda r: (-r[key], -r[value])):
+        if r[value] > best:
             front.append(r)
-            best = r["bleu_retention"]
+            best = r[value]
     return front[::-1]
+
+
+def ratio_axis(ax, xs: list[float], right: float = 1.15) -> None:
+    """A log-scale x axis of compression ratios, ticks at round ratios written 4x, 8x, ..."""
+    xs = xs or [1.0]
+    lo, hi = min(xs) / 1.15, max(xs) * right
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_xticks([t for t in TICKS if lo <= t <= hi])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def _save(fig, path: Path) -> None:
