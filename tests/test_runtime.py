@@ -97,6 +97,31 @@ def test_runtime_translates_as_the_pytorch_reference_search(tmp_path, tokenizer,
     assert RuntimeTranslator.load(path, batch_sentences=1).translate(lines[:6]) == expected[:6]
 
 
+@pytest.mark.parametrize("kind", ["fp32", "4-bit + embeddings", "pruned 1-bit, 95%"])
+def test_the_search_in_c_finds_what_the_python_loop_finds(tmp_path, tokenizer, kind):
+    """csrc/search.c is search.py's loop step for step: over the same engine the two return the
+    same hypotheses, for batches where sentences finish at different steps, beams of 1 to 6, a
+    length penalty and length limits that cut hypotheses off."""
+    from shrinkformer.runtime.engine import Engine
+    from shrinkformer.runtime.model import load
+    from shrinkformer.runtime.search import SearchConfig as RuntimeSearch, search_loop
+
+    model, _, _ = load(packed_model(tmp_path, tokenizer, kind))
+    engine = Engine(model)
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 12, size=21)
+    src = np.zeros((21, 12), dtype=np.int64)
+    for i, n in enumerate(lengths):
+        src[i, :n] = rng.integers(4, len(tokenizer), size=n)
+        src[i, n - 1] = EOS
+    P = model.spec.max_positions
+    for cfg in (RuntimeSearch(beam_size=1), RuntimeSearch(beam_size=4), RuntimeSearch(beam_size=6, length_penalty=0.6),
+                RuntimeSearch(beam_size=3, max_len_a=0.0, max_len_b=3), RuntimeSearch(beam_size=5, max_len_a=0.5)):
+        assert engine.search(src, cfg, P) == search_loop(engine, src, cfg, P), cfg
+        assert engine.search(src[:1], cfg, P) == search_loop(engine, src[:1], cfg, P), cfg
+    assert engine.search(src[:0], RuntimeSearch(), P) == []
+
+
 def test_portable_and_simd_kernels_give_the_same_logits_to_rounding(tmp_path, tokenizer, fresh):
     from shrinkformer.runtime.engine import Engine
     from shrinkformer.runtime.model import load

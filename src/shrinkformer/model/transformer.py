@@ -230,10 +230,13 @@ def _initialisers_skipped():
 
 def sinusoids(length: int, dim: int) -> Tensor:  # (length, dim)
     # on the CPU even in a skeleton (meta device): a computed table, not a weight a loader fills
+    # exp/sin/cos in float64, rounded: the correctly rounded values, the same bits as the runtime's
+    # table (runtime/model.py) and its C and WebAssembly builds; float32 ones differ across libraries
     position = torch.arange(length, dtype=torch.float32, device="cpu")[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device="cpu") * (-math.log(10000.0) / dim))
+    x = torch.arange(0, dim, 2, dtype=torch.float32, device="cpu") * torch.tensor(-math.log(10000.0) / dim, device="cpu")
+    angle = (position * torch.exp(x.double()).float()).double()
     table = torch.zeros(length, dim, device="cpu")
-    table[:, 0::2], table[:, 1::2] = torch.sin(position * freq), torch.cos(position * freq)
+    table[:, 0::2], table[:, 1::2] = torch.sin(angle).float(), torch.cos(angle).float()
     return table
 
 

@@ -23,7 +23,8 @@ import tempfile
 from pathlib import Path
 
 CSRC = Path(__file__).parent / "csrc"
-SHARED = ("decoder_step.c", "beam_select.c")  # both variants: the step, the encoder, the selection
+# both variants: the step, the encoder, the search, the tokenizer
+SHARED = ("decoder_step.c", "beam_select.c", "search.c", "tokenizer.c")
 VARIANTS = {
     "x86": (("packed_kernels.c", *SHARED), ("-mavx2", "-mfma")),
     "portable": (("packed_portable.c", *SHARED), ()),

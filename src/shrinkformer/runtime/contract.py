@@ -36,7 +36,14 @@ class Decoder(ctypes.Structure):
                 ("ancestry", P)]
 
 
-STRUCTS = (Layer, DecoderLayer, Decoder)  # in SHRINKFORMER_LAYOUT's order
+class Search(ctypes.Structure):
+    """``search_desc``."""
+    _fields_ = [("encoder", P), ("decoder", P), ("cross", P), ("cross_bias", P), ("max_positions", I64),
+                ("beam", I64), ("max_len_b", I64), ("pad", I64), ("bos", I64), ("eos", I64), ("max_len_a", F32),
+                ("length_penalty", ctypes.c_double)]
+
+
+STRUCTS = (Layer, DecoderLayer, Decoder, Search)  # in SHRINKFORMER_LAYOUT's order
 
 # name -> (restype, argtypes)
 FUNCTIONS = {
@@ -53,6 +60,14 @@ FUNCTIONS = {
     "encoder_forward": (None, [P, P, I64, P, P, P]),
     "encoder_scratch": (I64, [P, I64]),
     "beam_select": (I64, [P, I64, I64, I64, P, P, I64, I64, I64, P, P, P, P]),
+    "beam_search": (I64, [P, P, I64, I64, P, P]),
+    "sinusoid_table": (None, [P, I64, I64]),
+    "spm_load": (P, [P, I64]),
+    "spm_error": (ctypes.c_char_p, [P]),
+    "spm_free": (None, [P]),
+    "spm_size": (I64, [P]),
+    "spm_encode": (I64, [P, P, I64, P, I64]),
+    "spm_decode": (I64, [P, P, I64, P, I64]),
     "shrinkformer_layout": (I64, [P, I64]),
     "shrinkformer_set_threads": (None, [I64]),
     "shrinkformer_threads": (I64, []),

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from ..special_tokens import BOS, EOS, PAD
 from . import contract, native
 from .model import ModelArrays
 
@@ -51,6 +52,12 @@ class Engine:
         self.embed, self.out = desc(model.embed), desc(model.out)
         self.embed_scale = math.sqrt(spec.d_model)
         self.select = lib.beam_select  # the search's selection half (search.py)
+        # the whole search in C (csrc/search.c): the encoder's and the decoder's descriptors, whose
+        # per-batch fields the search sets on its own copies
+        self._encoder = self._descriptor(self.encoder_layers, spec.encoder_layers, model.encoder_norm)
+        self._decoder = self._descriptor(self.decoder_layers, spec.decoder_layers, model.decoder_norm, out=self.out)
+        self._cross = (ctypes.c_void_p * (2 * len(self.cross)))(*(c for k, kb, v, vb in self.cross for c in (k, v)))
+        self._cross_bias = (ctypes.c_void_p * (2 * len(self.cross)))(*(b for k, kb, v, vb in self.cross for b in (kb, vb)))
 
     def _structs(self, blocks) -> ctypes.Array:
         structs = (contract.DecoderLayer * len(blocks))()
@@ -68,6 +75,20 @@ class Engine:
                                 pre_norm=int(spec.pre_norm), eps=spec.eps, layer=ctypes.addressof(layers),
                                 embed=self.embed, positions=_address(self.model.positions),
                                 embed_scale=self.embed_scale, **norm, **fields)
+
+    def search(self, src: np.ndarray, cfg, max_positions: int) -> list[list[int]]:
+        """``search.beam_search``'s hypotheses for padded sources (n, S), the loop in C."""
+        src = np.ascontiguousarray(src, dtype=np.int64)
+        n, S = src.shape
+        desc = contract.Search(ctypes.addressof(self._encoder), ctypes.addressof(self._decoder),
+                               ctypes.addressof(self._cross), ctypes.addressof(self._cross_bias), max_positions,
+                               cfg.beam_size, cfg.max_len_b, PAD, BOS, EOS, cfg.max_len_a, cfg.length_penalty)
+        out = np.empty((n, max_positions), dtype=np.int64)
+        lengths = np.empty(n, dtype=np.int64)
+        if n and self.lib.beam_search(ctypes.addressof(desc), src.ctypes.data, n, S, out.ctypes.data,
+                                      lengths.ctypes.data):
+            raise MemoryError(f"beam search of {n} sentences of {S} tokens: out of memory")
+        return [out[i, : lengths[i]].tolist() for i in range(n)]
 
     def encode(self, tokens: np.ndarray) -> np.ndarray:
         """The encoder's output (n, S, C) for padded source ids (n, S) (PAD = 0). Sentences go

@@ -77,10 +77,15 @@ class ModelArrays:
 
 
 def sinusoids(length: int, dim: int) -> np.ndarray:
-    """The positional table, as ``model/transformer.py`` computes it (float32 throughout)."""
+    """The positional table, as ``model/transformer.py`` computes it: the frequencies and angles in
+    float32, each exp, sin and cos in float64 rounded to float32. float32 transcendentals differ by
+    a unit in the last place between libraries (numpy's and torch's disagree on 5% of a 256-wide
+    table); rounded from float64 they are the correctly rounded values everywhere, so this table,
+    ``sinusoid_table`` in csrc/decoder_step.c and its WebAssembly build are the same bits."""
     position = np.arange(length, dtype=np.float32)[:, None]
-    freq = np.exp(np.arange(0, dim, 2, dtype=np.float32) * np.float32(-math.log(10000.0) / dim))
-    angle = (position * freq).astype(np.float32)
+    x = np.arange(0, dim, 2, dtype=np.float32) * np.float32(-math.log(10000.0) / dim)
+    freq = np.exp(x.astype(np.float64)).astype(np.float32)
+    angle = (position * freq).astype(np.float32).astype(np.float64)
     table = np.zeros((length, dim), dtype=np.float32)
     table[:, 0::2], table[:, 1::2] = np.sin(angle), np.cos(angle)
     return table

@@ -62,7 +62,17 @@ class Selection:
 
 
 def beam_search(engine, src: np.ndarray, cfg: SearchConfig, max_positions: int) -> list[list[int]]:
-    """Best hypothesis per sentence of a padded batch of source ids (n, S), without BOS/EOS."""
+    """Best hypothesis per sentence of a padded batch of source ids (n, S), without BOS/EOS: the
+    engine's own search where it has one (the native engine's is ``csrc/search.c``, this loop in
+    C), else ``search_loop``."""
+    if hasattr(engine, "search"):
+        return engine.search(src, cfg, max_positions)
+    return search_loop(engine, src, cfg, max_positions)
+
+
+def search_loop(engine, src: np.ndarray, cfg: SearchConfig, max_positions: int) -> list[list[int]]:
+    """The search over an engine's encoder, steps and selection: the numpy engine's, and the
+    reference ``csrc/search.c`` is tested against."""
     src = np.ascontiguousarray(src, dtype=np.int64)
     n_sent, k = src.shape[0], cfg.beam_size
     memory = engine.encode(src)

@@ -22,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime.h"
+
 #ifdef _OPENMP
 #define PARALLEL_OVER_SENTENCES(n) _Pragma("omp parallel for schedule(dynamic) if(n >= 8)")
 #else
@@ -63,19 +65,19 @@ static inline float hsum8(__m256 v) {
 }
 
 #else
-/* The same polynomial one lane at a time, with fmaf where the AVX2 build fuses: the same values. */
+/* The same polynomial one lane at a time, fused where the AVX2 build fuses: the same values. */
 static inline float exp1(float x) {
     x = x > -87.3365447505f ? x : -87.3365447505f;
-    float fx = floorf(fmaf(x, 1.44269504088896341f, 0.5f));
-    x = fmaf(-fx, 0.693359375f, x);
-    x = fmaf(-fx, -2.12194440e-4f, x);
+    float fx = floorf(fused_madd(x, 1.44269504088896341f, 0.5f));
+    x = fused_madd(-fx, 0.693359375f, x);
+    x = fused_madd(-fx, -2.12194440e-4f, x);
     float p = 1.9875691500e-4f;
-    p = fmaf(p, x, 1.3981999507e-3f);
-    p = fmaf(p, x, 8.3334519073e-3f);
-    p = fmaf(p, x, 4.1665795894e-2f);
-    p = fmaf(p, x, 1.6666665459e-1f);
-    p = fmaf(p, x, 5.0000001201e-1f);
-    float y = fmaf(p * x, x, x) + 1.0f;
+    p = fused_madd(p, x, 1.3981999507e-3f);
+    p = fused_madd(p, x, 8.3334519073e-3f);
+    p = fused_madd(p, x, 4.1665795894e-2f);
+    p = fused_madd(p, x, 1.6666665459e-1f);
+    p = fused_madd(p, x, 5.0000001201e-1f);
+    float y = fused_madd(p * x, x, x) + 1.0f;
     union { int32_t i; float f; } e = {.i = ((int32_t)lrintf(fx) + 127) << 23};
     return y * e.f;
 }

@@ -6,7 +6,7 @@
    Why native: at batch 1 a step's arithmetic is a few hundred microseconds of packed kernels, and
    the PyTorch module calls around them (about 150 operators per step, each a dispatch) took
    longer than the arithmetic. The search's selection (scores, top-k, finished hypotheses) is
-   beam_select.c, called after this step by native_search.py.
+   beam_select.c, called after this step by search.c.
 
    Self-attention keys/values are written once, at (row m, position t) of one buffer per layer,
    and never move: beams reorder and sentences leave the batch, so row m's history is found through
@@ -164,7 +164,7 @@ static void layer_norm(const float *x, int64_t M, int64_t C, const float *w, con
     }
 }
 
-/* The AVX2 build's 8 lanes and reduction order, which the portable build keeps (fmaf per lane,
+/* The AVX2 build's 8 lanes and reduction order, which the portable build keeps (fused_madd per lane,
    then the same pairwise sums), so both compute the same attention scores bit for bit. */
 static inline float dot(const float *a, const float *b, int64_t n) {
     int64_t i = 0;
@@ -178,7 +178,7 @@ static inline float dot(const float *a, const float *b, int64_t n) {
 #else
     float acc[8] = {0};
     for (; i + 8 <= n; i += 8)
-        for (int u = 0; u < 8; u++) acc[u] = fmaf(a[i + u], b[i + u], acc[u]);
+        for (int u = 0; u < 8; u++) acc[u] = fused_madd(a[i + u], b[i + u], acc[u]);
     float q0 = acc[0] + acc[4], q1 = acc[1] + acc[5], q2 = acc[2] + acc[6], q3 = acc[3] + acc[7];
     s = (q0 + q2) + (q1 + q3);
 #endif
@@ -277,6 +277,21 @@ static void embedding_row(const packed_layer *E, int64_t r, float *out) {
     if (E->kind == LAYER_DENSE) memcpy(out, E->values + r * E->cols, sizeof(float) * E->cols);
     else if (E->kind == LAYER_LUT4 || E->kind == LAYER_BIN1) lut_dequant(E->index, (int)E->bits, r * E->cols, E->cols, E->codebook, out);
     else masked_dequant(E, r, r + 1, out);
+}
+
+/* The positional table (length, dim) as runtime/model.py's sinusoids computes it: frequencies and
+   angles in float32, exp/sin/cos in double rounded to float (the same bits from any libm). */
+void sinusoid_table(float *table, int64_t length, int64_t dim) {
+    float scale = (float)(-log(10000.0) / (double)dim);
+    for (int64_t i = 0; i < dim; i += 2) {
+        float x = (float)i * scale;
+        float freq = (float)exp((double)x);
+        for (int64_t p = 0; p < length; p++) {
+            float angle = (float)p * freq;
+            table[p * dim + i] = (float)sin((double)angle);
+            if (i + 1 < dim) table[p * dim + i + 1] = (float)cos((double)angle);
+        }
+    }
 }
 
 /* The model's embed() of one token at one position: its row times sqrt(C), plus the position's

@@ -9,6 +9,32 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* a * b + c rounded once, as an FMA instruction computes it: the portable builds fuse where the
+   AVX2 build's intrinsics do, so both give the same bits. WebAssembly has no FMA and its libm's
+   fmaf is a call through the floating-point environment at every use (a sixth of a page's
+   decoding time); here the product is exact in double, the double sum rounds to float correctly
+   unless it lies exactly halfway between two floats, and then the sum's rounding error (TwoSum)
+   says which way to go. Results near float's subnormal range take libm's fmaf. */
+#include <math.h>
+#include <string.h>
+#if defined(__wasm__)
+static inline float fused_madd(float a, float b, float c) {
+    double ab = (double)a * (double)b, r = ab + (double)c;
+    uint64_t u;
+    memcpy(&u, &r, 8);
+    int e = (int)((u >> 52) & 0x7ff);
+    if (e < 0x3ff - 125 || e == 0x7ff) return fmaf(a, b, c);
+    if ((u & 0x1fffffff) != 0x10000000) return (float)r;
+    double bb = r - ab, err = (ab - (r - bb)) + ((double)c - bb);
+    if (err == 0) return (float)r;
+    u += ((err > 0) == (r > 0)) ? 1 : (uint64_t)-1; /* off the halfway point, towards the exact sum */
+    memcpy(&r, &u, 8);
+    return (float)r;
+}
+#else
+static inline float fused_madd(float a, float b, float c) { return fmaf(a, b, c); }
+#endif
+
 /* One entry point per layer for decoding's calls: the layer's pointers and shape are set once (a
    descriptor Python builds when it binds the layer), so a call passes only x, its rows, the bias
    and the output. */
@@ -52,6 +78,19 @@ typedef struct {
     int32_t *ancestry;                      /* (rows, capacity), see decoder_step.c; updated by each step */
 } decoder_desc;
 
+/* A whole translation's model (search.c): the encoder's and the decoder's descriptors (their S,
+   capacity, key padding, ancestry and the layers' buffers are the search's own, set per batch on
+   copies), the cross-attention key/value projections (K then V, per decoder layer) and the
+   search's settings. */
+typedef struct {
+    const decoder_desc *encoder, *decoder;
+    const packed_layer *const *cross;   /* 2 per decoder layer: K, V */
+    const float *const *cross_bias;     /* 2 per decoder layer; NULL entries: no bias */
+    int64_t max_positions, beam, max_len_b, pad, bos, eos;
+    float max_len_a;                    /* at most a * source length + b target tokens */
+    double length_penalty;              /* final score = sum log p / length ** length_penalty */
+} search_desc;
+
 /* The layouts above as the compiler laid them out: for each struct its size, then each field's
    offset in declaration order. runtime/contract.py checks its ctypes mirrors against this. */
 #define SHRINKFORMER_LAYOUT(X)                                                                              \
@@ -70,6 +109,12 @@ typedef struct {
     X(offsetof(decoder_desc, final_bias)) X(offsetof(decoder_desc, out)) X(offsetof(decoder_desc, embed))   \
     X(offsetof(decoder_desc, positions)) X(offsetof(decoder_desc, embed_scale))                             \
     X(offsetof(decoder_desc, key_padding)) X(offsetof(decoder_desc, ancestry))                              \
+    X(sizeof(search_desc)) X(offsetof(search_desc, encoder)) X(offsetof(search_desc, decoder))              \
+    X(offsetof(search_desc, cross)) X(offsetof(search_desc, cross_bias))                                    \
+    X(offsetof(search_desc, max_positions)) X(offsetof(search_desc, beam))                                  \
+    X(offsetof(search_desc, max_len_b)) X(offsetof(search_desc, pad)) X(offsetof(search_desc, bos))         \
+    X(offsetof(search_desc, eos)) X(offsetof(search_desc, max_len_a))                                       \
+    X(offsetof(search_desc, length_penalty))                                                                \
     X(PROJECTIONS) X(NORMS) X(LAYER_KINDS)
 
 /* y (M, rows) = x (M, cols) @ W.T (+ bias): the layer kernels (packed_kernels.c, or the portable
@@ -78,6 +123,34 @@ void packed_layer_matmul_t(const packed_layer *L, const float *x, int64_t M, con
 void lut_dequant(const uint8_t *w, int bits, int64_t start, int64_t count, const float *codebook, float *out);
 void masked_dequant(const packed_layer *L, int64_t r0, int64_t r1, float *out);
 void packed_kernels_init(void);
+
+/* decoder_step.c's entry points, and the selection (beam_select.c), as search.c calls them */
+void decoder_step(const decoder_desc *D, const int64_t *tokens, float *x, int64_t M, int64_t beams, int64_t t,
+                  const int64_t *parent, const int64_t *sentence, float *logits, float *work);
+int64_t decoder_step_scratch(const decoder_desc *D, int64_t M);
+void decoder_project(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y, float *tile);
+int64_t decoder_tile_floats(void);
+void encoder_forward(const decoder_desc *E, const int64_t *tokens, int64_t n, const uint8_t *key_padding, float *x,
+                     float *work);
+int64_t encoder_scratch(const decoder_desc *E, int64_t M);
+void sinusoid_table(float *table, int64_t length, int64_t dim);
+int64_t beam_select(const float *logits, int64_t n, int64_t k, int64_t V, float *scores, const uint8_t *at_limit,
+                    int64_t pad, int64_t bos, int64_t eos, int64_t *parent, int64_t *token, int64_t *finished_beam,
+                    float *finished_score);
+/* search.c: the best hypothesis of each of n padded sources (n, S) into out (n, max_positions),
+   its length into lengths (n); 0, or -1 where memory ran out */
+int64_t beam_search(const search_desc *D, const int64_t *src, int64_t n, int64_t S, int64_t *out, int64_t *lengths);
 int packed_kernels_threaded(void);
+
+/* tokenizer.c: a SentencePiece unigram model (its ModelProto bytes); spm_error is "" where it
+   loaded. Encode and decode return how many ids or bytes the whole result has (more than cap:
+   call again with room), or -1 where memory ran out. */
+typedef struct spm_model spm_model;
+spm_model *spm_load(const uint8_t *proto, int64_t size);
+const char *spm_error(const spm_model *m);
+void spm_free(spm_model *m);
+int64_t spm_size(const spm_model *m);
+int64_t spm_encode(const spm_model *m, const char *text, int64_t n, int64_t *ids, int64_t cap);
+int64_t spm_decode(const spm_model *m, const int64_t *ids, int64_t n, char *out, int64_t cap);
 
 #endif
