@@ -8,7 +8,8 @@ import shrinkformer
 
 ROOT = Path(shrinkformer.__file__).parent
 LOWER = ("shrinkformer.pack", "shrinkformer.compress", "shrinkformer.data", "shrinkformer.model", "shrinkformer.runtime")
-UPPER = ("shrinkformer.train", "shrinkformer.huggingface", "shrinkformer.experiments", "shrinkformer.cli")
+UPPER = ("shrinkformer.train", "shrinkformer.huggingface", "shrinkformer.experiments", "shrinkformer.web",
+         "shrinkformer.cli")
 
 
 def module_name(path: Path) -> str:
@@ -40,6 +41,14 @@ def imports() -> dict[str, set[str]]:
 
 def test_lower_layers_never_import_upper_ones():
     bad = [(m, d) for m, deps in imports().items() if m.startswith(LOWER) for d in deps if d.startswith(UPPER)]
+    assert bad == []
+
+
+def test_the_page_package_needs_only_the_runtime():
+    """web/ writes pages from the torch-free runtime: it imports nothing of training or compression."""
+    allowed = ("shrinkformer.web", "shrinkformer.runtime", "shrinkformer.errors")
+    bad = [(m, d) for m, deps in imports().items() if m.startswith("shrinkformer.web") for d in deps
+           if not d.startswith(allowed)]
     assert bad == []
 
 

@@ -488,6 +488,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_web_demo(args: argparse.Namespace) -> int:
+    from .web import demo
+
+    try:
+        out = demo.write(args.checkpoint, args.output, overwrite=args.force)
+    except OSError as err:
+        if err.errno is not None:
+            raise
+        raise ShrinkformerError(str(err)) from None  # no emcc to rebuild a stale module
+    size = sum(f.stat().st_size for f in out.iterdir() if f.name != "model.sfz")
+    print(f"page with {args.checkpoint.name} as model.sfz ({(out / 'model.sfz').stat().st_size / 1e6:.2f} MB; "
+          f"page {size / 1e3:.0f} KB without it): {out}\nserve it: python3 -m http.server -d {out} 8000, "
+          f"then open http://localhost:8000/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shrinkformer", description=__doc__)
     parser.add_argument("--version", action="version", version=f"shrinkformer {__version__}")
@@ -634,6 +650,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--references", type=Path, help="reference translations for --hypotheses")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("web-demo", help="write a web page that translates with a packed model in the browser",
+                       description="Write a static page that runs a packed .sfz of shrinkformer's Transformer in the "
+                                   "browser: the runtime compiled to WebAssembly, its JavaScript, and the model beside "
+                                   "it as model.sfz (the page also takes one dropped in). Serve the directory with any "
+                                   "static server, e.g. python3 -m http.server -d DIR; WebCrypto, which checks the "
+                                   "file, needs the page served from localhost or https, not opened as a file.")
+    p.add_argument("checkpoint", type=Path, help="a packed model (.sfz) of shrinkformer's Transformer")
+    p.add_argument("--output", "-o", type=Path, required=True, help="directory to write (must not exist)")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it is a directory")
+    p.set_defaults(func=cmd_web_demo)
     return parser
 
 
