@@ -122,6 +122,46 @@ def test_the_search_in_c_finds_what_the_python_loop_finds(tmp_path, tokenizer, k
     assert engine.search(src[:0], RuntimeSearch(), P) == []
 
 
+def test_the_c_layout_of_a_file_is_the_numpy_layout_byte_for_byte(tmp_path, tokenizer):
+    """direct.py (csrc/prepare.c) and model.py (layers.py) lay every kind of layer out alike:
+    the same kind, shape, bits and bytes of indices, codebook, mask, row offsets and values, for
+    each test model (Huffman-coded too) and the committed ones."""
+    from shrinkformer.runtime.direct import DirectModel
+    from shrinkformer.runtime.model import load
+
+    paths = [packed_model(tmp_path, tokenizer, kind, huffman=huffman) for kind in KINDS for huffman in (False, True)]
+    paths += [COMMITTED / f"{name}.sfz" for name in ("mixed-20x", "kmeans-4bit-all+embeddings", "baseline")]
+    for path in paths:
+        direct, (arrays, _, _) = DirectModel(path), load(path)
+        named = {"embed_tokens": arrays.embed}
+        for stack, blocks in (("encoder", arrays.encoder), ("decoder", arrays.decoder)):
+            for i, block in enumerate(blocks):
+                named.update({f"{stack}.layers.{i}.{n}": p for n, p in zip(contract.PROJECTION_NAMES, block.proj) if p})
+        for i, (k, _, v, _) in enumerate(arrays.cross):
+            named[f"decoder.layers.{i}.cross_attn.k_proj"], named[f"decoder.layers.{i}.cross_attn.v_proj"] = k, v
+        assert set(direct.prepared) == set(named), path
+        for name, want in named.items():
+            got = direct.prepared[name]
+            assert (got.kind, got.rows, got.cols, got.bits) == (want.kind(), want.rows, want.cols, want.bits), (path, name)
+            for field in ("index", "codebook", "values", "mask", "row_start"):
+                a = getattr(want, field)
+                address = getattr(got, field)
+                assert (a is None) == (not address) or (a is not None and a.size == 0), (path, name, field)
+                if a is not None and a.size:
+                    assert ctypes.string_at(address, a.nbytes) == a.tobytes(), (path, name, field)
+
+
+def test_the_runtime_translates_without_importing_numpy_or_sentencepiece(tmp_path):
+    code = BLOCK_TORCH + ("import sys\nfrom shrinkformer.runtime import Translator\n"
+                          f"t = Translator.load({str(COMMITTED / 'mixed-20x.sfz')!r}, batch_sentences=1)\n"
+                          "print(t.translate(['A man in an orange hat starring at something.'])[0])\n"
+                          "print(sorted(m for m in ('numpy', 'sentencepiece', 'torch') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")}).stdout.splitlines()
+    assert out == [torch_translations(COMMITTED / "mixed-20x.sfz", ["A man in an orange hat starring at something."],
+                                      batch=1)[0], "[]"]
+
+
 def test_portable_and_simd_kernels_give_the_same_logits_to_rounding(tmp_path, tokenizer, fresh):
     from shrinkformer.runtime.engine import Engine
     from shrinkformer.runtime.model import load

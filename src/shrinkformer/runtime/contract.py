@@ -43,7 +43,24 @@ class Search(ctypes.Structure):
                 ("length_penalty", ctypes.c_double)]
 
 
-STRUCTS = (Layer, DecoderLayer, Decoder, Search)  # in SHRINKFORMER_LAYOUT's order
+class LayerParts(ctypes.Structure):
+    """``layer_parts``: a compressed layer's parts as the file stores them (prepare.c)."""
+    _fields_ = [*((name, I64) for name in ("rows", "cols", "encoding", "bits", "count", "index_huffman", "mask_kind",
+                                           "mask_symbols")),
+                ("centroids", P), ("n_centroids", I64), ("values", P), ("n_values", I64), ("index", P),
+                ("index_lengths", P), ("mask", P), ("mask_lengths", P), ("index_bytes", I64), ("n_index_lengths", I64),
+                ("mask_bytes", I64), ("n_mask_lengths", I64)]
+
+
+ENCODINGS = {"codebook": 0, "sparse": 1, "dense": 2}  # runtime.h's ENCODING_*
+MASKS = {None: 0, "bitmask": 1, "positions": 2, "huffman-positions": 3}  # MASK_*
+# runtime.h's orders, by module and state-dict name
+PROJECTION_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                    "cross_attn.q_proj", "cross_attn.out_proj", "ffn.fc1", "ffn.fc2")
+NORM_NAMES = ("self_attn_norm", "cross_attn_norm", "ffn_norm")
+CROSS_NAMES = ("cross_attn.k_proj", "cross_attn.v_proj")  # projected once per batch from the encoder's output
+
+STRUCTS = (Layer, DecoderLayer, Decoder, Search, LayerParts)  # in SHRINKFORMER_LAYOUT's order
 
 # name -> (restype, argtypes)
 FUNCTIONS = {
@@ -62,6 +79,9 @@ FUNCTIONS = {
     "beam_select": (I64, [P, I64, I64, I64, P, P, I64, I64, I64, P, P, P, P]),
     "beam_search": (I64, [P, P, I64, I64, P, P]),
     "sinusoid_table": (None, [P, I64, I64]),
+    "layer_prepare": (I64, [P, P]),
+    "layer_release": (None, [P]),
+    "half_to_float": (None, [P, I64, P]),
     "spm_load": (P, [P, I64]),
     "spm_error": (ctypes.c_char_p, [P]),
     "spm_free": (None, [P]),

@@ -13,13 +13,10 @@ from typing import Callable
 import numpy as np
 
 from ..errors import CheckpointError
-from . import sfz
+from . import contract, sfz
 from .layers import LayerArrays
 
-PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-               "cross_attn.q_proj", "cross_attn.out_proj", "ffn.fc1", "ffn.fc2")  # runtime.h's order
-NORMS = ("self_attn_norm", "cross_attn_norm", "ffn_norm")
-CROSS = ("cross_attn.k_proj", "cross_attn.v_proj")  # projected once per batch from the encoder's output
+PROJECTIONS, NORMS, CROSS = contract.PROJECTION_NAMES, contract.NORM_NAMES, contract.CROSS_NAMES
 # a compressed layer's tensors in the file (pack/format.py writes them)
 CODEC_FIELDS = ("centroids", "index", "mask", "values", "index_huffman", "index_lengths", "mask_huffman", "mask_lengths")
 
@@ -132,12 +129,7 @@ def _norm(tensor: Tensor, name: str) -> tuple[np.ndarray, np.ndarray]:
 def load(path) -> tuple[ModelArrays, bytes, dict]:
     """A ``.sfz`` of our Transformer: the model, its SentencePiece model and the run configuration."""
     packed = sfz.read(path)
-    if "config" not in packed.meta:
-        family = packed.json("huggingface", {}).get("architectures", ["a Hugging Face model"]) \
-            if "huggingface" in packed.meta else ["another model family"]
-        raise CheckpointError(f"{packed.path}: {family[0] if family else 'a Hugging Face model'} runs only with the "
-                              f"torch install (pip install 'shrinkformer[train]'); the runtime serves shrinkformer's "
-                              f"own Transformer")
+    sfz.require_own_model(packed)
     try:
         config = json.loads(packed.meta["config"])
         spec = ModelSpec.from_dict(config["model"])

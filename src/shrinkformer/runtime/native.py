@@ -144,9 +144,8 @@ def blas_sgemm() -> tuple[int | None, int]:
     OpenMP pool the kernels use) where torch is already loaded, else the one in numpy's bundled
     OpenBLAS, made single-threaded; (None, 0) where there is none (then every product runs in the
     kernels)."""
+    import importlib.util
     import sys
-
-    import numpy
 
     if "torch" in sys.modules:  # loaded by the caller; the runtime never imports it
         try:
@@ -155,7 +154,10 @@ def blas_sgemm() -> tuple[int | None, int]:
         except (OSError, AttributeError):
             pass
 
-    root = Path(numpy.__file__).parent
+    spec = importlib.util.find_spec("numpy")  # found, not imported: the runtime may run without numpy
+    if spec is None or spec.origin is None:
+        return None, 0
+    root = Path(spec.origin).parent
     candidates = [*glob.glob(str(root.parent / "numpy.libs" / "*openblas*")), *glob.glob(str(root / ".libs" / "*openblas*")),
                   *glob.glob(str(root / ".dylibs" / "*openblas*"))]
     for path in candidates:

@@ -1,6 +1,7 @@
-"""Reading a packed model file (``.sfz``) with numpy alone: the safetensors layout (an 8-byte
-header length, a JSON header, the tensors' bytes), the format name and version, and the SHA-256
-over the metadata and every tensor that ``pack/format.py`` writes. Tensors are views of the
+"""Reading a packed model file (``.sfz``): the safetensors layout (an 8-byte header length, a JSON
+header, the tensors' bytes), the format name and version, and the SHA-256 over the metadata and
+every tensor that ``pack/format.py`` writes. ``read_raw`` needs the standard library alone (the
+runtime's numpy-free loader, ``direct.py``); ``read`` gives the tensors as numpy views of the
 file's bytes, not copies."""
 
 from __future__ import annotations
@@ -11,13 +12,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import CheckpointError
 
 FORMAT, VERSION = "shrinkformer-packed", 1
-_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "U8": np.uint8, "I8": np.int8, "I16": np.int16,
-           "I32": np.int32, "I64": np.int64, "BOOL": np.bool_}
+_ITEMSIZE = {"F32": 4, "F16": 2, "F64": 8, "U8": 1, "I8": 1, "I16": 2, "I32": 4, "I64": 8, "BOOL": 1}
+_NUMPY = {"F32": "float32", "F16": "float16", "F64": "float64", "U8": "uint8", "I8": "int8", "I16": "int16",
+          "I32": "int32", "I64": "int64", "BOOL": "bool"}
+
+
+@dataclass
+class Entry:
+    dtype: str  # safetensors' name: "F32", "U8", ...
+    shape: tuple[int, ...]
+    data: memoryview  # the tensor's bytes in the file
+    offset: int  # where they start in RawFile.data
+
+    @property
+    def count(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass
+class RawFile:
+    """A checked packed file: its metadata and each tensor's bytes."""
+
+    path: Path
+    meta: dict[str, str]
+    entries: dict[str, Entry]
+    data: bytearray  # the whole file (writable, so ctypes can point into it)
+
+    def json(self, key: str, default: Any = None) -> Any:
+        return json.loads(self.meta[key]) if key in self.meta else default
 
 
 @dataclass
@@ -26,19 +54,28 @@ class PackedFile:
 
     path: Path
     meta: dict[str, str]
-    tensors: dict[str, np.ndarray]
+    tensors: dict[str, "np.ndarray"]  # noqa: F821 (numpy, imported by read)
 
     def json(self, key: str, default: Any = None) -> Any:
         return json.loads(self.meta[key]) if key in self.meta else default
 
 
-def digest(meta: dict[str, str], tensors: dict[str, np.ndarray]) -> str:
-    """SHA-256 over the metadata (but the digest itself) and every tensor's name and bytes."""
+def _digest(meta: dict[str, str], tensors: dict[str, bytes | memoryview]) -> str:
     h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
     for name in sorted(tensors):
         h.update(name.encode())
-        h.update(np.ascontiguousarray(tensors[name]).view(np.uint8).tobytes() if tensors[name].size else b"")
+        h.update(tensors[name])
     return h.hexdigest()
+
+
+def digest(meta: dict[str, str], tensors: dict) -> str:
+    """SHA-256 over the metadata (but the digest itself) and every tensor's name and bytes."""
+    def raw(t) -> bytes | memoryview:
+        if isinstance(t, (bytes, bytearray, memoryview)):
+            return t
+        import numpy as np
+        return np.ascontiguousarray(t).view(np.uint8).tobytes() if t.size else b""
+    return _digest(meta, {k: raw(v) for k, v in tensors.items()})
 
 
 def header(data: bytes | memoryview, path: Path) -> dict[str, Any]:
@@ -56,11 +93,13 @@ def header(data: bytes | memoryview, path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: corrupt packed file (unreadable header)") from None
 
 
-def read(path: str | Path) -> PackedFile:
-    """The file's metadata and tensors, checked: format, version, layout, checksum."""
+def read_raw(path: str | Path) -> RawFile:
+    """The file's metadata and tensors' bytes, checked: format, version, layout, checksum."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            data = bytearray(path.stat().st_size)
+            del data[f.readinto(data):]  # (a file that shrank meanwhile)
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
     head = header(data, path)
@@ -72,17 +111,37 @@ def read(path: str | Path) -> PackedFile:
                               f"(this shrinkformer reads version {VERSION})")
     start = 8 + int.from_bytes(data[:8], "little")
     body = memoryview(data)[start:]
-    tensors = {}
+    entries = {}
     for name, info in head.items():
         try:
-            dtype = np.dtype(_DTYPES[info["dtype"]])
+            size = _ITEMSIZE[info["dtype"]]
             begin, end = (int(v) for v in info["data_offsets"])
-            shape = tuple(int(s) for s in info["shape"])
-            if not 0 <= begin <= end <= len(body) or (end - begin) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+            entry = Entry(info["dtype"], tuple(int(s) for s in info["shape"]), body[begin:end], start + begin)
+            if not 0 <= begin <= end <= len(body) or (end - begin) != size * entry.count:
                 raise ValueError(f"tensor {name!r} does not fit the file")
-            tensors[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape)
+            entries[name] = entry
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: corrupt packed file ({str(err)[:120]})") from None
-    if digest(meta, tensors) != meta.get("sha256"):
+    if _digest(meta, {k: e.data for k, e in entries.items()}) != meta.get("sha256"):
         raise CheckpointError(f"{path}: checksum mismatch: the file is corrupt")
-    return PackedFile(path, meta, tensors)
+    return RawFile(path, meta, entries, data)
+
+
+def read(path: str | Path) -> PackedFile:
+    """``read_raw``'s file with its tensors as numpy arrays (views of the file's bytes)."""
+    import numpy as np
+
+    raw = read_raw(path)
+    tensors = {name: np.frombuffer(e.data, dtype=_NUMPY[e.dtype]).reshape(e.shape) for name, e in raw.entries.items()}
+    return PackedFile(raw.path, raw.meta, tensors)
+
+
+def require_own_model(packed: RawFile | PackedFile) -> None:
+    """The runtime serves shrinkformer's own Transformer; another family says so in one line."""
+    if "config" in packed.meta:
+        return
+    family = packed.json("huggingface", {}).get("architectures", ["a Hugging Face model"]) \
+        if "huggingface" in packed.meta else ["another model family"]
+    raise CheckpointError(f"{packed.path}: {family[0] if family else 'a Hugging Face model'} runs only with the "
+                          f"torch install (pip install 'shrinkformer[train]'); the runtime serves shrinkformer's "
+                          f"own Transformer")

@@ -1,8 +1,10 @@
 """Text in, text out, without torch: ``Translator.load("model.sfz").translate(lines)``.
 
 Sources are tokenized with the model's own SentencePiece model, sorted by length so batches hold
-similar lengths, translated by the beam search over the native engine (or numpy's where the
-library is absent) and returned in input order, detokenized.
+similar lengths, translated by the beam search and returned in input order, detokenized. Where the
+native library runs, the file goes straight into it (``direct.py``: the C layout, search and
+tokenizer; numpy is never imported); without it, numpy builds the model and runs the engine
+(``reference.py``) with the sentencepiece package.
 """
 
 from __future__ import annotations
@@ -11,17 +13,12 @@ from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-import numpy as np
-import sentencepiece as spm
-
 from ..special_tokens import EOS, PAD
 from . import native
-from .model import ModelArrays, load
-from .search import SearchConfig, beam_search
 
 
-def make_engine(model: ModelArrays):
-    """The native engine where the library runs here, else numpy's."""
+def make_engine(model):
+    """The native engine where the library runs here, else numpy's (for a model built from arrays)."""
     if native.library() is not None:
         from .engine import Engine
         return Engine(model)
@@ -29,22 +26,66 @@ def make_engine(model: ModelArrays):
     return ReferenceEngine(model)
 
 
-def pad(sequences: Sequence[Sequence[int]]) -> np.ndarray:
+def pad(sequences: Sequence[Sequence[int]]):
     """Right-padded (n, longest) int64 ids."""
+    import numpy as np
+
     out = np.full((len(sequences), max(len(s) for s in sequences)), PAD, dtype=np.int64)
     for i, s in enumerate(sequences):
         out[i, : len(s)] = s
     return out
 
 
-class Translator:
-    def __init__(self, model: ModelArrays, tokenizer: bytes, search: SearchConfig = SearchConfig(),
-                 batch_sentences: int = 64) -> None:
-        self.model, self.search, self.batch_sentences = model, search, batch_sentences
+class _ArraysBackend:
+    """A model built by numpy (``model.py``), its engine, and the sentencepiece package."""
+
+    def __init__(self, model, tokenizer: bytes, search) -> None:
+        import sentencepiece as spm
+
+        self.model, self.search_cfg = model, search
         self.sp = spm.SentencePieceProcessor(model_proto=tokenizer)
         self.engine = make_engine(model)
         # the longest source the positional table allows once the target budget is added
         self.max_source = max(1, model.spec.max_positions // 2 - 1)
+
+    def search(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:
+        from .search import beam_search
+
+        src = pad([list(s[: self.max_source]) + [EOS] for s in sources])
+        return beam_search(self.engine, src, self.search_cfg, self.model.spec.max_positions)
+
+    def encode(self, lines: list[str]) -> list[list[int]]:
+        return self.sp.encode(lines, out_type=int)
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        return self.sp.decode(ids)
+
+
+class _DirectBackend:
+    """``direct.py``'s model: the file in the native library, its C tokenizer."""
+
+    def __init__(self, model) -> None:
+        self.model, self.search = model, model.search
+
+    def encode(self, lines: list[str]) -> list[list[int]]:
+        return [self.model.tokenizer.encode(line) for line in lines]
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        return [self.model.tokenizer.decode(i) for i in ids]
+
+
+class Translator:
+    def __init__(self, model, tokenizer: bytes | None = None, search=None, batch_sentences: int = 64) -> None:
+        """``model``: a ``direct.DirectModel``, or a ``model.ModelArrays`` with its tokenizer's bytes and
+        a ``search.SearchConfig`` (default: beam 5)."""
+        from .direct import DirectModel
+
+        self.batch_sentences = batch_sentences
+        if isinstance(model, DirectModel):
+            self.backend = _DirectBackend(model)
+        else:
+            from .search import SearchConfig
+            self.backend = _ArraysBackend(model, tokenizer, search or SearchConfig())
 
     @classmethod
     def load(cls, path: str | Path, beam_size: int | None = None, length_penalty: float | None = None,
@@ -52,6 +93,11 @@ class Translator:
         """A ``.sfz`` file's model, decoding as its configuration says unless told otherwise."""
         if threads:
             native.set_threads(threads)
+        if native.library() is not None:
+            from .direct import DirectModel
+            return cls(DirectModel(path, beam_size, length_penalty), batch_sentences=batch_sentences)
+        from .model import load
+        from .search import SearchConfig
         model, tokenizer, config = load(path)
         decode = config.get("decode", {})
         search = SearchConfig(beam_size=beam_size or decode.get("beam_size", 5),
@@ -63,14 +109,12 @@ class Translator:
     def translate_ids(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:
         out: list[list[int]] = [[] for _ in sources]
         for chunk in by_length(sources, self.batch_sentences):
-            src = pad([list(sources[i][: self.max_source]) + [EOS] for i in chunk])
-            for i, hyp in zip(chunk, beam_search(self.engine, src, self.search, self.model.spec.max_positions)):
+            for i, hyp in zip(chunk, self.backend.search([sources[i] for i in chunk])):
                 out[i] = hyp
         return out
 
     def translate(self, lines: Sequence[str]) -> list[str]:
-        return translate_lines(lines, lambda todo: self.sp.encode(todo, out_type=int), self.translate_ids,
-                               self.sp.decode)
+        return translate_lines(lines, self.backend.encode, self.translate_ids, self.backend.decode)
 
     def stream(self, lines: Iterable[str], chunk: int = 256) -> Iterator[str]:
         return stream(self.translate, lines, chunk)

@@ -18,7 +18,7 @@ from ..runtime import build as runtime_build
 STATIC = Path(__file__).parent / "static"
 PREBUILT = STATIC / "shrinkformer.wasm"
 SOURCES = ("packed_portable.c", *runtime_build.SHARED)
-EXPORTS = ("beam_search", "sinusoid_table", "spm_load", "spm_error", "spm_free", "spm_encode", "spm_decode",
+EXPORTS = ("beam_search", "sinusoid_table", "layer_prepare", "half_to_float", "spm_load", "spm_error", "spm_free", "spm_encode", "spm_decode",
            "spm_size", "shrinkformer_layout", "shrinkformer_source_hash", "malloc", "free")
 FLAGS = ("-O3", "-std=c11", "-msimd128", "--no-entry", "-sSTANDALONE_WASM", "-sALLOW_MEMORY_GROWTH=1")
 # Debian's emcc runs its JavaScript optimizer with Node, which needs acorn (.ci/run installs it here)

@@ -78,6 +78,20 @@ typedef struct {
     int32_t *ancestry;                      /* (rows, capacity), see decoder_step.c; updated by each step */
 } decoder_desc;
 
+/* A compressed layer's parts as a packed file stores them (pack/format.py), for prepare.c: fp32
+   values (the caller widens float16), the rest bytes as stored. */
+enum { ENCODING_CODEBOOK = 0, ENCODING_SPARSE = 1, ENCODING_DENSE = 2 };
+enum { MASK_NONE = 0, MASK_BITMASK = 1, MASK_POSITIONS = 2, MASK_HUFFMAN_POSITIONS = 3 };
+typedef struct {
+    int64_t rows, cols, encoding, bits, count, index_huffman, mask_kind, mask_symbols;
+    const float *centroids;
+    int64_t n_centroids;
+    const float *values; /* a sparse layer's survivors, a dense layer's weight */
+    int64_t n_values;
+    const uint8_t *index, *index_lengths, *mask, *mask_lengths;
+    int64_t index_bytes, n_index_lengths, mask_bytes, n_mask_lengths;
+} layer_parts;
+
 /* A whole translation's model (search.c): the encoder's and the decoder's descriptors (their S,
    capacity, key padding, ancestry and the layers' buffers are the search's own, set per batch on
    copies), the cross-attention key/value projections (K then V, per decoder layer) and the
@@ -115,6 +129,15 @@ typedef struct {
     X(offsetof(search_desc, max_len_b)) X(offsetof(search_desc, pad)) X(offsetof(search_desc, bos))         \
     X(offsetof(search_desc, eos)) X(offsetof(search_desc, max_len_a))                                       \
     X(offsetof(search_desc, length_penalty))                                                                \
+    X(sizeof(layer_parts)) X(offsetof(layer_parts, rows)) X(offsetof(layer_parts, cols))                    \
+    X(offsetof(layer_parts, encoding)) X(offsetof(layer_parts, bits)) X(offsetof(layer_parts, count))       \
+    X(offsetof(layer_parts, index_huffman)) X(offsetof(layer_parts, mask_kind))                             \
+    X(offsetof(layer_parts, mask_symbols)) X(offsetof(layer_parts, centroids))                              \
+    X(offsetof(layer_parts, n_centroids)) X(offsetof(layer_parts, values)) X(offsetof(layer_parts, n_values)) \
+    X(offsetof(layer_parts, index)) X(offsetof(layer_parts, index_lengths)) X(offsetof(layer_parts, mask))  \
+    X(offsetof(layer_parts, mask_lengths)) X(offsetof(layer_parts, index_bytes))                            \
+    X(offsetof(layer_parts, n_index_lengths)) X(offsetof(layer_parts, mask_bytes))                          \
+    X(offsetof(layer_parts, n_mask_lengths))                                                                \
     X(PROJECTIONS) X(NORMS) X(LAYER_KINDS)
 
 /* y (M, rows) = x (M, cols) @ W.T (+ bias): the layer kernels (packed_kernels.c, or the portable
@@ -141,6 +164,12 @@ int64_t beam_select(const float *logits, int64_t n, int64_t k, int64_t V, float 
    its length into lengths (n); 0, or -1 where memory ran out */
 int64_t beam_search(const search_desc *D, const int64_t *src, int64_t n, int64_t S, int64_t *out, int64_t *lengths);
 int packed_kernels_threaded(void);
+
+/* prepare.c: a packed file's layer in the kernels' layout (arrays malloc'd, freed by
+   layer_release); 0, -1 where the parts are inconsistent, -2 where memory ran out */
+int64_t layer_prepare(const layer_parts *parts, packed_layer *out);
+void layer_release(packed_layer *L);
+void half_to_float(const uint16_t *in, int64_t n, float *out);
 
 /* tokenizer.c: a SentencePiece unigram model (its ModelProto bytes); spm_error is "" where it
    loaded. Encode and decode return how many ids or bytes the whole result has (more than cap:

@@ -1,8 +1,8 @@
 // shrinkformer's runtime in JavaScript: reads a packed model (.sfz) and translates with the
 // WebAssembly build of the native library (web/build.py): its decoding step, beam search
-// (csrc/search.c) and SentencePiece tokenizer (csrc/tokenizer.c). This file only reads the file
-// and lays the model out in the module's memory, as runtime/model.py and runtime/layers.py do for
-// the native library; it runs in a page and under Node alike.
+// (csrc/search.c), SentencePiece tokenizer (csrc/tokenizer.c) and the layout of a file's layers
+// (csrc/prepare.c, as the Python runtime's direct.py uses it). This file only reads the file and
+// hands its parts to the module; it runs in a page and under Node alike.
 //
 //   const rt = await Runtime.create(wasmBytes);
 //   const model = await rt.load(sfzBytes);   // checks format, version and SHA-256
@@ -10,8 +10,6 @@
 
 const FORMAT = "shrinkformer-packed", VERSION = "1";
 const PAD = 0, BOS = 2, EOS = 3; // special_tokens.py
-const LAYER = { LUT4: 0, BIN1: 1, SPARSE: 2, SPARSE_LUT4: 3, DENSE: 4 }; // runtime.h
-const PRUNED_DENSE_BELOW = 0.9; // runtime/layers.py's
 const PROJECTIONS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
   "cross_attn.q_proj", "cross_attn.out_proj", "ffn.fc1", "ffn.fc2"];
 const NORMS = ["self_attn_norm", "cross_attn_norm", "ffn_norm"];
@@ -33,7 +31,13 @@ const STRUCTS = {
   search_desc: [["encoder", PTR], ["decoder", PTR], ["cross", PTR], ["cross_bias", PTR], ["max_positions", I64],
     ["beam", I64], ["max_len_b", I64], ["pad", I64], ["bos", I64], ["eos", I64], ["max_len_a", F32],
     ["length_penalty", F64]],
+  layer_parts: [["rows", I64], ["cols", I64], ["encoding", I64], ["bits", I64], ["count", I64], ["index_huffman", I64],
+    ["mask_kind", I64], ["mask_symbols", I64], ["centroids", PTR], ["n_centroids", I64], ["values", PTR],
+    ["n_values", I64], ["index", PTR], ["index_lengths", PTR], ["mask", PTR], ["mask_lengths", PTR],
+    ["index_bytes", I64], ["n_index_lengths", I64], ["mask_bytes", I64], ["n_mask_lengths", I64]],
 };
+const ENCODINGS = { codebook: 0, sparse: 1, dense: 2 }; // runtime.h's ENCODING_*
+const MASKS = { bitmask: 1, positions: 2, "huffman-positions": 3 }; // MASK_*, none: 0
 
 function layout() { // {struct: {size, fields: {name: [offset, type, count]}}}, as a C compiler lays them out
   const out = {};
@@ -52,7 +56,7 @@ function layout() { // {struct: {size, fields: {name: [offset, type, count]}}}, 
 }
 
 // ---- reading a .sfz: the safetensors layout and pack/format.py's checksum
-const DTYPES = { F32: [Float32Array, 4], F16: [null, 2], U8: [Uint8Array, 1], I8: [Int8Array, 1], I16: [Int16Array, 2],
+const DTYPES = { F32: [Float32Array, 4], F16: [Uint16Array, 2], U8: [Uint8Array, 1], I8: [Int8Array, 1], I16: [Int16Array, 2],
   I32: [Int32Array, 4], I64: [BigInt64Array, 8], F64: [Float64Array, 8], BOOL: [Uint8Array, 1] };
 
 function pyString(s) { // Python's json.dumps of a string (ensure_ascii)
@@ -66,15 +70,6 @@ async function sha256(chunks) {
   const subtle = globalThis.crypto && globalThis.crypto.subtle;
   if (!subtle) throw new ModelError("this page has no WebCrypto to check the file with: open it through http://localhost, not as a file");
   return [...new Uint8Array(await subtle.digest("SHA-256", all))].map((b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function halfToFloat(bits) {
-  const out = new Float32Array(bits.length);
-  for (let i = 0; i < bits.length; i++) {
-    const h = bits[i], s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, f = h & 0x3ff;
-    out[i] = e === 0 ? s * f * 2 ** -24 : e === 31 ? (f ? NaN : s * Infinity) : s * (1 + f / 1024) * 2 ** (e - 15);
-  }
-  return out;
 }
 
 /** The checked file: {meta, tensors: {name: {dtype, shape, bytes}}}. */
@@ -111,142 +106,11 @@ export async function readSfz(bytes, name = "the file") {
   return { meta, tensors };
 }
 
-function typed(t) { // a tensor's values as a fresh typed array (aligned, float16 widened)
+function typed(t) { // a tensor's values as a fresh typed array (aligned)
   const copy = t.bytes.slice();
-  if (t.dtype === "F16") return halfToFloat(new Uint16Array(copy.buffer));
   const [type] = DTYPES[t.dtype];
-  return new type(copy.buffer);
+  return type ? new type(copy.buffer) : new Uint16Array(copy.buffer);
 }
-
-function floats(t) {
-  const v = typed(t);
-  return v instanceof Float32Array ? v : Float32Array.from(v, Number);
-}
-
-// ---- a layer's parts as the kernels read them (runtime/layers.py)
-function huffmanDecode(packed, lengths, n) { // pack/entropy.py's canonical codes
-  const out = new Uint8Array(n), maxLen = Math.max(0, ...lengths);
-  const symbols = [...lengths.keys()].filter((s) => lengths[s] > 0).sort((a, b) => lengths[a] - lengths[b] || a - b);
-  const count = new Array(maxLen + 2).fill(0);
-  for (const s of symbols) count[lengths[s]]++;
-  let pos = 0;
-  for (let k = 0; k < n; k++) {
-    let code = 0, first = 0, index = 0, len = 1;
-    for (;; len++) {
-      if (len > maxLen || pos >= packed.length * 8) throw new ModelError("corrupt Huffman stream");
-      code |= (packed[pos >> 3] >> (7 - (pos & 7))) & 1;
-      pos++;
-      if (code - first < count[len]) { out[k] = symbols[index + code - first]; break; }
-      index += count[len];
-      first = (first + count[len]) << 1;
-      code <<= 1;
-    }
-  }
-  return out;
-}
-
-function packBits(values, bits) { // most significant bit first
-  const out = new Uint8Array(Math.ceil((values.length * bits) / 8));
-  let pos = 0;
-  for (const v of values) for (let b = bits - 1; b >= 0; b--, pos++) if ((v >> b) & 1) out[pos >> 3] |= 0x80 >> (pos & 7);
-  return out;
-}
-
-function unpackBits(packed, bits, start, count) {
-  const out = new Uint8Array(count);
-  for (let i = 0, pos = start * bits; i < count; i++) {
-    let v = 0;
-    for (let b = 0; b < bits; b++, pos++) v = (v << 1) | ((packed[pos >> 3] >> (7 - (pos & 7))) & 1);
-    out[i] = v;
-  }
-  return out;
-}
-
-function unpackMask(kind, data, n) {
-  const mask = new Uint8Array(n);
-  if (kind === "bitmask") {
-    for (let i = 0; i < n; i++) mask[i] = (data[i >> 3] >> (7 - (i & 7))) & 1;
-  } else if (kind === "positions") {
-    for (let i = 0, pos = -1; i < data.length; i++) {
-      pos += data[i] === 0 ? 255 : data[i];
-      if (data[i] !== 0) mask[pos] = 1;
-    }
-  } else throw new ModelError(`unknown mask encoding '${kind}'`);
-  return mask;
-}
-
-const KINDS = { "codebook 4 0": LAYER.LUT4, "codebook 1 0": LAYER.BIN1, "sparse 32 1": LAYER.SPARSE,
-  "codebook 1 1": LAYER.SPARSE_LUT4, "codebook 2 1": LAYER.SPARSE_LUT4, "codebook 3 1": LAYER.SPARSE_LUT4,
-  "codebook 4 1": LAYER.SPARSE_LUT4 };
-
-function codebookLayer(rows, cols, bits, centroids, index, mask) {
-  const codebook = new Float32Array(Math.max(2 ** bits, mask ? 16 : 0));
-  codebook.set(centroids);
-  let idx = index;
-  if (mask) { idx = new Uint8Array(index.length + 16); idx.set(index); } // the pruned kernels read 16 at a time
-  return withMask({ rows, cols, encoding: "codebook", bits, index: idx, codebook }, mask);
-}
-
-function withMask(layer, mask) {
-  if (!mask) return layer;
-  layer.mask = packBits(mask, 1);
-  layer.rowStart = new Int32Array(layer.rows + 1);
-  for (let r = 0; r < layer.rows; r++) {
-    let s = 0;
-    for (let c = 0; c < layer.cols; c++) s += mask[r * layer.cols + c];
-    layer.rowStart[r + 1] = layer.rowStart[r] + s;
-  }
-  layer.keep = mask;
-  return layer;
-}
-
-function kindOf(layer) {
-  if (layer.cols % 8) return null;
-  if (layer.encoding === "dense") return LAYER.DENSE;
-  return KINDS[`${layer.encoding} ${layer.bits} ${layer.mask ? 1 : 0}`] ?? null;
-}
-
-function dequantize(layer) { // the dense fp32 weight
-  const n = layer.rows * layer.cols, out = new Float32Array(n);
-  if (!layer.mask) {
-    const codes = unpackBits(layer.index, layer.bits, 0, n);
-    for (let i = 0; i < n; i++) out[i] = layer.codebook[codes[i]];
-    return out;
-  }
-  const survivors = layer.rowStart[layer.rows];
-  const vals = layer.encoding === "sparse" ? layer.values : Float32Array.from(unpackBits(layer.index, layer.bits, 0, survivors), (c) => layer.codebook[c]);
-  for (let i = 0, j = 0; i < n; i++) if (layer.keep[i]) out[i] = vals[j++];
-  return out;
-}
-
-function layerFromParts(shape, parts, meta) { // LayerArrays.from_parts, then for_decoding
-  const [rows, cols] = shape, n = rows * cols;
-  let index = parts.index, maskData = parts.mask, maskKind = meta.mask;
-  if (meta.index_coding === "huffman") index = packBits(huffmanDecode(parts.index_huffman, parts.index_lengths, meta.count), meta.bits);
-  if (maskKind === "huffman-positions") { maskData = huffmanDecode(parts.mask, parts.mask_lengths, meta.mask_symbols); maskKind = "positions"; }
-  const mask = maskKind ? unpackMask(maskKind, maskData, n) : null;
-  let layer;
-  if (meta.encoding === "codebook") {
-    let bits = meta.bits;
-    if (!mask && (bits === 2 || bits === 3)) { index = packBits(unpackBits(index, bits, 0, meta.count), 4); bits = 4; } // the 4-bit kernel runs them
-    layer = codebookLayer(rows, cols, bits, parts.centroids, index, mask);
-  } else {
-    layer = withMask({ rows, cols, encoding: "sparse", bits: 32, values: parts.values }, mask);
-  }
-  if (kindOf(layer) === null) return dense(rows, cols, dequantize(layer));
-  if (layer.mask && layer.encoding === "codebook" && layer.bits <= 3 && layer.rowStart[rows] >= (1 - PRUNED_DENSE_BELOW) * n) {
-    // as a dense 4-bit layer whose unused entry is the pruned weights' zero (layers.py's for_decoding)
-    const zero = 2 ** layer.bits, codes = new Uint8Array(n).fill(zero);
-    const kept = unpackBits(layer.index, layer.bits, 0, layer.rowStart[rows]);
-    for (let i = 0, j = 0; i < n; i++) if (layer.keep[i]) codes[i] = kept[j++];
-    const centroids = new Float32Array(zero + 1);
-    centroids.set(layer.codebook.subarray(0, zero));
-    return codebookLayer(rows, cols, 4, centroids, packBits(codes, 4), null);
-  }
-  return layer;
-}
-
-function dense(rows, cols, values) { return { rows, cols, encoding: "dense", bits: 32, values }; }
 
 // ---- the module
 export class Runtime {
@@ -354,24 +218,49 @@ export class Model {
     const rt = this.rt, spec = config.model, decode = config.decode || {};
     const C = spec.d_model, descs = new Map();
     this.spec = spec;
-    const tensor = (key) => (tensors[key] ? rt.put(floats(tensors[key])) : 0);
-    const layer = (name) => { // a packed_layer's address
-      let arrays;
-      if (name in layers) {
-        const meta = layers[name], parts = {};
-        for (const f of ["centroids", "values"]) if (tensors[`${name}.${f}`]) parts[f] = floats(tensors[`${name}.${f}`]);
-        for (const f of ["index", "mask", "index_huffman", "index_lengths", "mask_lengths"])
-          if (tensors[`${name}.${f}`]) parts[f] = typed(tensors[`${name}.${f}`]);
-        arrays = layerFromParts(meta.shape, parts, meta);
-      } else {
+    const floats = (t) => { // a tensor as fp32 in the module's memory (float16 widened by the C)
+      if (t.dtype === "F32") return rt.put(typed(t));
+      if (t.dtype !== "F16") throw new Error(`a ${t.dtype} tensor where floats belong`);
+      const count = t.bytes.length / 2, half = rt.put(typed(t)), out = rt.alloc(4 * count);
+      rt.x.half_to_float(half, BigInt(count), out);
+      rt.x.free(half);
+      return out;
+    };
+    const tensor = (key) => (tensors[key] ? floats(tensors[key]) : 0);
+    const count = (t) => (t.shape || []).reduce((a, b) => a * b, 1);
+    const layer = (name) => { // a packed_layer laid out by the module (csrc/prepare.c, as runtime/layers.py)
+      const meta = layers[name], temporary = [];
+      const part = (key, asFloats) => {
+        const t = tensors[key];
+        if (!t) return [0, 0];
+        const p = asFloats ? floats(t) : rt.put(typed(t));
+        temporary.push(p);
+        return [p, count(t)];
+      };
+      let parts;
+      if (!meta) {
         const w = tensors[`${name}.weight`];
         if (!w) throw new Error(`no weight for ${name}`);
-        arrays = dense(w.shape[0], w.shape[1], floats(w));
+        const [values, n] = part(`${name}.weight`, true);
+        parts = { rows: w.shape[0], cols: w.shape[1], encoding: ENCODINGS.dense, values, n_values: n };
+      } else {
+        const huffman = meta.index_coding === "huffman";
+        const [centroids, nCentroids] = part(`${name}.centroids`, true), [values, nValues] = part(`${name}.values`, true);
+        const [index, indexBytes] = part(`${name}.${huffman ? "index_huffman" : "index"}`);
+        const [indexLengths, nIndexLengths] = part(`${name}.index_lengths`);
+        const [mask, maskBytes] = part(`${name}.mask`), [maskLengths, nMaskLengths] = part(`${name}.mask_lengths`);
+        parts = { rows: meta.shape[0], cols: meta.shape[1], encoding: ENCODINGS[meta.encoding], bits: meta.bits ?? 32,
+          count: meta.count ?? 0, index_huffman: huffman ? 1 : 0, mask_kind: MASKS[meta.mask] ?? 0,
+          mask_symbols: meta.mask_symbols ?? 0, centroids, n_centroids: nCentroids, values, n_values: nValues, index,
+          index_bytes: indexBytes, index_lengths: indexLengths, n_index_lengths: nIndexLengths, mask, mask_bytes: maskBytes,
+          mask_lengths: maskLengths, n_mask_lengths: nMaskLengths };
       }
-      const put = (a) => (a ? rt.put(a) : 0);
-      return rt.struct("packed_layer", { kind: kindOf(arrays), wide: 0, rows: arrays.rows, cols: arrays.cols,
-        bits: arrays.bits, index: put(arrays.index), values: put(arrays.values), codebook: put(arrays.codebook),
-        mask: put(arrays.mask), row_start: put(arrays.rowStart) });
+      const p = rt.struct("layer_parts", parts), out = rt.alloc(rt.layout.packed_layer.size);
+      const status = Number(rt.x.layer_prepare(p, out));
+      for (const t of [p, ...temporary]) rt.x.free(t);
+      if (status === -2) throw new ModelError("out of memory");
+      if (status !== 0) throw new Error(`layer ${name}`);
+      return out;
     };
     const norm = (prefix) => [tensor(`${prefix}.weight`), tensor(`${prefix}.bias`)];
     const block = (prefix, decoder) => {
@@ -413,7 +302,7 @@ export class Model {
       max_positions: spec.max_positions, beam: this.beam, max_len_b: decode.max_len_b ?? 10, pad: PAD, bos: BOS,
       eos: EOS, max_len_a: decode.max_len_a ?? 1.2, length_penalty: decode.length_penalty ?? 1.0 });
     this.maxSource = Math.max(1, Math.floor(spec.max_positions / 2) - 1);
-    const proto = typed(tensors.__tokenizer__);
+    const proto = tensors.__tokenizer__.bytes.slice();
     const protoPtr = rt.put(proto);
     this.tokenizer = rt.x.spm_load(protoPtr, BigInt(proto.length));
     const error = this.cString(rt.x.spm_error(this.tokenizer));
