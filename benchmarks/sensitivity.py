@@ -20,10 +20,8 @@ import torch
 from common import DATA, report
 
 from shrinkformer.compress.allocate import CHOICES
-from shrinkformer.compress.scopes import eligible
 from shrinkformer.data.corpus import read_parallel
-from shrinkformer.data.splits import Split
-from shrinkformer.loading import load_any
+from shrinkformer.loading import load_adapter
 from shrinkformer.train import sensitivity
 
 
@@ -42,13 +40,13 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    _, tok, model = load_any(args.model, training=True)
-    weights = {n: m.weight for n, m in eligible(model).items()}
+    adapter = load_adapter(args.model, training=True)
+    model, weights = adapter.model, adapter.candidates()
     choices = [c for c in CHOICES if not c.dense]
-    train = Split.encode(read_parallel(DATA, "train", "en", "de", args.fisher_sentences), tok)
-    valid = Split.encode(read_parallel(DATA, "val", "en", "de", args.loss_sentences), tok)
-    fisher_batches = sensitivity.sample_batches(train, args.fisher_sentences, 1024)
-    loss_batches = sensitivity.sample_batches(valid, args.loss_sentences, 4096)
+    train = adapter.encode(read_parallel(DATA, "train", "en", "de", args.fisher_sentences))
+    valid = adapter.encode(read_parallel(DATA, "val", "en", "de", args.loss_sentences))
+    fisher_batches = adapter.loss_batches(train, args.fisher_sentences, 1024)
+    loss_batches = adapter.loss_batches(valid, args.loss_sentences, 4096)
 
     started = time.perf_counter()
     _, masks = sensitivity.price(weights, choices, True)

@@ -137,20 +137,20 @@ def test_fisher_shortcut_equals_scoring_the_codecs_weights(tiny_run, monkeypatch
 
 
 def test_a_resumed_run_takes_the_saved_allocation(tiny_run, multi30k, tmp_path, monkeypatch):
-    from shrinkformer.loading import load_any
+    from shrinkformer.loading import load_adapter
     from shrinkformer.train import budget
 
-    cfg, tok, model = load_any(tiny_run / "model.pt", training=True)
-    cfg.data.data_dir = str(multi30k)
+    adapter = load_adapter(tiny_run / "model.pt", training=True)
+    adapter.cfg.data.data_dir = str(multi30k)
     bc = budget.BudgetConfig(target_ratio=4, sentences=40)
-    first = budget.load_or_plan(model, tok, cfg, bc, tmp_path)
+    first = budget.load_or_plan(adapter, bc, tmp_path)
     assert (tmp_path / "allocation.json").exists()
     monkeypatch.setattr(budget, "plan_allocation", lambda *a, **k: pytest.fail("searched again"))
-    again = budget.load_or_plan(model, tok, cfg, bc, tmp_path)
+    again = budget.load_or_plan(adapter, bc, tmp_path)
     assert again.choices() == first.choices() and again.to_dict() == first.to_dict()
     other = budget.BudgetConfig(target_ratio=5, sentences=40)  # other settings: not that allocation
     with pytest.raises(pytest.fail.Exception, match="searched again"):
-        budget.load_or_plan(model, tok, cfg, other, tmp_path)
+        budget.load_or_plan(adapter, other, tmp_path)
 
 
 def test_flex_allocation_retrains_the_same_choices_with_flexible_codebooks():

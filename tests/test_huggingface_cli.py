@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,37 +154,64 @@ def test_hugging_face_bad_input_is_one_line(tiny_marian, multi30k, tmp_path):
     assert not (tmp_path / "out.sfz").exists() and list(existing.iterdir()) == []
 
 
-def test_killed_marian_retraining_resumes_to_the_same_weights(tiny_marian, multi30k, tmp_path, monkeypatch):
-    from shrinkformer.compress import KMeansConfig, PruneConfig
-    from shrinkformer.data.corpus import read_parallel
-    from shrinkformer.huggingface import retrain as hf_retrain
-    from shrinkformer.huggingface.model import load_pretrained
-    from shrinkformer.train.retrain import RetrainConfig, Stage
+def marian_compress(model_dir, data, out, *extra, quiet=True):
+    return [sys.executable, "-m", "shrinkformer", *(["-q"] if quiet else []), "compress", str(model_dir),
+            "--method", "prune+kmeans", "--sparsity", "0.3:0.5", "--steps", "2", "--bits", "3", "--scope", "ffn",
+            "--save-every", "3", "--retrain-epochs", "1", "--retrain-batch-tokens", "256", "--train-limit", "200",
+            "--threads", "1", "--no-test", "--data-dir", str(data), "-o", str(out), *extra]
 
-    stages = [Stage(PruneConfig(0.3, 0.5, 2), ["ffn"]), Stage(KMeansConfig(3), ["ffn"])]
-    rc = RetrainConfig(epochs=1, lr=1e-3, warmup_steps=2)
-    pairs = read_parallel(multi30k, "train", "en", "de", 48)
 
-    whole = load_pretrained(tiny_marian)
-    hf_retrain.retrain(whole, stages, rc, pairs, work_dir=tmp_path / "a")
+def test_killed_marian_compression_resumes_mid_step_to_the_same_packed_file(tiny_marian, multi30k, tmp_path):
+    """The one retraining loop serves Hugging Face models too: killed inside a step's training, a
+    run resumes from that step's snapshot and packs what an uninterrupted run packs."""
+    from shrinkformer.checkpoint import load_checkpoint
 
-    fit, calls = hf_retrain.fit, []
+    from .test_retrain import packed_contents
 
-    def dies_on_the_second_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return fit(*args, **kwargs)
+    straight, killed = tmp_path / "straight.sfz", tmp_path / "killed.sfz"
+    subprocess.run(marian_compress(tiny_marian, multi30k, straight), check=True, capture_output=True, timeout=300)
+    work = tmp_path / "killed.sfz.work"
+    proc = subprocess.Popen(marian_compress(tiny_marian, multi30k, killed), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (work / "step2" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    at_kill = load_checkpoint(work / "step2" / "last.pt", require=("model", "progress"))["progress"]
+    assert at_kill["batch"] > 0 and not at_kill["finished"], "the kill must land inside the k-means retraining"
+    resumed = subprocess.run(marian_compress(tiny_marian, multi30k, killed, quiet=False), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "2 of 3 steps done" in resumed.stderr and f"step {at_kill['step']}" in resumed.stderr
+    (a, meta_a), (b, meta_b) = (packed_contents(p) for p in (straight, killed))
+    assert meta_a == meta_b and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not work.exists()
 
-    monkeypatch.setattr(hf_retrain, "fit", dies_on_the_second_step)
-    with pytest.raises(KeyboardInterrupt):
-        hf_retrain.retrain(load_pretrained(tiny_marian), stages, rc, pairs, work_dir=tmp_path / "b")
-    monkeypatch.setattr(hf_retrain, "fit", fit)
-    resumed = load_pretrained(tiny_marian)
-    outcome = hf_retrain.retrain(resumed, stages, rc, pairs, work_dir=tmp_path / "b")
-    assert [h.get("when") for h in outcome.history].count("retrained") == 3
-    want = whole.model.state_dict()
-    assert all(torch.equal(v, want[k]) for k, v in resumed.model.state_dict().items())
+
+def test_distillation_changes_marian_retraining(tiny_marian, multi30k, tmp_path, monkeypatch):
+    """``--distill`` and ``--temperature`` reach a Hugging Face model's retraining: the loss mixes in
+    the KL term to the uncompressed model (the loop's own), so the weights it ends with differ."""
+    from shrinkformer.huggingface.model import load_packed
+    from shrinkformer.train import loop
+
+    seen = []
+    real = loop.distillation_loss
+
+    def spy(logits, teacher_logits, target, temperature, pad):
+        seen.append((temperature, pad))
+        return real(logits, teacher_logits, target, temperature, pad)
+
+    monkeypatch.setattr(loop, "distillation_loss", spy)
+    common = ["-q", "compress", str(tiny_marian), "--method", "kmeans", "--bits", "2", "--retrain-epochs", "1",
+              "--train-limit", "64", "--threads", "1", "--data-dir", str(multi30k), "--no-test"]
+    assert main([*common, "-o", str(tmp_path / "plain.sfz")]) == 0
+    assert seen == []
+    assert main([*common, "--distill", "0.5", "--temperature", "2", "-o", str(tmp_path / "distilled.sfz")]) == 0
+    pad = transformers.AutoTokenizer.from_pretrained(tiny_marian).pad_token_id
+    assert seen and set(seen) == {(2.0, pad)}
+    a, b = (load_packed(tmp_path / f"{n}.sfz", training=True).model.state_dict() for n in ("plain", "distilled"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_model_without_encoder_and_decoder_layers_cannot_be_scoped():
@@ -246,13 +278,14 @@ def test_reproduce_from_a_marian_baseline(tiny_marian, multi30k, tmp_path, monke
     assert k4["model_compression_ratio"] > 1.5 and k4["packed_bytes"] == (out / "models/kmeans-4bit-all.sfz").stat().st_size
     assert [h.get("when") for h in k4["history"]] == [None, "compressed", "retrained"]
     # the packed row is a Hugging Face model that translates as the row scored it
-    from shrinkformer.huggingface.model import load_packed
-    from shrinkformer.huggingface.pipeline import score_pretrained
     from shrinkformer.experiments.sweep import load_hypotheses
+    from shrinkformer.loading import load_adapter
+    from shrinkformer.train.pipeline import score_splits
 
-    hf = load_packed(out / "models/kmeans-4bit-all.sfz")
-    hf.data.data_dir = str(multi30k)
-    assert score_pretrained(hf, ["test_2016_flickr"], 12)["test_2016_flickr"].hypotheses == \
+    packed = load_adapter(out / "models/kmeans-4bit-all.sfz")
+    assert packed.family == "huggingface"
+    packed.cfg.data.data_dir = str(multi30k)
+    assert score_splits(packed, ["test_2016_flickr"], 12)["test_2016_flickr"].hypotheses == \
         load_hypotheses(out, "kmeans-4bit-all", "test_2016_flickr")
     from shrinkformer.experiments import sweep
 

@@ -44,6 +44,37 @@ def test_lower_layers_never_import_upper_ones():
     assert bad == []
 
 
+# Above the lower layers, bottom to top: model files of other families, the adapters over every
+# family (and loading.py, which picks one), the workflow that runs on any adapter, the experiments
+# built from it, and the command. Each tier imports only tiers below it.
+TIERS = (("shrinkformer.huggingface",), ("shrinkformer.adapters", "shrinkformer.loading"), ("shrinkformer.train",),
+         ("shrinkformer.experiments",), ("shrinkformer.web", "shrinkformer.cli"))
+
+
+def test_each_tier_imports_only_the_tiers_below_it():
+    graph = imports()
+    bad = []
+    for level, tier in enumerate(TIERS):
+        above = tuple(p for t in TIERS[level + 1:] for p in t)
+        bad += [(m, d) for m, deps in graph.items() if m.startswith(tier) for d in deps if d.startswith(above)]
+    assert bad == []
+
+
+def test_only_loading_and_the_adapters_ask_which_family_a_model_is():
+    """Retraining, budgets, the pipeline, the sweep and the CLI hold an adapter: none of them
+    imports a family's model code or branches on it."""
+    families = ("shrinkformer.huggingface", "shrinkformer.adapters.huggingface", "shrinkformer.adapters.transformer")
+    allowed = ("shrinkformer.loading", "shrinkformer.adapters", "shrinkformer.huggingface")
+    graph = imports()
+    # Training a baseline from a configuration makes one of our Transformers: no choice to branch on.
+    graph["shrinkformer.train.loop"] -= {"shrinkformer.adapters.transformer"}
+    bad = [(m, d) for m, deps in graph.items() if not m.startswith(allowed) for d in deps if d.startswith(families)]
+    bad += [(p.name, "is_huggingface") for p in ROOT.rglob("*.py")
+            if "is_huggingface" in p.read_text() and module_name(p) not in ("shrinkformer.loading",)
+            and not module_name(p).startswith(("shrinkformer.huggingface", "shrinkformer.adapters"))]
+    assert bad == []
+
+
 def test_the_page_package_needs_only_the_runtime():
     """web/ writes pages from the torch-free runtime: it imports nothing of training or compression."""
     allowed = ("shrinkformer.web", "shrinkformer.runtime", "shrinkformer.errors")

@@ -6,6 +6,8 @@ import json
 from shrinkformer.cli import main
 from shrinkformer.experiments.grid import SWEEP_PRESETS
 
+from .conftest import run_cli
+
 SMOKE = [e.name for e in SWEEP_PRESETS["smoke"].experiments]
 
 
@@ -179,3 +181,34 @@ def test_a_staged_budget_row_is_set_against_its_one_shot_twin_and_the_best_unifo
     assert "after each kind of compression (3 retrainings) instead of once after all of it (mixed-12x, 95.0%)" in text
     assert "staged minus one-shot: +1.00 BLEU on t (p = 0.010)" in text and "staged retraining helps" in text
     assert "uniform-8x (97.5% at 8.00x; the budgeted model is at 1.500x its ratio)" in text
+
+
+def test_compress_config_runs_what_the_sweep_runs_for_a_row(multi30k, tiny_run, tmp_path):
+    """``compress --config`` names a row and a preset; it files the same cache key as the sweep's
+    row, packs the same file and scores the same translations."""
+    from shrinkformer.experiments.grid import EXPERIMENTS, SWEEP_PRESETS
+    from shrinkformer.experiments.sweep import cache_key, fingerprint, load_hypotheses
+
+    config = tmp_path / "row.yaml"
+    config.write_text("compress:\n  row: kmeans-4bit-all\n  retrain_epochs: 2\npreset:\n  name: smoke\n")
+    report, packed = tmp_path / "r.json", tmp_path / "cfg" / "k4.sfz"
+    model = tiny_run / "model.pt"
+    assert main(["-q", "compress", str(model), "--config", str(config), "--set", "compress.retrain_epochs=null",
+                 "--data-dir", str(multi30k), "--threads", "1", "-o", str(packed), "--report", str(report)]) == 0
+    r = json.loads(report.read_text())
+    # --set took the file's retrain_epochs back to the row's own: the row is the grid's row exactly
+    assert r["cache_key"] == cache_key(EXPERIMENTS["kmeans-4bit-all"], SWEEP_PRESETS["smoke"], fingerprint(model))
+    out = tmp_path / "sweep"
+    assert main(["-q", "reproduce", "--preset", "smoke", "--data-dir", str(multi30k), "-o", str(out),
+                 "--baseline", str(model), "--threads", "1", "--only", "kmeans-4bit-all"]) == 0
+    cached = json.loads((out / "cache" / "kmeans-4bit-all.json").read_text())
+    assert cached["key"] == r["cache_key"] and cached["row"]["tests"] == r["tests"]
+    assert cached["row"]["packed_bytes"] == r["packed_bytes"] == packed.stat().st_size
+    split = next(iter(r["tests"]))
+    assert load_hypotheses(tmp_path / "cfg", "kmeans-4bit-all", split) == load_hypotheses(out, "kmeans-4bit-all", split)
+    bad = run_cli("compress", str(model), "--config", str(config), "--set", "compress.row=nope", "-o",
+                  str(tmp_path / "x.sfz"))
+    assert bad.returncode != 0 and "compress.row must name a grid row" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.sfz").exists()
+    both = run_cli("compress", str(model), "--config", str(config), "--method", "kmeans", "-o", str(tmp_path / "y.sfz"))
+    assert both.returncode != 0 and "--method does not go with --config" in both.stderr

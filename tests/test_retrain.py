@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from shrinkformer.adapters.transformer import TransformerAdapter
 from shrinkformer.cli import main
 from shrinkformer.compress import KMeansConfig, compress
 from shrinkformer.pack.format import load_packed
@@ -162,7 +163,7 @@ def test_run_killed_after_its_last_step_packs_the_retrained_model(tiny_run, mult
     """All steps done, the packed file not yet written: the resumed run must rebuild the k-means
     stage from the pruned model it began from (globally pruned layers change their survivor counts
     while retraining) and pack the saved weights, without retraining."""
-    import shrinkformer.train.pipeline as pipeline
+    from shrinkformer.adapters.base import ModelAdapter
     import shrinkformer.train.retrain as retrain_module
     from shrinkformer.compress import PruneConfig
     from shrinkformer.train.pipeline import compress_model
@@ -172,7 +173,7 @@ def test_run_killed_after_its_last_step_packs_the_retrained_model(tiny_run, mult
         cfg, tok, model = load_model(tiny_run / "model.pt")
         cfg.data.data_dir = str(multi30k)
         stages = [Stage(PruneConfig(0.3, 0.5, 2, scope="global")), Stage(KMeansConfig(3))]
-        return compress_model(model, tok, cfg, stages, RetrainConfig(epochs=1), out, train_limit=200,
+        return compress_model(TransformerAdapter(model, tok, cfg), stages, RetrainConfig(epochs=1), out, train_limit=200,
                               work_dir=work, test_splits=[])
 
     straight = run(tmp_path / "straight.sfz")
@@ -182,7 +183,7 @@ def test_run_killed_after_its_last_step_packs_the_retrained_model(tiny_run, mult
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(pipeline, "write_packed", crash)
+        m.setattr(ModelAdapter, "write_packed", crash)
         with pytest.raises(KeyboardInterrupt):
             run(tmp_path / "resumed.sfz", work)
     assert torch.load(work / "state.pt", weights_only=True)["done"] == 3 and (work / "stage1.pt").exists()
@@ -203,7 +204,7 @@ def test_control_stage_retrains_without_compressing(tiny_run, multi30k, tmp_path
     cfg, tok, model = load_model(tiny_run / "model.pt")
     cfg.data.data_dir = str(multi30k)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = compress_model(model, tok, cfg, [Stage(None)], RetrainConfig(epochs=1), tmp_path / "c.sfz",
+    result = compress_model(TransformerAdapter(model, tok, cfg), [Stage(None)], RetrainConfig(epochs=1), tmp_path / "c.sfz",
                             train_limit=200, test_splits=["test_2016_flickr", "test_2017_mscoco"])
     assert not codecs(model) and result.outcome.modules == [] and result.outcome.compressed_params == 0
     assert [h.get("when") for h in result.outcome.history] == [None, "compressed", "retrained"]
@@ -270,7 +271,7 @@ def test_stages_can_share_one_retraining(tiny_run, multi30k, tmp_path):
     cfg, tok, model = load_model(tiny_run / "model.pt")
     cfg.data.data_dir = str(multi30k)
     stages = [Stage(BinaryConfig("flex"), ["all"], retrain=False), Stage(KMeansConfig(4), ["embeddings"])]
-    result = compress_model(model, tok, cfg, stages, RetrainConfig(epochs=1), tmp_path / "m.sfz", train_limit=200,
+    result = compress_model(TransformerAdapter(model, tok, cfg), stages, RetrainConfig(epochs=1), tmp_path / "m.sfz", train_limit=200,
                             test_splits=[])
     assert [(h["stage"], h.get("when")) for h in result.outcome.history[1:]] == [
         ("BinaryConfig", "compressed"), ("KMeansConfig", "compressed"), ("KMeansConfig", "retrained")]

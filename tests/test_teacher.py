@@ -10,7 +10,8 @@ import pytest
 from shrinkformer.cli import main
 from shrinkformer.data.corpus import Parallel
 from shrinkformer.errors import UsageError
-from shrinkformer.loading import load_any
+from shrinkformer.loading import load_adapter
+from shrinkformer.translate import Translator
 from shrinkformer.train import teacher
 from shrinkformer.train.retrain import RetrainConfig
 from tests.conftest import run_cli
@@ -19,25 +20,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_translations_are_cached_per_chunk_and_a_lost_chunk_is_all_that_is_redone(tiny_run, monkeypatch):
-    cfg, tok, model = load_any(tiny_run / "model.pt", training=True)
+    adapter = load_adapter(tiny_run / "model.pt", training=True)
     sources = [f"a man with {n} dogs ." for n in range(50)]
     monkeypatch.setattr(teacher, "CHUNK", 16)
     calls = []
-    real = teacher.Translator.translate
+    real = Translator.translate
 
     def counting(self, lines):
         calls.append(len(lines))
         return real(self, lines)
 
-    monkeypatch.setattr(teacher.Translator, "translate", counting)
-    first = teacher.translations(model, tok, cfg, sources)
+    monkeypatch.setattr(Translator, "translate", counting)
+    first = teacher.translations(adapter, sources)
     assert len(first) == 50 and calls == [16, 16, 16, 2]
-    directory = teacher.cache_path(model, tok, cfg, sources)
+    directory = teacher.cache_path(adapter, sources)
     assert sorted(p.name for p in directory.iterdir()) == [f"{i:05d}.txt.gz" for i in range(4)]
     (directory / "00002.txt.gz").unlink()  # as a run killed before that chunk was written
     calls.clear()
-    assert teacher.translations(model, tok, cfg, sources) == first and calls == [16]
-    assert teacher.cache_path(model, tok, cfg, sources[:-1]) != directory  # other sources, other translations
+    assert teacher.translations(adapter, sources) == first and calls == [16]
+    assert teacher.cache_path(adapter, sources[:-1]) != directory  # other sources, other translations
 
 
 def test_retraining_pairs():

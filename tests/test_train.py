@@ -12,6 +12,7 @@ from shrinkformer.errors import CheckpointError, TrainingError
 from shrinkformer.checkpoint import load_checkpoint, load_model
 from shrinkformer.train.distributed import World
 from shrinkformer.data.splits import Split, read_split
+from shrinkformer.adapters.transformer import TransformerAdapter
 from shrinkformer.train.loop import fit, inverse_sqrt, start_or_resume
 
 from .conftest import TINY, run_cli
@@ -78,7 +79,7 @@ def test_nan_loss_stops_with_the_step(tmp_path, multi30k):
     with torch.no_grad():
         model.decoder.layers[0].ffn.fc1.weight[0, 0] = float("nan")
     with pytest.raises(TrainingError, match=r"loss became nan at step 1 \(epoch 1\)"):
-        fit(model, tok, cfg, train, train, tmp_path, World(), progress, opt)
+        fit(TransformerAdapter(model, tok, cfg), cfg, train, train, tmp_path, World(), progress, opt)
 
 
 def test_warmup_then_inverse_sqrt_decay():

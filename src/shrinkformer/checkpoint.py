@@ -41,7 +41,9 @@ def make_checkpoint(cfg: RunConfig, tokenizer: Tokenizer, model: torch.nn.Module
     }
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, require: tuple[str, ...] = ("config", "tokenizer", "model")) -> dict[str, Any]:
+    """A checkpoint's payload, checked; ``require``: the entries it must hold (a retraining step's
+    snapshot of a Hugging Face model has no tokenizer of ours)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
@@ -57,7 +59,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if payload.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {payload.get('version')} is not supported "
                               f"(this shrinkformer reads version {VERSION})")
-    missing = [k for k in ("config", "tokenizer", "model") if k not in payload]
+    missing = [k for k in require if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
     return payload

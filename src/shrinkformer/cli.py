@@ -21,7 +21,6 @@ from .config import load_config
 from .errors import ShrinkformerError, UsageError
 from .io import STORAGE_ERRNOS, check_writable, write_text_atomic
 from .runtime.cli import translate_stream
-from .loading import load_any
 
 log = logging.getLogger("shrinkformer")
 
@@ -87,32 +86,15 @@ def _held(main: bool, lock: Path, what: str):
     return hold(lock, what) if main else nullcontext()
 
 
-def is_pretrained(path: Path) -> bool:
-    from .huggingface.model import is_huggingface
-
-    return is_huggingface(path)
-
-
 def _translator(args: argparse.Namespace):
-    from .config import RunConfig
-    from .model.search import SearchConfig
-    from .translate import Translator
+    """The model's config and a translator with the asked search settings, for any family."""
+    from .loading import load_adapter
 
-    if is_pretrained(args.checkpoint):
-        from .huggingface.model import load
-        from .huggingface.translate import HFTranslator
-
-        hf = load(args.checkpoint, training=args.dense)
-        if args.length_penalty is not None:
-            raise UsageError("--length-penalty applies to shrinkformer models; a Hugging Face model keeps its own")
-        beam = args.beam if args.beam is not None else 5
-        return RunConfig(data=hf.data), HFTranslator(hf.model, hf.tokenizer, beam, args.batch_size)
-    cfg, tokenizer, model = load_any(args.checkpoint, training=args.dense)
-    search = SearchConfig(beam_size=args.beam if args.beam is not None else cfg.decode.beam_size,
-                          length_penalty=cfg.decode.length_penalty if args.length_penalty is None else args.length_penalty,
-                          max_len_a=cfg.decode.max_len_a, max_len_b=cfg.decode.max_len_b)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    adapter = load_adapter(args.checkpoint, training=args.dense)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg, Translator(model, tokenizer, search, batch_sentences=args.batch_size, device=device)
+    return adapter.cfg, adapter.translator(args.beam, args.batch_size, device, args.length_penalty)
 
 
 METHOD_NAMES = ("kmeans", "binary-fixed", "bsflex", "prune", "prune+kmeans", "kmeans-flex", "prune+kmeans-flex")
@@ -196,12 +178,17 @@ def allocation_outputs(output: Path) -> tuple[Path, Path]:
 def cmd_compress(args: argparse.Namespace) -> int:
     from .train.retrain import RetrainConfig
 
+    if args.config is not None:
+        return compress_from_config(args)
+    if args.set:
+        raise UsageError("--set overrides a --config file")
+
     # Parameters and outputs are checked before any work is done.
     budget = budget_config(args)
     stages = method_stages(args) if budget is None else []
     half_dense = args.dense_dtype == "fp16" or (budget is not None and budget.half_dense)
-    rc = RetrainConfig(epochs=args.retrain_epochs, lr=args.lr, distill=args.distill, save_every_steps=args.save_every,
-                       data=args.retrain_data)
+    rc = RetrainConfig(epochs=args.retrain_epochs, lr=args.lr, distill=args.distill, temperature=args.temperature,
+                       save_every_steps=args.save_every, data=args.retrain_data, batch_tokens=args.retrain_batch_tokens)
     outputs = [args.output, args.report, *(allocation_outputs(args.output) if budget else ())]
     for path in outputs:
         if path is not None:
@@ -215,32 +202,31 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def _compress(args: argparse.Namespace, stages: list, rc: Any, half_dense: bool, budget: Any, work: Path) -> int:
+    from .loading import load_adapter
     from .train.budget import allocation_stages, load_or_plan
     from .train.distributed import init_world, shutdown
     from .train.pipeline import compress_model
 
-    if is_pretrained(args.checkpoint):
-        result, allocation = compress_pretrained(args, stages, rc, half_dense, budget)
-        report = result.to_dict()
-        if allocation is not None:
-            report["allocation"] = write_allocation(args, allocation, result)
-        return report_compression(args, result, report)
-    cfg, tok, model = load_any(args.checkpoint, training=True)  # retraining updates the codecs
+    adapter = load_adapter(args.checkpoint, training=True)  # retraining updates the codecs
+    for stage in stages:  # a scope that matches nothing, or modules the family cannot compress, fail first
+        why = adapter.refusal(stage.scopes, stage.include, stage.exclude)
+        if why:
+            raise UsageError(why)
     if args.data_dir:
-        cfg.data.data_dir = args.data_dir
+        adapter.cfg.data.data_dir = args.data_dir
     world = init_world()
     if not world.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     allocation = None
     try:
         if budget is not None:
-            allocation = load_or_plan(model, tok, cfg, budget, work, args.train_limit)
+            allocation = load_or_plan(adapter, budget, work, args.train_limit)
             if world.is_main:
                 print(allocation.table(), flush=True)
             stages = allocation_stages(allocation.choices(), budget.flex, budget.staged)
-        result = compress_model(model.to(world.device), tok, cfg, stages, rc, args.output,
-                                train_limit=args.train_limit, work_dir=work, world=world,
-                                test_splits=[] if args.no_test else None, half_dense=half_dense)
+        adapter.model.to(world.device)
+        result = compress_model(adapter, stages, rc, args.output, train_limit=args.train_limit, work_dir=work,
+                                world=world, test_splits=[] if args.no_test else None, half_dense=half_dense)
     finally:
         shutdown(world)
     if result is None:  # not the main process
@@ -250,6 +236,37 @@ def _compress(args: argparse.Namespace, stages: list, rc: Any, half_dense: bool,
         report["allocation"] = write_allocation(args, allocation, result)
     report.update(world_size=world.size)
     return report_compression(args, result, report)
+
+
+def compress_from_config(args: argparse.Namespace) -> int:
+    """``compress --config``: exactly what the sweep runs for that row (its code, its cache key)."""
+    from .experiments import compress_config
+    from .experiments.sweep import cache_key, fingerprint, run_experiment
+
+    given = [f"--{n.replace('_', '-')}" for n in ("method", "target_ratio", "budget_bytes", "distill", "retrain_data",
+                                                  "train_limit", "retrain_batch_tokens")
+             if getattr(args, n) not in (None, 0.0, "references")]
+    if given:
+        raise UsageError(f"{given[0]} does not go with --config: the file (or --set) says it")
+    exp, sp = compress_config.load(args.config, args.set or [])
+    for path in (args.output, args.report):
+        if path is not None:
+            check_writable(path)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = args.work_dir or args.output.with_name(args.output.name + ".work")
+    with _held(True, work.with_name(work.name + ".lock"), f"work directory {work}"):
+        key = cache_key(exp, sp, fingerprint(args.checkpoint))
+        row = run_experiment(exp, sp, args.checkpoint, args.data_dir, args.output.parent, work, args.output)
+    report = {**row, "cache_key": key, "experiment": exp.spec(), "preset": sp.name, "command": args.command_line,
+              "checkpoint": str(args.checkpoint), "output": str(args.output), "torch_version": torch.__version__}
+    if args.report:
+        write_json_atomic(report, args.report)
+    print(f"{exp.name} (sweep cache key {key}): packed {row['packed_bytes']:,} bytes, "
+          f"{row['model_compression_ratio']:.2f}x its parameters: {args.output}")
+    for split, t in row.get("tests", {}).items():
+        print(f"{split}: BLEU {t['bleu']:.2f}, chrF {t['chrf']:.2f}")
+    return 0
 
 
 def write_allocation(args: argparse.Namespace, allocation: Any, result: Any) -> dict[str, Any]:
@@ -283,41 +300,6 @@ def report_compression(args: argparse.Namespace, result: Any, report: dict[str, 
     for split, r in result.tests.items():
         print(f"{split}: BLEU {r.scores.bleu:.2f}, chrF {r.scores.chrf:.2f}")
     return 0
-
-
-def compress_pretrained(args: argparse.Namespace, stages: list, rc: Any, half_dense: bool,
-                        budget: Any = None) -> tuple[Any, Any]:
-    """``compress`` for a Hugging Face model: its tokenizer, its loss, its generate(). Returns the
-    result and the allocation (None without a budget)."""
-    from torch import nn
-
-    from .compress import select
-    from .config import RunConfig
-    from .data.splits import read_split
-    from .huggingface.budget import load_or_plan_pretrained
-    from .huggingface.model import load
-    from .huggingface.pipeline import compress_pretrained as run
-    from .train.budget import allocation_stages
-
-    hf = load(args.checkpoint, training=True)
-    for stage in stages:  # a scope that matches nothing, or the tied embeddings, fail before any work
-        chosen = select(hf.model, stage.scopes, stage.include, stage.exclude)
-        if any(isinstance(m, nn.Embedding) for m in chosen.values()):
-            raise UsageError("a Hugging Face model's embeddings are tied to each other and to its output layer; "
-                             "compressing them is not supported yet")
-    if args.data_dir:
-        hf.data.data_dir = args.data_dir
-    work = args.work_dir or args.output.with_name(args.output.name + ".work")
-    allocation = None
-    if budget is not None:
-        limit = min(budget.sentences, args.train_limit or budget.sentences)
-        allocation = load_or_plan_pretrained(
-            hf, budget, lambda: read_split(RunConfig(data=hf.data), hf.data.train_split, limit), work, args.train_limit)
-        print(allocation.table(), flush=True)
-        stages = allocation_stages(allocation.choices(), budget.flex, budget.staged)
-    result = run(hf, stages, rc, args.output, args.train_limit, work, [] if args.no_test else None,
-                 half_dense=half_dense)
-    return result, allocation
 
 
 def git_commit() -> str | None:
@@ -369,7 +351,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
-    from .experiments.attention import AttentionProbe, TransformerProbe, analyse, quantizer, render, search_for
+    from .experiments.attention import analyse, quantizer, render
+    from .loading import load_adapter
     from .experiments.plots import attention_histograms
     from .data.splits import read_split
 
@@ -380,18 +363,9 @@ def cmd_attention(args: argparse.Namespace) -> int:
     if not ks or min(ks) < 2 or max(ks) > 256:
         raise UsageError(f"--k values must be in 2..256, got {args.k}")
     check_writable(args.output, directory=True)
-    if is_pretrained(args.checkpoint):
-        from .config import RunConfig
-        from .huggingface.attention import HFProbe
-        from .huggingface.model import load
-
-        hf = load(args.checkpoint, training=args.dense)
-        cfg, beam = RunConfig(data=hf.data), args.beam or 5
-        probe: AttentionProbe = HFProbe(hf, beam)
-    else:
-        cfg, tok, model = load_any(args.checkpoint, training=args.dense)
-        search = search_for(cfg.decode, args.beam)
-        beam, probe = search.beam_size, TransformerProbe(model, tok, search)
+    adapter = load_adapter(args.checkpoint, training=args.dense)
+    cfg, probe = adapter.cfg, adapter.attention_probe(args.beam)
+    beam = probe.beam_size
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
     rec = read_split(cfg, cfg.data.valid_split, args.sentences)
@@ -419,10 +393,16 @@ THREADS_HELP = ("torch intra-op threads (default: torch's choice). Runs are byte
                 "resumed or not; other thread counts sum in another order")
 
 
+MODEL_HELP = ("model: a checkpoint (model.pt), a packed .sfz, or a Hugging Face model (a save_pretrained "
+              "directory, a hub name, or a .sfz packed from one)")
+
+
 def add_decode_args(p: argparse.ArgumentParser, checkpoint_optional: bool = False) -> None:
     p.add_argument("checkpoint", type=Path, nargs="?" if checkpoint_optional else None,
-                   help="model: a checkpoint (model.pt) or a packed .sfz")
-    p.add_argument("--beam", type=int, help="beam size (default: the model's, 5); 1 is greedy")
+                   help=MODEL_HELP)
+    p.add_argument("--beam", type=int, help="beam size (default: the model's own; 5 for ours, a Hugging Face "
+                                            "model's generation_config.num_beams); 1 is greedy")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--length-penalty", type=float, help="score = log p / length ** this (default: the model's, 1.0)")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
     add_dense_arg(p)
@@ -467,24 +447,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import ctranslate2
+    from .loading import load_adapter
 
-    if args.format == "hf":
-        from .huggingface.model import export_pretrained, load
-
-        if not is_pretrained(args.checkpoint):
-            raise UsageError("--format hf exports Hugging Face models (a model directory or a .sfz packed from one)")
-        if args.output.exists():
-            raise UsageError(f"{args.output} exists; choose a new directory for the export")
-        out = export_pretrained(load(args.checkpoint, training=True), args.output)
-        print(f"Hugging Face model directory (decompressed weights, tokenizer): {out}")
-        return 0
-    if is_pretrained(args.checkpoint):
-        raise UsageError("a Hugging Face model goes to CTranslate2 through its own converter: export --format hf, "
-                         "then ct2-transformers-converter --model DIR")
-    _, tok, model = load_any(args.checkpoint)
-    out = ctranslate2.export(model, tok, args.output, args.quantization)
-    print(f"CTranslate2 model ({args.quantization}) with its SentencePiece model: {out}")
+    print(load_adapter(args.checkpoint, training=args.format == "hf").export(args.format, args.output,
+                                                                             args.quantization))
     return 0
 
 
@@ -529,7 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "retrain with the compression in the loop, and write a packed model whose "
                                    "size is the real compression ratio. A killed run continues where it "
                                    "stopped when started again; run under torchrun for data parallel retraining.")
-    p.add_argument("checkpoint", type=Path, help="trained model (model.pt, or an uncompressed .sfz)")
+    p.add_argument("checkpoint", type=Path,
+                   help="the trained model to compress: " + MODEL_HELP.removeprefix("model: ") + "; a .sfz must be "
+                        "uncompressed")
     p.add_argument("--method", choices=METHOD_NAMES,
                    help="kmeans (Deep Compression), binary-fixed (the original 1-bit scheme), bsflex (BS-Flex), "
                         "prune (iterative magnitude pruning), prune+kmeans (prune, then quantize the survivors), "
@@ -569,9 +537,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-dtype", choices=("fp32", "fp16"),
                    help="how parameters left uncompressed (biases, norms, dense layers) are stored (default fp32; "
                         "fp16 with a budget)")
+    p.add_argument("--config", type=Path, metavar="FILE.yaml",
+                   help="a compression written down: a grid row and a sweep preset with typed overrides "
+                        "(experiments/compress_config.py); runs exactly what the sweep runs for that row")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a --config value, e.g. compress.retrain_epochs=4 (repeatable)")
     p.add_argument("--retrain-epochs", type=int, default=2, help="retraining epochs after each step (default 2)")
     p.add_argument("--lr", type=float, default=3e-4, help="retraining peak learning rate")
-    p.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the uncompressed model")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="weight of the KL term to the uncompressed model's token distributions (default 0: off)")
+    p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (default 1)")
+    p.add_argument("--retrain-batch-tokens", type=int, metavar="TOKENS",
+                   help="padded tokens per retraining batch (default: the model's training setting; 3072 for a "
+                        "Hugging Face model)")
     p.add_argument("--retrain-data", choices=("references", "teacher", "both"), default="references",
                    help="what retraining learns from: the references (default), the input model's own beam-search "
                         "translations of the training sources (sequence-level distillation; translated once, cached "
@@ -631,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "weights) to a CTranslate2 model directory, with the SentencePiece model beside "
                                    "it (sentencepiece.model). Needs the optional extra: pip install "
                                    "'shrinkformer[export]'.")
-    p.add_argument("checkpoint", type=Path, help="model: a checkpoint (model.pt) or a packed .sfz")
+    p.add_argument("checkpoint", type=Path, help=MODEL_HELP)
     p.add_argument("--format", default="ctranslate2", choices=("ctranslate2", "hf"),
                    help="ctranslate2 (default): a CTranslate2 model directory; hf: a Hugging Face model back as a "
                         "directory transformers loads (decompressed weights)")

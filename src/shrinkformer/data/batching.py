@@ -19,17 +19,18 @@ class Batch:
     tgt_in: Tensor  # (B, T) BOS + target
     tgt_out: Tensor  # (B, T) target + EOS
     indices: list[int]  # positions of these examples in the corpus
+    pad: int = PAD  # the padding id of the model family that made the batch
 
     @property
     def target_tokens(self) -> int:
-        return int(self.tgt_out.ne(PAD).sum())
+        return int(self.tgt_out.ne(self.pad).sum())
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.indices)
+        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.indices, self.pad)
 
 
-def pad(seqs: Sequence[Sequence[int]]) -> Tensor:
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), PAD, dtype=torch.long)
+def pad(seqs: Sequence[Sequence[int]], value: int = PAD) -> Tensor:
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
     return out

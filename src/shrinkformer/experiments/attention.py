@@ -9,80 +9,18 @@ levels up to one scale factor per row.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..compress.primitives import kmeans_1d
-from ..data.batching import collate
-from ..data.tokenizer import Tokenizer
 from ..evaluate.bleu import score
-from ..model.search import SearchConfig
-from ..model.transformer import PAD, Transformer
-from ..translate import Translator
+from ..model.probe import AttentionProbe, Recorded
 
 log = logging.getLogger(__name__)
 EPS = 1e-12
-
-
-@dataclass
-class Recorded:
-    """Attention rows of real (non-padding) query positions over real keys, per layer."""
-
-    layers: dict[str, list[Tensor]]  # layer name -> list of (H, T, S) per sentence
-
-
-class AttentionProbe(Protocol):
-    """What the analysis needs of a model, whoever built it: teacher-forced self-attention
-    probabilities, the self-attention modules by layer name ("encoder.layers.0", ...), whose
-    ``prob_transform`` attribute rewrites their probabilities while set, and translation."""
-
-    def record(self, sources: list[str], targets: list[str]) -> Recorded: ...
-
-    def self_attention(self) -> dict[str, nn.Module]: ...
-
-    def translate(self, sources: list[str]) -> list[str]: ...
-
-
-def keep_real(layers: dict[str, list[Tensor]], kind: str, maps: list[Tensor] | tuple[Tensor, ...], q_len: Tensor,
-              k_len: Tensor) -> None:
-    """Append each sentence's (H, T, S) attention, padding rows and columns cut, under its layer's name."""
-    for li, p in enumerate(maps):
-        rows = layers.setdefault(f"{kind}.layers.{li}", [])
-        for j in range(p.shape[0]):
-            rows.append(p[j, :, : q_len[j], : k_len[j]].detach().clone())
-
-
-class TransformerProbe:
-    """A shrinkformer model: its own attention recording and beam search."""
-
-    def __init__(self, model: Transformer, tok: Tokenizer, search: SearchConfig, batch: int = 32) -> None:
-        self.model, self.tok, self.search, self.batch = model, tok, search, batch
-
-    def record(self, sources: list[str], targets: list[str]) -> Recorded:
-        self.model.eval()
-        src_ids, tgt_ids = self.tok.encode(sources), self.tok.encode(targets)
-        layers: dict[str, list[Tensor]] = {}
-        with torch.no_grad():
-            for start in range(0, len(sources), self.batch):
-                idx = list(range(start, min(start + self.batch, len(sources))))
-                b = collate([src_ids[i] for i in idx], [tgt_ids[i] for i in idx], idx)
-                _, attn = self.model(b.src, b.tgt_in, need_weights=True)
-                s_len, t_len = b.src.ne(PAD).sum(1), b.tgt_in.ne(PAD).sum(1)
-                keep_real(layers, "encoder", attn.encoder_self, s_len, s_len)
-                keep_real(layers, "decoder", attn.decoder_self, t_len, t_len)
-        return Recorded(layers)
-
-    def self_attention(self) -> dict[str, nn.Module]:
-        return {name.removesuffix(".self_attn"): m for name, m in self.model.attention_modules().items()
-                if name.endswith(".self_attn")}
-
-    def translate(self, sources: list[str]) -> list[str]:
-        return Translator(self.model, self.tok, self.search).translate(sources)
 
 
 def uniform_levels(k: int) -> Tensor:
@@ -173,10 +111,6 @@ def analyse(probe: AttentionProbe, record_src: list[str], record_tgt: list[str],
         results.setdefault("smallest_k_within_0.3_bleu", {})[kind] = min(ok) if ok else None
     results["_recorded"] = rec  # for the histogram; dropped before writing JSON
     return results
-
-
-def search_for(cfg_decode: SearchConfig, beam: int | None) -> SearchConfig:
-    return cfg_decode if beam is None else dataclasses.replace(cfg_decode, beam_size=beam)
 
 
 def render(results: dict, command: str) -> str:

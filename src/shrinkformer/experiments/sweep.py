@@ -17,27 +17,20 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint, model_fingerprint
-from ..compress.scopes import select
-from ..config import RunConfig, load_config
+from ..adapters.base import ModelAdapter
+from ..checkpoint import load_checkpoint
+from ..config import load_config
 from ..data.datasets import cache_root
 from ..data.splits import read_split
 from ..errors import OutputError, UsageError
 from ..io import atomic_write, write_text_atomic
-from ..loading import load_any
+from ..loading import load_adapter
 from ..locks import BusyError, hold
-from ..pack.format import write_packed
 from ..pack.sizes import ModelSizes
 from ..train.loop import train
 from ..train.pipeline import CompressionResult, SplitResult, compress_model, score_splits
-from ..huggingface.model import fingerprint as hf_fingerprint, is_huggingface, load as load_huggingface, \
-    tokenizer_files, write_packed as write_huggingface
-from ..huggingface.budget import load_or_plan_pretrained
-from ..huggingface.pipeline import compress_pretrained, score_pretrained
 from ..compress.allocate import Allocation, describe
 from ..train.budget import allocation_stages, load_or_plan
 from ..train.retrain import RetrainConfig, Stage
@@ -54,8 +47,8 @@ ROW_FIELDS = ["name", "method", "scope", "bits", "sparsity", "bleu", "chrf", "bl
 
 
 def fingerprint(checkpoint: Path) -> str:
-    """SHA-256 of the model in ``checkpoint`` (config, tokenizer, weights), whatever its file format."""
-    return model_fingerprint(*load_any(checkpoint, training=True))
+    """SHA-256 of the model in ``checkpoint`` (config, tokenizer, weights), whatever its family or file format."""
+    return load_adapter(checkpoint, training=True).fingerprint()
 
 
 def baseline_checkpoint(sp: SweepPreset, output: Path, data_dir: str | None, baseline: Path | None) -> Path:
@@ -130,33 +123,33 @@ def stages_of(exp: Experiment) -> list[Stage]:
 
 
 def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir: str | None,
-                   output: Path, work: Path | None = None) -> dict[str, Any]:
-    if is_huggingface(checkpoint):
-        return run_pretrained_experiment(exp, sp, checkpoint, data_dir, output, work)
-    cfg, tok, model = load_any(checkpoint, training=True)
+                   output: Path, work: Path | None = None, model_file: Path | None = None) -> dict[str, Any]:
+    """One row: its model packed to ``model_file`` (default ``OUTPUT/models/NAME.sfz``), its
+    translations under ``OUTPUT/hypotheses``; the row's fields."""
+    adapter = load_adapter(checkpoint, training=True)
+    cfg = adapter.cfg
     if data_dir:
         cfg.data.data_dir = data_dir
     if sp.valid_limit is not None:
         cfg.data.valid_limit = sp.valid_limit
     splits = list(sp.test_splits or [cfg.data.test_split])
     row = new_row(exp)
-    out = model_path(output, exp, checkpoint)
+    out = model_file or model_path(output, exp, checkpoint)
     if not exp.retrains:  # the baseline, packed uncompressed
         started = time.perf_counter()
-        tests = score_splits(model, tok, cfg, splits, sp.test_limit)
-        sizes = ModelSizes.measure(model, tok, write_packed(model, cfg, tok, out))
+        tests = score_splits(adapter, splits, sp.test_limit)
+        sizes = ModelSizes.measure(adapter.model, adapter.tokenizer_files(), adapter.write_packed(out))
         return baseline_row(row, output, exp, tests, sizes, started)
-    rc = retrain_config(exp, sp)
     work = work or out.with_name(out.name + ".work")
     allocation, half_dense = None, False
     if exp.target_ratio is not None:
         budget = exp.budget()
-        allocation, half_dense = load_or_plan(model, tok, cfg, budget, work, sp.train_limit), budget.half_dense
+        allocation, half_dense = load_or_plan(adapter, budget, work, sp.train_limit), budget.half_dense
         stages = allocation_stages(allocation.choices(), budget.flex, budget.staged)
     else:
         stages = stages_of(exp)
-    result = compress_model(model, tok, cfg, stages, rc, out, sp.train_limit, work_dir=work, test_splits=splits,
-                            test_limit=sp.test_limit, half_dense=half_dense)
+    result = compress_model(adapter, stages, retrain_config(exp, sp), out, sp.train_limit, work_dir=work,
+                            test_splits=splits, test_limit=sp.test_limit, half_dense=half_dense)
     if result is None:  # only torchrun's other ranks get None, and a sweep runs in one process
         raise RuntimeError(f"{exp.name}: compress_model returned nothing on the main process")
     if allocation is not None:
@@ -175,44 +168,12 @@ def save_allocation(allocation: Allocation, result: CompressionResult, out: Path
             "search_seconds": round(allocation.search_seconds, 1)}
 
 
-def run_pretrained_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir: str | None,
-                              output: Path, work: Path | None = None) -> dict[str, Any]:
-    """A row for a Hugging Face baseline: the same stages, retrained with its own loss and tokenizer."""
-    hf = load_huggingface(checkpoint, training=True)
-    if data_dir:
-        hf.data.data_dir = data_dir
-    if sp.valid_limit is not None:
-        hf.data.valid_limit = sp.valid_limit
-    splits = list(sp.test_splits or [hf.data.test_split])
-    row, out = new_row(exp), model_path(output, exp, checkpoint)
-    if not exp.retrains:
-        started = time.perf_counter()
-        tests = score_pretrained(hf, splits, sp.test_limit)
-        sizes = ModelSizes.measure(hf.model, tokenizer_files(hf.tokenizer), write_huggingface(hf, out))
-        return baseline_row(row, output, exp, tests, sizes, started)
-    work = work or out.with_name(out.name + ".work")
-    allocation, half_dense, stages = None, False, stages_of(exp)
-    if exp.target_ratio is not None:
-        budget = exp.budget()
-        limit = min(budget.sentences, sp.train_limit or budget.sentences)
-        allocation = load_or_plan_pretrained(
-            hf, budget, lambda: read_split(RunConfig(data=hf.data), hf.data.train_split, limit), work, sp.train_limit)
-        half_dense, stages = budget.half_dense, allocation_stages(allocation.choices(), budget.flex, budget.staged)
-    result = compress_pretrained(hf, stages, retrain_config(exp, sp), out, sp.train_limit, work, splits,
-                                 sp.test_limit, half_dense)
-    if allocation is not None:
-        row["allocation"] = save_allocation(allocation, result, out, exp)
-    return compressed_row(row, output, exp, result)
-
-
-def unsupported_for_huggingface(exp: Experiment, model: Any) -> str | None:
-    """Why a row cannot run on a Hugging Face model, or None."""
-    if exp.retrain_data != "references":
-        return "retraining on teacher translations is not supported for Hugging Face models yet"
+def refusal(exp: Experiment, adapter: ModelAdapter) -> str | None:
+    """Why a row cannot run on this model's family, or None."""
     for _, scope in exp.stages:
-        chosen = select(model, list(scope) if isinstance(scope, tuple) else [scope])
-        if any(isinstance(m, nn.Embedding) for m in chosen.values()):
-            return "its embeddings are tied to each other and to the output layer"
+        why = adapter.refusal(list(scope) if isinstance(scope, tuple) else [scope])
+        if why:
+            return why
     return None
 
 
@@ -283,19 +244,14 @@ def reproduce(preset: str, output: Path, data_dir: str | None = None, baseline: 
     started = time.perf_counter()
     cache = output / "cache"
     checkpoint = baseline_checkpoint(sp, output, data_dir, baseline)
-    if is_huggingface(checkpoint):
-        hf = load_huggingface(checkpoint, training=True)
-        cfg, base_hash = RunConfig(data=hf.data), hf_fingerprint(hf)
-        for exp in list(grid):
-            why = unsupported_for_huggingface(exp, hf.model)
-            if why:
-                log.warning("%s left out: %s", exp.name, why)
-                grid.remove(exp)
-        del hf
-    else:
-        cfg, tok, model = load_any(checkpoint, training=True)  # the fingerprint hashes the training form
-        base_hash = model_fingerprint(cfg, tok, model)
-        del model
+    adapter = load_adapter(checkpoint, training=True)  # the fingerprint hashes the training form
+    cfg, base_hash = adapter.cfg, adapter.fingerprint()
+    for exp in list(grid):
+        why = refusal(exp, adapter)
+        if why:
+            log.warning("%s left out: %s", exp.name, why)
+            grid.remove(exp)
+    del adapter
     if data_dir:
         cfg.data.data_dir = data_dir
     rows, computed = [], []

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError
-from ..experiments.attention import Recorded, keep_real
+from ..model.probe import Recorded, keep_real
 from .model import HFModel
 from .translate import HFTranslator
 
@@ -52,7 +52,7 @@ class HFProbe:
     through ``labels``, translation through its ``generate()``."""
 
     def __init__(self, hf: HFModel, beam_size: int = 5, batch: int = 32) -> None:
-        self.hf, self.beam_size, self.batch = hf, beam_size, batch
+        self.hf, self.beam_size, self.batch = hf, beam_size, batch  # beam_size: AttentionProbe's
         model = hf.model
         stacks = {"encoder": getattr(model.get_encoder(), "layers", None),
                   "decoder": getattr(model.get_decoder(), "layers", None)}

@@ -26,16 +26,12 @@ from torch import Tensor, nn
 from ..compress import BinaryConfig, KMeansConfig, PruneConfig, codecs, compress, count_params
 from ..compress.allocate import CHOICES, Allocation, Choice, LayerAllocation, choice_bytes, smallest_bytes, solve
 from ..compress.kmeans_flex import FlexKMeansConfig
-from ..compress.scopes import eligible
-from ..config import RunConfig
-from ..data.splits import Split, read_split
-from ..data.tokenizer import Tokenizer
+from ..adapters.base import ModelAdapter
+from ..data.splits import read_split
 from ..errors import UsageError
 from ..io import write_text_atomic
-from ..model.transformer import Transformer
-from ..pack.format import encode_packed
 from .retrain import Stage
-from .sensitivity import METHODS, LossBatch, price, sample_batches
+from .sensitivity import METHODS, LossBatch, price
 
 log = logging.getLogger(__name__)
 
@@ -131,29 +127,30 @@ def compressed_copy(model: nn.Module, choices: dict[str, Choice],
     return trial, stages
 
 
-def packed_model_bytes(model: Transformer, cfg: RunConfig, tok: Tokenizer, choices: dict[str, Choice],
-                       half_dense: bool, staged: bool = False) -> int:
-    """The packed file's bytes without the tokenizer, for ``model`` compressed as ``choices`` say."""
-    trial, stages = compressed_copy(model, choices, staged)
-    data, _, tokenizer_bytes = encode_packed(trial, cfg, tok, {"history": history_placeholder(stages)},
-                                             half_dense=half_dense)
+def packed_model_bytes(adapter: ModelAdapter, choices: dict[str, Choice], half_dense: bool,
+                       staged: bool = False) -> int:
+    """The packed file's bytes without the tokenizer, for the model compressed as ``choices`` say."""
+    trial, stages = compressed_copy(adapter.model, choices, staged)
+    data, _, tokenizer_bytes = adapter.with_model(trial).encode_packed({"history": history_placeholder(stages)},
+                                                                       half_dense=half_dense)
     return len(data) - tokenizer_bytes
 
 
 SLACK_BYTES = 64  # what the history's real numbers may add over the placeholder's
 
 
-def plan_allocation(model: Transformer, tok: Tokenizer, cfg: RunConfig, bc: BudgetConfig,
-                    train_limit: int | None = None) -> Allocation:
-    """The allocation for one of our models: every Linear and Embedding is a candidate, the
-    sensitivity is estimated on the first training pairs."""
+def plan_allocation(adapter: ModelAdapter, bc: BudgetConfig, train_limit: int | None = None) -> Allocation:
+    """The allocation for a model: its family's candidate weights, the sensitivity estimated on
+    the first training pairs."""
+    cfg = adapter.cfg
+
     def batches() -> tuple[list[LossBatch], int]:
         pairs = read_split(cfg, cfg.data.train_split, min(bc.sentences, train_limit or bc.sentences))
-        split = Split.encode(pairs, tok, cfg.data.max_tokens_per_sentence)
-        return sample_batches(split, bc.sentences, bc.batch_tokens), len(split.src)
+        split = adapter.encode(pairs, cfg.data.max_tokens_per_sentence)
+        return adapter.loss_batches(split, bc.sentences, bc.batch_tokens), min(bc.sentences, len(split.src))
 
-    return allocate(model, {name: m.weight for name, m in eligible(model).items()}, bc, batches,
-                    lambda choices: packed_model_bytes(model, cfg, tok, choices, bc.half_dense, bc.staged))
+    return allocate(adapter.model, adapter.candidates(), bc, batches,
+                    lambda choices: packed_model_bytes(adapter, choices, bc.half_dense, bc.staged))
 
 
 def allocate(model: nn.Module, weights: dict[str, Tensor], bc: BudgetConfig,
@@ -197,13 +194,8 @@ def allocate(model: nn.Module, weights: dict[str, Tensor], bc: BudgetConfig,
                        "sensitivity_sentences": sentences})
 
 
-def load_or_plan(model: Transformer, tok: Tokenizer, cfg: RunConfig, bc: BudgetConfig, work: Path,
-                 train_limit: int | None = None) -> Allocation:
+def load_or_plan(adapter: ModelAdapter, bc: BudgetConfig, work: Path, train_limit: int | None = None) -> Allocation:
     """The allocation saved in ``work`` for these settings, or a new one (then saved there)."""
-    return saved_or_new(work, bc, train_limit, lambda: plan_allocation(model, tok, cfg, bc, train_limit))
-
-
-def saved_or_new(work: Path, bc: BudgetConfig, train_limit: int | None, plan: Callable[[], Allocation]) -> Allocation:
     path = work / "allocation.json"
     key = json.dumps({"budget": bc.to_dict(), "train_limit": train_limit}, sort_keys=True)
     if path.exists():
@@ -211,7 +203,7 @@ def saved_or_new(work: Path, bc: BudgetConfig, train_limit: int | None, plan: Ca
         if saved.get("key") == key:
             log.info("allocation taken from %s", path)
             return Allocation.from_dict(saved["allocation"])
-    alloc = plan()
+    alloc = plan_allocation(adapter, bc, train_limit)
     work.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps({"key": key, "allocation": alloc.to_dict()}))
     return alloc

@@ -23,17 +23,18 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import RunConfig
-from ..data.batching import collate, token_batches
+from ..data.batching import token_batches
 from ..data.splits import Split, read_split
 from ..data.tokenizer import Tokenizer
 from ..errors import TrainingError
 from ..evaluate.bleu import Scores, score
-from ..model.search import SearchConfig
 from ..model.transformer import PAD, Transformer
 from ..translate import Translator
 from ..io import atomic_write
-from ..checkpoint import average_checkpoints, load_checkpoint, make_checkpoint, restore, save_atomic
+from ..checkpoint import average_checkpoints, load_checkpoint, restore, save_atomic
 from .distributed import World
+from ..adapters.base import ModelAdapter
+from ..adapters.transformer import TransformerAdapter
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +64,27 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1)
 
 
-def validate(model: Transformer, tokenizer: Tokenizer, valid: Split, search: SearchConfig,
-             batch_tokens: int, device: torch.device) -> tuple[float, Scores]:
+def validate(adapter: ModelAdapter, valid: Split, beam_size: int, batch_tokens: int,
+             device: torch.device) -> tuple[float, Scores]:
     """Per-token negative log-likelihood (no smoothing) and BLEU of the decoded validation set."""
-    model.eval()
+    adapter.model.eval()
     nll, tokens = 0.0, 0
     with torch.no_grad():
         for idx in token_batches([max(len(s), len(t)) + 1 for s, t in zip(valid.src, valid.tgt)],
                                  batch_tokens, shuffle=False):
-            b = collate([valid.src[i] for i in idx], [valid.tgt[i] for i in idx], idx).to(device)
-            logits, _ = model(b.src, b.tgt_in)
+            b = adapter.collate([valid.src[i] for i in idx], [valid.tgt[i] for i in idx], idx).to(device)
+            logits = adapter.logits(adapter.model, b)
             nll += float(F.cross_entropy(logits.flatten(0, 1).float(), b.tgt_out.flatten(),
-                                         ignore_index=PAD, reduction="sum"))
+                                         ignore_index=b.pad, reduction="sum"))
             tokens += b.target_tokens
-    hyps = Translator(model, tokenizer, search, device=device).translate(valid.raw.source)
+    hyps = adapter.translator(beam_size, device=device).translate(valid.raw.source)
     return nll / max(tokens, 1), score(hyps, valid.raw.target)
 
 
 def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-                      temperature: float) -> torch.Tensor:
+                      temperature: float, pad: int = PAD) -> torch.Tensor:
     """Summed token-level KL(teacher || student) at ``temperature``, scaled by T^2 (Hinton et al.)."""
-    keep = target.ne(PAD)
+    keep = target.ne(pad)
     s = (logits[keep].float() / temperature).log_softmax(-1)
     t = (teacher_logits[keep].float() / temperature).log_softmax(-1)
     return F.kl_div(s, t, log_target=True, reduction="sum") * temperature ** 2
@@ -92,9 +93,10 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, target
 @dataclass
 class _Trainer:
     """What one training run needs at every step: the model (wrapped for data parallel when there
-    are several processes), its optimizer, and the distillation teacher if any."""
+    are several processes) and the family that runs it, its optimizer, and the distillation
+    teacher if any."""
 
-    model: Transformer
+    adapter: ModelAdapter
     optimizer: torch.optim.Optimizer
     cfg: RunConfig
     world: World
@@ -103,6 +105,7 @@ class _Trainer:
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
+        self.model = self.adapter.model
         self.ddp = DistributedDataParallel(self.model) if self.world.size > 1 else None
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.world.device.type == "cuda")
 
@@ -112,7 +115,8 @@ class _Trainer:
         torch.manual_seed(step_seed(t.seed, progress.step, self.world.rank))
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = inverse_sqrt(progress.step + 1, t.lr, t.warmup_steps)
-        micro = [collate([train.src[i] for i in idx], [train.tgt[i] for i in idx], idx) for idx in group]
+        micro = [self.adapter.collate([train.src[i] for i in idx], [train.tgt[i] for i in idx], idx)
+                 for idx in group]
         step_tokens = sum(b.target_tokens for b in micro)
         loss_sum = 0.0
         for j, b in enumerate(micro):
@@ -133,29 +137,30 @@ class _Trainer:
 
     def loss(self, b: Any) -> torch.Tensor:
         """Summed label-smoothed cross-entropy, mixed with the distillation term when there is a teacher."""
-        logits, _ = (self.ddp or self.model)(b.src, b.tgt_in)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), b.tgt_out.flatten(), ignore_index=PAD,
+        logits = self.adapter.logits(self.ddp or self.model, b)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), b.tgt_out.flatten(), ignore_index=b.pad,
                                label_smoothing=self.cfg.train.label_smoothing, reduction="sum")
         if self.teacher is not None and self.distill > 0:
             with torch.no_grad():
-                teacher_logits, _ = self.teacher(b.src, b.tgt_in)
+                teacher_logits = self.adapter.logits(self.teacher, b)
             loss = (1 - self.distill) * loss + self.distill * distillation_loss(logits, teacher_logits, b.tgt_out,
-                                                                                self.temperature)
+                                                                                self.temperature, b.pad)
         return loss
 
 
-def fit(model: Transformer, tokenizer: Tokenizer, cfg: RunConfig, train: Split, valid: Split,
-        output: Path, world: World, progress: Progress, optimizer: torch.optim.Optimizer,
-        teacher: torch.nn.Module | None = None, distill: float = 0.0, temperature: float = 1.0) -> Progress:
-    """The epoch loop, from wherever ``progress`` says the run is. With a ``teacher``, the loss is
-    (1 - distill) * label-smoothed cross-entropy + distill * KL to the teacher's distribution."""
+def fit(adapter: ModelAdapter, cfg: RunConfig, train: Split, valid: Split, output: Path, world: World,
+        progress: Progress, optimizer: torch.optim.Optimizer, teacher: torch.nn.Module | None = None,
+        distill: float = 0.0, temperature: float = 1.0) -> Progress:
+    """The epoch loop over ``adapter.model``, from wherever ``progress`` says the run is; ``cfg.train``
+    says how. With a ``teacher``, the loss is (1 - distill) * label-smoothed cross-entropy + distill
+    * KL to the teacher's distribution."""
     t = cfg.train
-    trainer = _Trainer(model, optimizer, cfg, world, teacher, distill, temperature)
+    model = adapter.model
+    trainer = _Trainer(adapter, optimizer, cfg, world, teacher, distill, temperature)
     lengths = [max(len(s), len(tg)) + 1 for s, tg in zip(train.src, train.tgt)]
 
     def checkpoint(**extra: Any) -> dict[str, Any]:
-        return make_checkpoint(cfg, tokenizer, model, optimizer=optimizer.state_dict(),
-                               progress=asdict(progress), **extra)
+        return adapter.checkpoint(cfg, optimizer=optimizer.state_dict(), progress=asdict(progress), **extra)
 
     while progress.epoch < t.max_epochs and not progress.finished:
         batches = token_batches(lengths, t.batch_tokens, shuffle=True, seed=t.seed, epoch=progress.epoch)
@@ -189,27 +194,25 @@ def fit(model: Transformer, tokenizer: Tokenizer, cfg: RunConfig, train: Split, 
                     save_atomic(checkpoint(), output / "last.pt")
         bar.close()
         progress.train_seconds += time.perf_counter() - epoch_start
-        improved = _end_epoch(model, tokenizer, cfg, valid, progress, world, wall_start)
+        improved = _end_epoch(adapter, cfg, valid, progress, world, wall_start)
         if world.is_main:
-            save_atomic(make_checkpoint(cfg, tokenizer, model), output / f"epoch{progress.epoch:03d}.pt")
+            save_atomic(adapter.checkpoint(cfg), output / f"epoch{progress.epoch:03d}.pt")
             for old in sorted(output.glob("epoch*.pt"))[:-max(t.average_last, 1)]:
                 old.unlink()
             if improved:
-                save_atomic(make_checkpoint(cfg, tokenizer, model), output / "best.pt")
+                save_atomic(adapter.checkpoint(cfg), output / "best.pt")
             save_atomic(checkpoint(), output / "last.pt")  # last: it marks the epoch as done
         world.barrier()
     progress.finished = True
     return progress
 
 
-def _end_epoch(model: Transformer, tokenizer: Tokenizer, cfg: RunConfig, valid: Split, progress: Progress,
-               world: World, wall_start: float) -> bool:
+def _end_epoch(adapter: ModelAdapter, cfg: RunConfig, valid: Split, progress: Progress, world: World,
+               wall_start: float) -> bool:
     """Validate, record the epoch, and decide whether training stops (patience or time budget);
     returns whether validation BLEU improved. ``progress`` moves to the next epoch."""
     t = cfg.train
-    valid_search = SearchConfig(beam_size=t.valid_beam_size, length_penalty=cfg.decode.length_penalty,
-                                max_len_a=cfg.decode.max_len_a, max_len_b=cfg.decode.max_len_b)
-    valid_nll, valid_scores = validate(model, tokenizer, valid, valid_search, t.batch_tokens, world.device)
+    valid_nll, valid_scores = validate(adapter, valid, t.valid_beam_size, t.batch_tokens, world.device)
     improved = valid_scores.bleu > progress.best_bleu
     if improved:
         progress.best_bleu, progress.best_epoch, progress.bad_epochs = valid_scores.bleu, progress.epoch, 0
@@ -289,7 +292,8 @@ def train(cfg: RunConfig, output: Path, world: World = World()) -> dict[str, Any
                                cfg.data.max_tokens_per_sentence)
     valid = Split.encode(read_split(cfg, cfg.data.valid_split, cfg.data.valid_limit), tokenizer)
     if not progress.finished:
-        progress = fit(model, tokenizer, cfg, train_split, valid, output, world, progress, optimizer)
+        progress = fit(TransformerAdapter(model, tokenizer, cfg), cfg, train_split, valid, output, world, progress,
+                       optimizer)
     metrics = finish(cfg, tokenizer, valid, output, world) if world.is_main else {}
     metrics.update(train_seconds=round(progress.train_seconds, 1), steps=progress.step, epochs=progress.epoch,
                    target_tokens_per_second=round(progress.target_tokens / max(progress.train_seconds, 1e-9), 1),

@@ -14,14 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..adapters.base import ModelAdapter
 from ..config import RunConfig
 from ..data.splits import read_split
-from ..data.tokenizer import Tokenizer
 from ..evaluate.bleu import Scores, score
-from ..model.transformer import Transformer
-from ..pack.format import round_dense_to_half, write_packed
+from ..pack.format import round_dense_to_half
 from ..pack.sizes import ModelSizes
-from ..translate import Translator
 from .distributed import World
 from .retrain import RetrainConfig, RetrainOutcome, Stage, retrain
 
@@ -35,10 +33,10 @@ class SplitResult:
     hypotheses: list[str] = field(repr=False)
 
 
-def score_splits(model: Transformer, tok: Tokenizer, cfg: RunConfig, splits: Sequence[str],
-                 limit: int | None = None, device: Any = "cpu") -> dict[str, SplitResult]:
-    """Beam search (the model's decode settings) on each split; ``limit``: its first N sentences."""
-    return score_translations(Translator(model, tok, cfg.decode, device=device).translate, cfg, splits, limit)
+def score_splits(adapter: ModelAdapter, splits: Sequence[str], limit: int | None = None,
+                 device: Any = "cpu") -> dict[str, SplitResult]:
+    """The model's own search (its default beam) on each split; ``limit``: its first N sentences."""
+    return score_translations(adapter.translator(device=device).translate, adapter.cfg, splits, limit)
 
 
 def score_translations(translate: Callable[[list[str]], list[str]], cfg: RunConfig, splits: Sequence[str],
@@ -85,30 +83,30 @@ class CompressionResult:
         return d
 
 
-def compress_model(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Stage], rc: RetrainConfig,
-                   output: Path, train_limit: int | None = None, work_dir: Path | None = None,
-                   world: World = World(), test_splits: Sequence[str] | None = None,
-                   test_limit: int | None = None, half_dense: bool = False) -> CompressionResult | None:
-    """Compress and retrain ``model`` (in place), write ``output`` and ``OUTPUT.huffman.sfz`` beside
-    it, and score it on ``test_splits`` (default: the model's test split; ``[]`` scores nothing).
-    The work directory is removed once the packed file holds everything. ``half_dense``: the
-    parameters left uncompressed are rounded to fp16 and stored so. Returns the result on the main
-    process, None on the others."""
+def compress_model(adapter: ModelAdapter, stages: list[Stage], rc: RetrainConfig, output: Path,
+                   train_limit: int | None = None, work_dir: Path | None = None, world: World = World(),
+                   test_splits: Sequence[str] | None = None, test_limit: int | None = None,
+                   half_dense: bool = False) -> CompressionResult | None:
+    """Compress and retrain ``adapter.model`` (in place), write ``output`` and ``OUTPUT.huffman.sfz``
+    beside it, and score it on ``test_splits`` (default: the model's test split; ``[]`` scores
+    nothing). The work directory is removed once the packed file holds everything. ``half_dense``:
+    the parameters left uncompressed are rounded to fp16 and stored so. Returns the result on the
+    main process, None on the others."""
     started = time.perf_counter()
-    outcome = retrain(model, tok, cfg, stages, rc, train_limit, work_dir, world)
+    outcome = retrain(adapter, stages, rc, train_limit, work_dir, world)
     if not world.is_main:
         return None
-    model.eval()
+    model = adapter.model.eval()
     if half_dense:
         round_dense_to_half(model)  # scored as the file holds it
     extra = {"history": outcome.history}
-    packed = write_packed(model, cfg, tok, output, extra, half_dense=half_dense)
+    packed = adapter.write_packed(output, extra, half_dense=half_dense)
     # Deep Compression's third stage, reported separately from a real file beside the plain one.
-    huffman = write_packed(model, cfg, tok, output.with_name(f"{output.stem}.huffman{output.suffix}"), extra,
-                           huffman=True, half_dense=half_dense)
-    sizes = ModelSizes.measure(model, tok, packed, huffman)
+    huffman = adapter.write_packed(output.with_name(f"{output.stem}.huffman{output.suffix}"), extra, huffman=True,
+                                   half_dense=half_dense)
+    sizes = ModelSizes.measure(model, adapter.tokenizer_files(), packed, huffman)
     if work_dir is not None:
         shutil.rmtree(work_dir, ignore_errors=True)  # the packed file now holds everything
-    splits = [cfg.data.test_split] if test_splits is None else list(test_splits)
-    tests = score_splits(model, tok, cfg, splits, test_limit, world.device)
+    splits = [adapter.cfg.data.test_split] if test_splits is None else list(test_splits)
+    tests = score_splits(adapter, splits, test_limit, world.device)
     return CompressionResult(outcome, sizes, packed.path, huffman.path, tests, time.perf_counter() - started)

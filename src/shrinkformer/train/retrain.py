@@ -30,17 +30,15 @@ from typing import Any, Iterator
 
 import torch
 
-from ..checkpoint import load_checkpoint, model_fingerprint, save_atomic
-from ..compress import PruneConfig, codecs, compress, count_params, select, set_sparsity
+from ..adapters.base import ModelAdapter
+from ..checkpoint import load_checkpoint, save_atomic
+from ..compress import PruneConfig, codecs, compress, count_params, set_sparsity
 from ..compress.base import Codec, MethodConfig
 from ..config import RunConfig
 from ..data.splits import Split, read_split
-from ..data.tokenizer import Tokenizer
 from ..errors import CheckpointError, UsageError
 from ..evaluate.bleu import score
 from ..io import write_text_atomic
-from ..model.transformer import Transformer
-from ..translate import Translator
 from . import teacher as teacher_data
 from .distributed import World
 from .loop import Progress, build_optimizer, fit, load_training_state
@@ -57,23 +55,30 @@ class RetrainConfig:
     temperature: float = 1.0
     save_every_steps: int = 200  # a killed retraining loses at most this many optimizer steps
     data: str = "references"  # or "teacher"/"both": sequence-level distillation (teacher.py)
+    batch_tokens: int | None = None  # None: the model's own training setting
 
     def __post_init__(self) -> None:
         teacher_data.check(self.data)
-
-    def key(self) -> dict[str, Any]:
-        """The settings that shape retraining, for work-directory keys (``data`` only when it is not
-        the default, so directories written before it stay valid)."""
-        d = dataclasses.asdict(self)
-        if self.data == "references":
-            del d["data"]
-        return d
         if self.epochs < 0:
             raise UsageError(f"retrain epochs must be >= 0, got {self.epochs}")
         if not 0.0 <= self.distill <= 1.0:
             raise UsageError(f"distillation weight must be in [0, 1], got {self.distill}")
+        if not self.temperature > 0:
+            raise UsageError(f"distillation temperature must be positive, got {self.temperature}")
         if self.save_every_steps < 0:
             raise UsageError(f"save_every_steps must be >= 0, got {self.save_every_steps}")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise UsageError(f"retraining batch tokens must be >= 1, got {self.batch_tokens}")
+
+    def key(self) -> dict[str, Any]:
+        """The settings that shape retraining, for work-directory keys (``data`` and ``batch_tokens``
+        only when they are not the default, so directories written before them stay valid)."""
+        d = dataclasses.asdict(self)
+        if self.data == "references":
+            del d["data"]
+        if self.batch_tokens is None:
+            del d["batch_tokens"]
+        return d
 
 
 @dataclass
@@ -130,20 +135,17 @@ class RetrainOutcome:
         return self.compressed_params / max(self.total_params, 1)
 
 
-def valid_bleu(model: Transformer, tok: Tokenizer, cfg: RunConfig, split: Split, world: World) -> float | None:
+def valid_bleu(adapter: ModelAdapter, split: Split, world: World) -> float | None:
     """Greedy validation BLEU, on the main process only (the others would repeat its work)."""
     if not world.is_main:
         return None
-    search = dataclasses.replace(cfg.decode, beam_size=1)
-    return score(Translator(model, tok, search, device=world.device).translate(split.raw.source),
-                 split.raw.target).bleu
+    return score(adapter.translator(1, device=world.device).translate(split.raw.source), split.raw.target).bleu
 
 
-def run_key(model: torch.nn.Module, tok: Tokenizer, cfg: RunConfig, stages: list[Stage], rc: RetrainConfig,
-            train_limit: int | None) -> str:
+def run_key(adapter: ModelAdapter, stages: list[Stage], rc: RetrainConfig, train_limit: int | None) -> str:
     """What a work directory belongs to: the starting model and everything that shapes retraining."""
     spec = {"stages": [s.to_dict() for s in stages], "retrain": rc.key(), "train_limit": train_limit,
-            "data": dataclasses.asdict(cfg.data), "model": model_fingerprint(cfg, tok, model)}
+            "data": dataclasses.asdict(adapter.cfg.data), "model": adapter.fingerprint()}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -183,7 +185,7 @@ def read_state(work: Path, key: str) -> dict[str, Any] | None:
 class Compressor:
     """Applies steps to the model, remembering what it compressed (set_sparsity needs the codecs)."""
 
-    def __init__(self, model: Transformer, stages: list[Stage]) -> None:
+    def __init__(self, model: torch.nn.Module, stages: list[Stage]) -> None:
         self.model, self.stages = model, stages
         self.modules: list[str] = []
         self.compressed_params = 0
@@ -202,24 +204,26 @@ class Compressor:
             set_sparsity(self._stage_codecs, step.sparsity, stage.config.scope)
 
 
-def retrain(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Stage], rc: RetrainConfig,
-            train_limit: int | None = None, work_dir: Path | None = None, world: World = World()) -> RetrainOutcome:
-    """Compress ``model`` in place step by step, retraining after each; resumes from ``work_dir``."""
-    run_cfg = copy.deepcopy(cfg)
-    run_cfg.train = dataclasses.replace(cfg.train, max_epochs=rc.epochs, lr=rc.lr, warmup_steps=rc.warmup_steps,
-                                        patience=10**6, average_last=1, save_every_steps=rc.save_every_steps,
-                                        max_minutes=None)
+def retrain(adapter: ModelAdapter, stages: list[Stage], rc: RetrainConfig, train_limit: int | None = None,
+            work_dir: Path | None = None, world: World = World()) -> RetrainOutcome:
+    """Compress ``adapter.model`` in place step by step, retraining after each; resumes from
+    ``work_dir``. The same loop for every model family: only the adapter knows which it is."""
+    model, cfg = adapter.model, adapter.cfg
+    run_cfg = adapter.retraining_config(max_epochs=rc.epochs, lr=rc.lr, warmup_steps=rc.warmup_steps, patience=10**6,
+                                        average_last=1, save_every_steps=rc.save_every_steps, max_minutes=None,
+                                        **({"batch_tokens": rc.batch_tokens} if rc.batch_tokens else {}))
     for stage in stages:  # a scope that matches nothing fails here, before any data is read or written
         if stage.config is not None:
-            select(model, stage.scopes, stage.include, stage.exclude)
-    key = run_key(model, tok, cfg, stages, rc, train_limit)
+            why = adapter.refusal(stage.scopes, stage.include, stage.exclude)
+            if why:
+                raise UsageError(why)
+    key = run_key(adapter, stages, rc, train_limit)
     steps = plan(stages)
     references = read_split(cfg, cfg.data.train_split, train_limit)
-    distilled = None if rc.data == "references" else teacher_data.translations(model, tok, cfg, references.source,
-                                                                                world)
-    train = Split.encode(teacher_data.retraining_pairs(rc.data, references, distilled), tok,
-                         cfg.data.max_tokens_per_sentence)
-    valid = Split.encode(read_split(cfg, cfg.data.valid_split, cfg.data.valid_limit), tok)
+    distilled = None if rc.data == "references" else teacher_data.translations(adapter, references.source, world)
+    train = adapter.encode(teacher_data.retraining_pairs(rc.data, references, distilled),
+                           cfg.data.max_tokens_per_sentence)
+    valid = adapter.encode(read_split(cfg, cfg.data.valid_split, adapter.valid_limit))
     teacher = copy.deepcopy(model).eval() if rc.distill > 0 else None
     compressor = Compressor(model, stages)
     total_params = count_params(model)
@@ -228,7 +232,7 @@ def retrain(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Sta
         state = read_state(work, key)
         if state is None:
             state = {"key": key, "done": 0, "retrain_seconds": 0.0,
-                     "history": [{"stage": "uncompressed", "valid_bleu": valid_bleu(model, tok, cfg, valid, world)}]}
+                     "history": [{"stage": "uncompressed", "valid_bleu": valid_bleu(adapter, valid, world)}]}
         else:
             log.info("resuming the retraining in %s: %d of %d steps done", work, state["done"], len(steps))
             replay(model, compressor, steps, state, work)
@@ -236,11 +240,11 @@ def retrain(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Sta
             step, name = steps[j], steps[j].name(stages)
             compressor.apply(step)
             step_dir = work / f"step{j}"
-            state["history"].append(_compressed_entry(step_dir, name, model, tok, cfg, valid, world))
+            state["history"].append(_compressed_entry(step_dir, name, adapter, valid, world))
             if rc.epochs and stages[step.stage].retrain:
-                state["retrain_seconds"] += _fit_step(model, tok, run_cfg, train, valid, step_dir, world, teacher, rc)
+                state["retrain_seconds"] += fit_step(adapter, run_cfg, train, valid, step_dir, world, teacher, rc)
                 state["history"].append({"stage": name, "when": "retrained",
-                                         "valid_bleu": valid_bleu(model, tok, cfg, valid, world)})
+                                         "valid_bleu": valid_bleu(adapter, valid, world)})
             if world.is_main:
                 log.info("%s: validation BLEU %.2f", name, state["history"][-1]["valid_bleu"])
                 snapshot = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -254,7 +258,7 @@ def retrain(model: Transformer, tok: Tokenizer, cfg: RunConfig, stages: list[Sta
                           round(state["retrain_seconds"], 1))
 
 
-def replay(model: Transformer, compressor: Compressor, steps: list[Step], state: dict[str, Any],
+def replay(model: torch.nn.Module, compressor: Compressor, steps: list[Step], state: dict[str, Any],
             work: Path) -> None:
     """Rebuild the compressed structure of the finished steps, then load their saved weights. A
     quantizer after pruning must see the pruned model its stage began from (its masks decide how
@@ -267,31 +271,32 @@ def replay(model: Transformer, compressor: Compressor, steps: list[Step], state:
         model.load_state_dict(state["model"])
 
 
-def _compressed_entry(step_dir: Path, name: str, model: Transformer, tok: Tokenizer, cfg: RunConfig, valid: Split,
+def _compressed_entry(step_dir: Path, name: str, adapter: ModelAdapter, valid: Split,
                       world: World) -> dict[str, Any]:
     """Validation BLEU right after compressing, kept in the step's directory so a resumed step
     does not decode again."""
     path = step_dir / "compressed.json"
     if path.exists():
         return json.loads(path.read_text())
-    entry = {"stage": name, "when": "compressed", "valid_bleu": valid_bleu(model, tok, cfg, valid, world)}
+    entry = {"stage": name, "when": "compressed", "valid_bleu": valid_bleu(adapter, valid, world)}
     if world.is_main:
         step_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(entry))
     return entry
 
 
-def _fit_step(model: Transformer, tok: Tokenizer, cfg: RunConfig, train: Split, valid: Split, step_dir: Path,
-              world: World, teacher: torch.nn.Module | None, rc: RetrainConfig) -> float:
+def fit_step(adapter: ModelAdapter, cfg: RunConfig, train: Split, valid: Split, step_dir: Path,
+             world: World, teacher: torch.nn.Module | None, rc: RetrainConfig) -> float:
     """Retrain for one step, from the training loop's own ``last.pt`` when a killed run left one;
     returns the step's training wall time (counted across resumptions)."""
     step_dir.mkdir(parents=True, exist_ok=True)
-    optimizer, progress = build_optimizer(model, cfg), Progress()
+    optimizer, progress = build_optimizer(adapter.model, cfg), Progress()
     last = step_dir / "last.pt"
     if last.exists():
-        progress = load_training_state(load_checkpoint(last), model, optimizer)
+        progress = load_training_state(load_checkpoint(last, require=("model", "optimizer", "progress")),
+                                       adapter.model, optimizer)
         log.info("resuming this step at epoch %d, step %d", progress.epoch + 1, progress.step)
     if not progress.finished:
-        progress = fit(model, tok, cfg, train, valid, step_dir, world, progress, optimizer,
-                       teacher=teacher, distill=rc.distill, temperature=rc.temperature)
+        progress = fit(adapter, cfg, train, valid, step_dir, world, progress, optimizer, teacher=teacher,
+                       distill=rc.distill, temperature=rc.temperature)
     return progress.wall_seconds

@@ -13,54 +13,25 @@ Two estimates:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..compress.allocate import Choice, choice_bytes, survivors_and_mask_bytes
 from ..compress.primitives import kmeans_1d, magnitude_mask
-from ..data.batching import Batch, collate, token_batches
-from ..data.splits import Split
-from ..model.transformer import PAD
 
 log = logging.getLogger(__name__)
 
 
 class LossBatch(Protocol):
-    """A batch that knows the model's mean token loss on it: our models and Hugging Face ones
-    compute it differently, the estimates below need nothing else."""
+    """A batch that knows the model's mean token loss on it (``adapters.base.PairBatch``: each
+    family computes it its own way); the estimates below need nothing else."""
 
     tokens: int
 
     def loss(self, model: nn.Module) -> Tensor: ...
-
-
-@dataclass
-class TokenBatch:
-    """A batch of ours: teacher-forced logits against the shifted targets."""
-
-    batch: Batch
-
-    @property
-    def tokens(self) -> int:
-        return self.batch.target_tokens
-
-    def loss(self, model: nn.Module) -> Tensor:
-        logits, _ = model(self.batch.src, self.batch.tgt_in)
-        return F.cross_entropy(logits.flatten(0, 1).float(), self.batch.tgt_out.flatten(), ignore_index=PAD)
-
-
-def sample_batches(split: Split, sentences: int, batch_tokens: int) -> list[TokenBatch]:
-    """Small fixed batches from the first ``sentences`` pairs (small, so the per-batch squared
-    gradients average over many batches)."""
-    n = min(sentences, len(split.src))
-    lengths = [max(len(split.src[i]), len(split.tgt[i])) + 1 for i in range(n)]
-    return [TokenBatch(collate([split.src[i] for i in idx], [split.tgt[i] for i in idx], idx))
-            for idx in token_batches(lengths, batch_tokens, shuffle=False)]
 
 
 def nll(model: nn.Module, batches: Sequence[LossBatch]) -> float:

@@ -17,15 +17,11 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from ..checkpoint import model_fingerprint
-from ..config import RunConfig
+from ..adapters.base import ModelAdapter
 from ..data.corpus import Parallel
 from ..data.datasets import cache_root
-from ..data.tokenizer import Tokenizer
 from ..errors import UsageError
 from ..io import atomic_write
-from ..model.transformer import Transformer
-from ..translate import Translator
 from .distributed import World
 
 log = logging.getLogger(__name__)
@@ -39,24 +35,23 @@ def check(data: str) -> None:
         raise UsageError(f"retraining data must be one of {', '.join(CHOICES)}, got {data!r}")
 
 
-def cache_path(model: Transformer, tok: Tokenizer, cfg: RunConfig, sources: Sequence[str]) -> Path:
-    h = hashlib.sha256(model_fingerprint(cfg, tok, model).encode())
-    h.update(f"beam={cfg.decode.beam_size} lp={cfg.decode.length_penalty}\n".encode())
+def cache_path(adapter: ModelAdapter, sources: Sequence[str]) -> Path:
+    h = hashlib.sha256(adapter.fingerprint().encode())
+    h.update(adapter.search_key().encode())
     h.update("\n".join(sources).encode("utf-8"))
     return cache_root() / "teacher" / h.hexdigest()[:20]
 
 
-def translations(model: Transformer, tok: Tokenizer, cfg: RunConfig, sources: Sequence[str],
-                 world: World = World()) -> list[str]:
-    """``sources`` translated by ``model`` (beam search as ``cfg.decode`` says), from the cache
-    where they are there. Under torchrun the main process translates and the others read."""
-    directory = cache_path(model, tok, cfg, sources)
+def translations(adapter: ModelAdapter, sources: Sequence[str], world: World = World()) -> list[str]:
+    """``sources`` translated by ``adapter.model`` (its own search, its default beam), from the
+    cache where they are there. Under torchrun the main process translates and the others read."""
+    directory = cache_path(adapter, sources)
     chunks = [(i, directory / f"{i // CHUNK:05d}.txt.gz") for i in range(0, len(sources), CHUNK)]
     missing = [(i, path) for i, path in chunks if not path.exists()]
     if missing and world.is_main:
         log.info("teacher translations of %d training sources (%d to do; cached in %s)", len(sources),
                  sum(min(CHUNK, len(sources) - i) for i, _ in missing), directory)
-        translator = Translator(model, tok, cfg.decode, batch_sentences=64)
+        translator = adapter.translator(batch_sentences=64)
         for i, path in tqdm(missing, desc="teacher translations", unit="chunk", disable=None):
             lines = translator.translate(sources[i:i + CHUNK])
             with atomic_write(path) as f:
