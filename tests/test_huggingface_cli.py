@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -154,39 +150,19 @@ def test_hugging_face_bad_input_is_one_line(tiny_marian, multi30k, tmp_path):
     assert not (tmp_path / "out.sfz").exists() and list(existing.iterdir()) == []
 
 
-def marian_compress(model_dir, data, out, *extra, quiet=True):
+def marian_compress(model_dir, data, out, quiet=True):
     return [sys.executable, "-m", "shrinkformer", *(["-q"] if quiet else []), "compress", str(model_dir),
             "--method", "prune+kmeans", "--sparsity", "0.3:0.5", "--steps", "2", "--bits", "3", "--scope", "ffn",
             "--save-every", "3", "--retrain-epochs", "1", "--retrain-batch-tokens", "256", "--train-limit", "200",
-            "--threads", "1", "--no-test", "--data-dir", str(data), "-o", str(out), *extra]
+            "--threads", "1", "--no-test", "--data-dir", str(data), "-o", str(out)]
 
 
 def test_killed_marian_compression_resumes_mid_step_to_the_same_packed_file(tiny_marian, multi30k, tmp_path):
     """The one retraining loop serves Hugging Face models too: killed inside a step's training, a
     run resumes from that step's snapshot and packs what an uninterrupted run packs."""
-    from shrinkformer.checkpoint import load_checkpoint
+    from .test_retrain import assert_resumes_mid_step
 
-    from .test_retrain import packed_contents
-
-    straight, killed = tmp_path / "straight.sfz", tmp_path / "killed.sfz"
-    subprocess.run(marian_compress(tiny_marian, multi30k, straight), check=True, capture_output=True, timeout=300)
-    work = tmp_path / "killed.sfz.work"
-    proc = subprocess.Popen(marian_compress(tiny_marian, multi30k, killed), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (work / "step2" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    at_kill = load_checkpoint(work / "step2" / "last.pt", require=("model", "progress"))["progress"]
-    assert at_kill["batch"] > 0 and not at_kill["finished"], "the kill must land inside the k-means retraining"
-    resumed = subprocess.run(marian_compress(tiny_marian, multi30k, killed, quiet=False), capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "2 of 3 steps done" in resumed.stderr and f"step {at_kill['step']}" in resumed.stderr
-    (a, meta_a), (b, meta_b) = (packed_contents(p) for p in (straight, killed))
-    assert meta_a == meta_b and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert not work.exists()
+    assert_resumes_mid_step(lambda out, quiet=True: marian_compress(tiny_marian, multi30k, out, quiet=quiet), tmp_path)
 
 
 def test_distillation_changes_marian_retraining(tiny_marian, multi30k, tmp_path, monkeypatch):

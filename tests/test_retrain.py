@@ -97,27 +97,31 @@ def packed_contents(path):
 
 
 def test_killed_retraining_resumes_to_the_same_packed_file(tiny_run, multi30k, tmp_path):
-    straight, killed = tmp_path / "straight.sfz", tmp_path / "killed.sfz"
-    subprocess.run(compress_cmd(tiny_run / "model.pt", multi30k, straight), check=True, capture_output=True,
-                   timeout=300)
-    assert not (tmp_path / "straight.sfz.work").exists(), "a finished run cleans up its work directory"
+    def command(out, quiet=True):
+        return compress_cmd(tiny_run / "model.pt", multi30k, out, quiet=quiet)
 
-    # Kill inside the third step (the k-means stage after two pruning steps): resuming must replay
-    # both pruning steps' structure, the k-means stage's input and the training loop's snapshot.
+    assert_resumes_mid_step(command, tmp_path)
+
+
+def assert_resumes_mid_step(command, tmp_path):
+    """``command(out, quiet)`` compresses with prune (two steps) then k-means. Killed inside the
+    third step, resuming must replay both pruning steps' structure, the k-means stage's input and
+    the training loop's snapshot, and pack what an uninterrupted run packs."""
+    straight, killed = tmp_path / "straight.sfz", tmp_path / "killed.sfz"
+    subprocess.run(command(straight), check=True, capture_output=True, timeout=300)
+    assert not (tmp_path / "straight.sfz.work").exists(), "a finished run cleans up its work directory"
     work = tmp_path / "killed.sfz.work"
-    proc = subprocess.Popen(compress_cmd(tiny_run / "model.pt", multi30k, killed), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (work / "step2" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    at_kill = load_checkpoint(work / "step2" / "last.pt")["progress"]
+    at_kill = load_checkpoint(work / "step2" / "last.pt", require=("model", "progress"))["progress"]
     assert at_kill["batch"] > 0 and not at_kill["finished"], "the kill must land inside the k-means retraining"
     assert not killed.exists()
 
-    resumed = subprocess.run(compress_cmd(tiny_run / "model.pt", multi30k, killed, quiet=False),
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(command(killed, quiet=False), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "2 of 3 steps done" in resumed.stderr and f"step {at_kill['step']}" in resumed.stderr
     # safetensors writes its metadata map in a per-process order, so compare contents, not bytes.
