@@ -292,4 +292,5 @@ def test_a_marian_model_compressed_to_a_byte_budget(tiny_marian, multi30k, tmp_p
     too_small = run_cli("compress", str(tiny_marian), "--budget-bytes", "1000", "--data-dir", str(multi30k),
                         "-o", str(tmp_path / "small.sfz"))
     assert too_small.returncode != 0 and "is below the smallest model these choices reach" in too_small.stderr
+    assert "model.shared.weight" in too_small.stderr and "of the parameters" in too_small.stderr
     assert len(too_small.stderr.strip().splitlines()) == 1 and not (tmp_path / "small.sfz").exists()

@@ -172,7 +172,8 @@ def allocate(model: nn.Module, weights: dict[str, Tensor], bc: BudgetConfig,
     smallest = smallest_bytes(costs, fixed)
     if budget < smallest:
         raise UsageError(f"a budget of {budget:,} bytes ({4 * params / budget:.1f}x) is below the smallest model "
-                         f"these choices reach: {smallest:,} bytes ({4 * params / smallest:.1f}x)")
+                         f"these choices reach: {smallest:,} bytes ({4 * params / smallest:.1f}x), of which {fixed:,} "
+                         f"are what no choice compresses (biases, norms, headers{uncompressible(model, weights)})")
     sample, sentences = batches()
     sens = METHODS[bc.sensitivity](model, weights, sample, bc.choices, masks)
 
@@ -192,6 +193,17 @@ def allocate(model: nn.Module, weights: dict[str, Tensor], bc: BudgetConfig,
                       bc.sensitivity, time.perf_counter() - started,
                       {"checked_bytes": actual - SLACK_BYTES, "half_dense": bc.half_dense,
                        "sensitivity_sentences": sentences})
+
+
+def uncompressible(model: nn.Module, weights: dict[str, Tensor]) -> str:
+    """The weight matrices outside the candidates (a Hugging Face model's tied embeddings), named
+    with their share of the parameters: what sets a budget's floor besides the small tensors."""
+    candidates = {id(w) for w in weights.values()}
+    left = [(n, p.numel()) for n, p in model.named_parameters() if p.dim() == 2 and id(p) not in candidates]
+    if not left:
+        return ""
+    share = sum(k for _, k in left) / max(count_params(model), 1)
+    return f", and {', '.join(n for n, _ in left[:3])}{' ...' if len(left) > 3 else ''}: {share:.0%} of the parameters"
 
 
 def load_or_plan(adapter: ModelAdapter, bc: BudgetConfig, work: Path, train_limit: int | None = None) -> Allocation:
