@@ -193,3 +193,13 @@ def test_staged_allocation_retrains_after_each_kind_of_compression():
             for n in ("mixed-20x", "mixed-20x-4ep", "mixed-20x-staged")]
     assert {("mixed-20x", "mixed-20x-staged"), ("mixed-20x-4ep", "mixed-20x-staged"),
             ("mixed-20x", "mixed-20x-4ep")} <= set(pairs(rows))
+
+
+def test_the_budget_floor_names_the_matrices_no_choice_compresses():
+    from torch import nn
+
+    from shrinkformer.train.budget import uncompressible
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Embedding(30, 4))
+    assert uncompressible(model, {"0": model[0].weight}) == ", and 1.weight: 86% of the parameters"  # 120 of 140
+    assert uncompressible(model, {"0": model[0].weight, "1": model[1].weight}) == ""

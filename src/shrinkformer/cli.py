@@ -591,8 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the probabilities to k values (k-means and uniform levels), report JS divergence "
                                    "and max difference per layer and head, and BLEU when decoding with the quantized "
                                    "attention in place. Writes attention.json, attention.md, attention_hist.png.")
-    p.add_argument("checkpoint", type=Path, help="model.pt, a packed .sfz, or a Hugging Face model (directory, hub "
-                   "name, or a .sfz packed from one)")
+    p.add_argument("checkpoint", type=Path, help=MODEL_HELP)
     p.add_argument("--output", "-o", type=Path, required=True, help="directory for attention.json/.md and the plot")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--sentences", type=int, default=200, help="validation sentences to record attention on")

@@ -19,6 +19,8 @@ from typing import Any, ClassVar, Iterable, Iterator, Protocol, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..compress.api import CompressionReport, compress
+from ..compress.base import MethodConfig
 from ..compress.scopes import select
 from ..config import RunConfig
 from ..data.batching import Batch, token_batches
@@ -109,6 +111,12 @@ class ModelAdapter(ABC):
     @abstractmethod
     def candidates(self) -> dict[str, Tensor]:
         """The weights a budget may compress, by module name."""
+
+    def compress(self, config: MethodConfig, scopes: Sequence[str], include: Sequence[str] = (),
+                 exclude: Sequence[str] = ()) -> CompressionReport:
+        """``compress.compress`` on the model, with whatever the family's structure asks (tied
+        tables compressed once)."""
+        return compress(self.model, config, list(scopes), list(include), list(exclude))
 
     def refusal(self, scopes: Sequence[str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> str | None:
         """Why these modules cannot be compressed in this family, or None. A scope that matches

@@ -14,13 +14,16 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 
 from ..checkpoint import FORMAT, VERSION
+from ..compress.api import CompressionReport, compress
+from ..compress.base import MethodConfig
 from ..compress.scopes import select
 from ..config import RunConfig
 from ..data.batching import Batch, pad
 from ..data.corpus import Parallel
 from ..data.splits import Split
 from ..huggingface.attention import HFProbe
-from ..huggingface.model import HFModel, export_pretrained, encode_packed, fingerprint, tokenizer_files
+from ..huggingface.model import (HFModel, export_pretrained, is_position_table, tie_compressed_embeddings,
+                                 tied_to_input, encode_packed, fingerprint, tokenizer_files)
 from ..huggingface.translate import HFTranslator
 from ..errors import UsageError
 from .base import ModelAdapter
@@ -31,8 +34,8 @@ VALID_SENTENCES = 100  # greedy validation BLEU after each step: a progress sign
 def freeze_position_tables(model: nn.Module) -> None:
     """Sinusoidal position tables are constants that ``save_pretrained`` does not store; some
     transformers versions load them trainable, and retraining would move them out of the file."""
-    for name, module in model.named_modules():
-        if name.endswith("embed_positions") and "Sinusoidal" in type(module).__name__:
+    for module in model.modules():
+        if is_position_table(module):
             for p in module.parameters():
                 p.requires_grad_(False)
 
@@ -43,6 +46,7 @@ class HuggingFaceAdapter(ModelAdapter):
     def __init__(self, hf: HFModel) -> None:
         self.hf, self.model, self.cfg = hf, hf.model, RunConfig(data=hf.data)
         freeze_position_tables(hf.model)
+        tie_compressed_embeddings(hf.model, *tied_to_input(hf.model))  # a trial copy compressed elsewhere
         tok = hf.tokenizer
         self.pad_id = tok.pad_token_id
         self.start_id = getattr(hf.model.config, "decoder_start_token_id", None)
@@ -60,14 +64,26 @@ class HuggingFaceAdapter(ModelAdapter):
         return HuggingFaceAdapter(HFModel(model, self.hf.tokenizer, self.hf.source, self.hf.data, self.hf.extra))
 
     def candidates(self) -> dict[str, Tensor]:
-        return {name: m.weight for name, m in select(self.model, ["all"]).items()}
+        """Every Linear under the encoder and decoder, and the tied embedding table once."""
+        weights = {name: m.weight for name, m in select(self.model, ["all"]).items()}
+        owner, _ = tied_to_input(self.model)
+        if owner is not None and isinstance(self.model.get_submodule(owner), nn.Embedding):
+            weights[owner] = self.model.get_submodule(owner).weight
+        return weights
 
-    def refusal(self, scopes: Sequence[str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> str | None:
+    def compress(self, config: MethodConfig, scopes: Sequence[str], include: Sequence[str] = (),
+                 exclude: Sequence[str] = ()) -> CompressionReport:
+        """The tied embeddings are one table: chosen under any of its names, the input embedding is
+        compressed once and the other names point at it (``tie_compressed_embeddings``); sinusoidal
+        position tables are never chosen."""
         chosen = select(self.model, list(scopes), list(include), list(exclude))
-        if any(isinstance(m, nn.Embedding) for m in chosen.values()):
-            return ("a Hugging Face model's embeddings are tied to each other and to its output layer; "
-                    "compressing them is not supported yet")
-        return None
+        owner, aliases = tied_to_input(self.model)
+        skip = [n for n, m in chosen.items() if is_position_table(m) or n in aliases]
+        include = list(include) + ([owner] if owner and owner not in chosen and any(n in aliases for n in chosen)
+                                   else [])
+        report = compress(self.model, config, list(scopes), include, list(exclude) + skip)
+        tie_compressed_embeddings(self.model, owner, aliases)
+        return report
 
     @property
     def valid_limit(self) -> int | None:

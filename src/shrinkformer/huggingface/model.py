@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import nn
 
+from ..compress.api import replace_module
 from ..compress.base import CompressedEmbedding, CompressedLinear
 from ..compress.scopes import select
 from ..config import DataConfig
@@ -45,6 +46,58 @@ class HFModel:
     source: str
     data: DataConfig = field(default_factory=DataConfig)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TiedProjection(nn.Module):
+    """The output layer of a model whose compressed input embedding it is tied to: logits from the
+    embedding's own codec (or, packed, its ``project``), so the one table is stored and retrained
+    once, as our Transformer's tied output projection is. The embedding is referenced, not
+    registered: it is already in the model under its own name."""
+
+    def __init__(self, embedding: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "embedding", embedding)
+
+    def forward(self, x: Any) -> Any:
+        project = getattr(self.embedding, "project", None)
+        return project(x) if project is not None else nn.functional.linear(x, self.embedding.weight)
+
+
+def is_position_table(module: nn.Module) -> bool:
+    """Sinusoidal position tables: constants, never compressed, never trained."""
+    return "Sinusoidal" in type(module).__name__
+
+
+def tied_to_input(model: nn.Module) -> tuple[str | None, list[str]]:
+    """The names of the input embedding's table: the first, which the compressed table is packed
+    under, and every other name tied to it (modules sharing its weight, the same module under
+    another name, or a ``TiedProjection`` of it)."""
+    get = getattr(model, "get_input_embeddings", None)
+    table = get() if get is not None else None
+    if table is None:
+        return None, []
+    weight = table.weight if isinstance(table, nn.Embedding) else None
+    group = [(name, module) for name, module in model.named_modules(remove_duplicate=False)
+             if module is table or (isinstance(module, TiedProjection) and module.embedding is table)
+             or (weight is not None and getattr(module, "weight", None) is weight)]
+    owner = next((n for n, m in group if not isinstance(m, (nn.Linear, TiedProjection))), None)
+    return owner, [n for n, _ in group if n != owner]
+
+
+def tie_compressed_embeddings(model: nn.Module, owner: str | None, aliases: list[str]) -> None:
+    """Once the input embedding is compressed (under ``owner``), point every name tied to it at it:
+    the encoder's and decoder's token embeddings become that module, the output layer a
+    ``TiedProjection`` of it."""
+    if owner is None:
+        return
+    table = model.get_submodule(owner)
+    if isinstance(table, nn.Embedding):
+        return  # uncompressed: transformers' own parameter ties hold
+    for name in aliases:
+        module = model.get_submodule(name)
+        if module is not table:
+            replace_module(model, name, TiedProjection(table) if isinstance(module, (nn.Linear, TiedProjection))
+                           else table)
 
 
 def is_pretrained_source(path: str | Path) -> bool:
@@ -167,7 +220,9 @@ def load_packed(path: str | Path, training: bool = False) -> HFModel:
             for name in [k for k in tensors if k.startswith(FILE_PREFIX)]:
                 (Path(tmp) / name[len(FILE_PREFIX):]).write_bytes(tensors.pop(name).numpy().tobytes())
             tokenizer = t.AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+        tied = tied_to_input(model)  # found while transformers' ties still hold
         restore_layers(model, meta, tensors, training)
+        tie_compressed_embeddings(model, *tied)
         load_dense(model, meta, tensors, path)
     except ShrinkformerError:
         raise
@@ -189,11 +244,14 @@ def decompressed(model: nn.Module) -> nn.Module:
     layer an ordinary Linear/Embedding again."""
     state = dense_state(model)
     plain = copy.deepcopy(model)
-    for name, module in list(plain.named_modules()):
-        if isinstance(module, (CompressedLinear, CompressedEmbedding)):
+    for name, module in list(plain.named_modules(remove_duplicate=False)):  # tied names too
+        if isinstance(module, TiedProjection):
+            replace_module(plain, name, nn.Linear(module.embedding.embedding_dim, module.embedding.num_embeddings,
+                                                  bias=False))
+        elif isinstance(module, (CompressedLinear, CompressedEmbedding)):
             parent, _, child = name.rpartition(".")
             owner = plain.get_submodule(parent) if parent else plain
-            shape = state[f"{name}.weight"].shape
+            shape = module.codec.shape
             if isinstance(module, CompressedEmbedding):
                 setattr(owner, child, nn.Embedding(shape[0], shape[1], padding_idx=module.padding_idx))
             else:

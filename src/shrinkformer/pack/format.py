@@ -99,7 +99,7 @@ def pack_model(model: nn.Module, huffman: bool = False, half_dense: bool = False
         tensors.update({f"{name}.{k}": v.contiguous() for k, v in parts.items()})
     stored: dict[tuple[int, tuple[int, ...]], str] = {}
     for key, value in model.state_dict().items():
-        if not any(key.startswith(f"{name}.codec.") for name in compressed):
+        if ".codec." not in key:  # a codec's tensors, under its name or a tied one, are packed above
             where = (value.data_ptr(), tuple(value.shape))
             if where in stored and value.numel():
                 if aliases is not None:
@@ -267,8 +267,7 @@ def load_dense(model: nn.Module, meta: dict[str, str], tensors: dict[str, torch.
 def dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict the model would have uncompressed, in fp32 (compressed weights materialised)."""
     compressed = codecs(model)
-    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
-             if not any(k.startswith(f"{n}.codec.") for n in compressed)}
+    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items() if ".codec." not in k}
     with torch.no_grad():
         state.update({f"{n}.weight": c().detach().float().contiguous() for n, c in compressed.items()})
     return state

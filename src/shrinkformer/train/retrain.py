@@ -32,7 +32,7 @@ import torch
 
 from ..adapters.base import ModelAdapter
 from ..checkpoint import load_checkpoint, save_atomic
-from ..compress import PruneConfig, codecs, compress, count_params, set_sparsity
+from ..compress import PruneConfig, codecs, count_params, set_sparsity
 from ..compress.base import Codec, MethodConfig
 from ..config import RunConfig
 from ..data.splits import Split, read_split
@@ -185,8 +185,8 @@ def read_state(work: Path, key: str) -> dict[str, Any] | None:
 class Compressor:
     """Applies steps to the model, remembering what it compressed (set_sparsity needs the codecs)."""
 
-    def __init__(self, model: torch.nn.Module, stages: list[Stage]) -> None:
-        self.model, self.stages = model, stages
+    def __init__(self, adapter: ModelAdapter, stages: list[Stage]) -> None:
+        self.adapter, self.model, self.stages = adapter, adapter.model, stages
         self.modules: list[str] = []
         self.compressed_params = 0
         self._stage_codecs: list[Codec] = []
@@ -196,7 +196,7 @@ class Compressor:
         if stage.config is None:
             return
         if step.position == 0:
-            report = compress(self.model, stage.config, stage.scopes, stage.include, stage.exclude)
+            report = self.adapter.compress(stage.config, stage.scopes, stage.include, stage.exclude)
             self.modules = list(codecs(self.model))  # earlier compressions (a packed input's) included
             self.compressed_params = sum(c.shape.numel() for c in codecs(self.model).values())
             self._stage_codecs = [codecs(self.model)[n] for n in report.modules]
@@ -225,7 +225,7 @@ def retrain(adapter: ModelAdapter, stages: list[Stage], rc: RetrainConfig, train
                            cfg.data.max_tokens_per_sentence)
     valid = adapter.encode(read_split(cfg, cfg.data.valid_split, adapter.valid_limit))
     teacher = copy.deepcopy(model).eval() if rc.distill > 0 else None
-    compressor = Compressor(model, stages)
+    compressor = Compressor(adapter, stages)
     total_params = count_params(model)
 
     with work_directory(work_dir) as work:
