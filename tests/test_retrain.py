@@ -299,3 +299,29 @@ def test_translate_packed_and_dense_forms_agree(tiny_run, tmp_path):
     dense = run_cli("translate", str(out), "--beam", "2", "--dense", stdin=lines)
     assert packed.returncode == dense.returncode == 0 and packed.stdout == dense.stdout
     assert len(packed.stdout.splitlines()) == 2
+
+
+def test_keep_best_undoes_a_retraining_that_lowers_validation_bleu(tiny_run, multi30k, tmp_path, monkeypatch):
+    """With --keep-best a step whose retraining lowers the greedy validation BLEU keeps the model it
+    started retraining from (the history says so); without it, the damage stays."""
+    import shrinkformer.train.retrain as retrain_module
+
+    def wrecks(adapter, *args, **kwargs):  # a retraining that can only hurt
+        with torch.no_grad():
+            for p in adapter.model.parameters():
+                p.mul_(0.0)
+        return 0.0
+
+    monkeypatch.setattr(retrain_module, "fit_step", wrecks)
+    base = ["-q", "compress", str(tiny_run / "model.pt"), "--method", "kmeans", "--bits", "4", "--no-test",
+            "--data-dir", str(multi30k), "--train-limit", "50", "--threads", "1"]
+    assert main([*base, "--retrain-epochs", "0", "-o", str(tmp_path / "untrained.sfz")]) == 0
+    for flag in ("--keep-best", None):
+        name = "kept" if flag else "wrecked"
+        assert main([*base, *([flag] if flag else []), "--retrain-epochs", "1", "-o", str(tmp_path / f"{name}.sfz"),
+                     "--report", str(tmp_path / f"{name}.json")]) == 0
+    kept, wrecked = (json.loads((tmp_path / f"{n}.json").read_text())["history"] for n in ("kept", "wrecked"))
+    assert kept[1]["valid_bleu"] > 0 and kept[2]["kept"] == "compressed"
+    assert kept[2]["valid_bleu"] == kept[1]["valid_bleu"] > kept[2]["retrained_bleu"] == wrecked[2]["valid_bleu"]
+    (a, _), (b, _) = (packed_contents(tmp_path / f"{n}.sfz") for n in ("untrained", "kept"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

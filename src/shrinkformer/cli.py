@@ -188,7 +188,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     stages = method_stages(args) if budget is None else []
     half_dense = args.dense_dtype == "fp16" or (budget is not None and budget.half_dense)
     rc = RetrainConfig(epochs=args.retrain_epochs, lr=args.lr, distill=args.distill, temperature=args.temperature,
-                       save_every_steps=args.save_every, data=args.retrain_data, batch_tokens=args.retrain_batch_tokens)
+                       save_every_steps=args.save_every, data=args.retrain_data, batch_tokens=args.retrain_batch_tokens,
+                       keep_best=args.keep_best)
     outputs = [args.output, args.report, *(allocation_outputs(args.output) if budget else ())]
     for path in outputs:
         if path is not None:
@@ -244,7 +245,7 @@ def compress_from_config(args: argparse.Namespace) -> int:
     from .experiments.sweep import cache_key, fingerprint, run_experiment
 
     given = [f"--{n.replace('_', '-')}" for n in ("method", "target_ratio", "budget_bytes", "distill", "retrain_data",
-                                                  "train_limit", "retrain_batch_tokens")
+                                                  "train_limit", "retrain_batch_tokens", "keep_best")
              if getattr(args, n) not in (None, 0.0, "references")]
     if given:
         raise UsageError(f"{given[0]} does not go with --config: the file (or --set) says it")
@@ -547,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill", type=float, default=0.0,
                    help="weight of the KL term to the uncompressed model's token distributions (default 0: off)")
     p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (default 1)")
+    p.add_argument("--keep-best", action="store_true",
+                   help="undo a retraining that lowers the greedy validation BLEU: each step keeps the better of "
+                        "its compressed and its retrained model (off by default, as the study's rows ran)")
     p.add_argument("--retrain-batch-tokens", type=int, metavar="TOKENS",
                    help="padded tokens per retraining batch (default: the model's training setting; 3072 for a "
                         "Hugging Face model)")

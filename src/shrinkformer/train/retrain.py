@@ -56,6 +56,7 @@ class RetrainConfig:
     save_every_steps: int = 200  # a killed retraining loses at most this many optimizer steps
     data: str = "references"  # or "teacher"/"both": sequence-level distillation (teacher.py)
     batch_tokens: int | None = None  # None: the model's own training setting
+    keep_best: bool = False  # a retraining that lowers validation BLEU is undone (the step keeps its input)
 
     def __post_init__(self) -> None:
         teacher_data.check(self.data)
@@ -76,8 +77,9 @@ class RetrainConfig:
         d = dataclasses.asdict(self)
         if self.data == "references":
             del d["data"]
-        if self.batch_tokens is None:
-            del d["batch_tokens"]
+        for name in ("batch_tokens", "keep_best"):
+            if not d[name]:
+                del d[name]
         return d
 
 
@@ -208,6 +210,8 @@ def retrain(adapter: ModelAdapter, stages: list[Stage], rc: RetrainConfig, train
             work_dir: Path | None = None, world: World = World()) -> RetrainOutcome:
     """Compress ``adapter.model`` in place step by step, retraining after each; resumes from
     ``work_dir``. The same loop for every model family: only the adapter knows which it is."""
+    if rc.keep_best and world.size > 1:
+        raise UsageError("--keep-best decides on the main process's validation BLEU; run it in one process")
     model, cfg = adapter.model, adapter.cfg
     run_cfg = adapter.retraining_config(max_epochs=rc.epochs, lr=rc.lr, warmup_steps=rc.warmup_steps, patience=10**6,
                                         average_last=1, save_every_steps=rc.save_every_steps, max_minutes=None,
@@ -242,9 +246,16 @@ def retrain(adapter: ModelAdapter, stages: list[Stage], rc: RetrainConfig, train
             step_dir = work / f"step{j}"
             state["history"].append(_compressed_entry(step_dir, name, adapter, valid, world))
             if rc.epochs and stages[step.stage].retrain:
+                before = {k: v.detach().clone() for k, v in model.state_dict().items()} if rc.keep_best else None
                 state["retrain_seconds"] += fit_step(adapter, run_cfg, train, valid, step_dir, world, teacher, rc)
-                state["history"].append({"stage": name, "when": "retrained",
-                                         "valid_bleu": valid_bleu(adapter, valid, world)})
+                entry = {"stage": name, "when": "retrained", "valid_bleu": valid_bleu(adapter, valid, world)}
+                compressed_bleu = state["history"][-1]["valid_bleu"]
+                if before is not None and entry["valid_bleu"] < compressed_bleu:
+                    log.info("%s: retraining took validation BLEU from %.2f to %.2f; keeping the model before it",
+                             name, compressed_bleu, entry["valid_bleu"])
+                    model.load_state_dict(before)
+                    entry.update(valid_bleu=compressed_bleu, kept="compressed", retrained_bleu=entry["valid_bleu"])
+                state["history"].append(entry)
             if world.is_main:
                 log.info("%s: validation BLEU %.2f", name, state["history"][-1]["valid_bleu"])
                 snapshot = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
