@@ -30,7 +30,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 from shrinkformer.data.datasets import cache_root
 
 SPLIT = "test_2016_flickr"
-THREADS = 1  # beside a sweep row on a 2-core machine
+THREADS = 2
 
 
 def lines(split: str, lang: str) -> list[str]:
@@ -81,7 +81,8 @@ def train(untrained: Path, trained: Path, epochs: int, work: Path) -> float:
     adapter = load_adapter(untrained, training=True)
     adapter.cfg.data.data_dir = str(DATA)
     adapter.model.train()
-    retrain(adapter, [Stage(None)], RetrainConfig(epochs=epochs, lr=7e-4, warmup_steps=800, save_every_steps=200),
+    retrain(adapter, [Stage(None)], RetrainConfig(epochs=epochs, lr=7e-4, warmup_steps=300, save_every_steps=200,
+                                                         batch_tokens=2048),
             work_dir=work)
     tmp = trained.with_name(trained.name + ".tmp")
     adapter.model.eval().save_pretrained(tmp)
@@ -121,7 +122,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10, help="training epochs of the MarianMT")
     p.add_argument("--vocab", type=int, default=6000, help="SentencePiece pieces per language")
     p.add_argument("--out", type=Path)
-    p.add_argument("--threads", type=int, default=1, help="torch threads of every step (default 1)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of every step (default 2)")
     args = p.parse_args()
     global THREADS
     THREADS = args.threads
