@@ -148,6 +148,29 @@ def test_foreign_or_damaged_work_directory_is_a_one_line_error(tiny_run, multi30
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
+def test_run_killed_in_its_first_step_is_not_resumed_with_other_settings(tiny_run, multi30k, tmp_path):
+    """Before the first step finishes there is no ``state.pt``, only the loop's ``last.pt``: another
+    run's settings must not silently continue it."""
+    def command(bits):
+        return [sys.executable, "-m", "shrinkformer", "-q", "compress", str(tiny_run / "model.pt"),
+                "--method", "kmeans", "--bits", bits, "--save-every", "3", "--no-test", "--data-dir", str(multi30k),
+                *COMMON, "--work-dir", str(work), "-o", str(out)]
+
+    work, out = tmp_path / "w", tmp_path / "m.sfz"
+    proc = subprocess.Popen(command("3"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (work / "step0" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (work / "step0" / "last.pt").exists() and not (work / "state.pt").exists()
+    other = subprocess.run(command("2"), capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "holds the state of another retraining run" in other.stderr, other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1 and not out.exists()
+    same = subprocess.run(command("3")[:3] + command("3")[4:], capture_output=True, text=True, timeout=300)
+    assert same.returncode == 0 and "resuming this step" in same.stderr, same.stderr[-2000:]
+
+
 def test_two_process_retraining_under_torchrun(tiny_run, multi30k, tmp_path):
     out, report = tmp_path / "ddp.sfz", tmp_path / "r.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

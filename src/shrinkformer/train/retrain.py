@@ -179,9 +179,25 @@ def read_state(work: Path, key: str) -> dict[str, Any] | None:
         raise CheckpointError(f"{path}: unreadable retraining state ({type(err).__name__}); "
                               "remove the work directory to start over") from None
     if state.get("key") != key:
-        raise UsageError(f"{work} holds the state of another retraining run (other model or settings); "
-                         "remove it or choose another --work-dir")
+        raise _foreign(work)
     return state
+
+
+def claim(work: Path, key: str, world: World) -> None:
+    """Mark ``work`` as this run's before its first step saves anything: a run with other settings
+    killed inside its first step leaves only the loop's ``last.pt``, which ``state.pt`` cannot vouch
+    for. A directory from before this mark (no ``key`` file) is taken on trust."""
+    path = work / "key"
+    if path.exists():
+        if path.read_text().strip() != key:
+            raise _foreign(work)
+    elif world.is_main:
+        write_text_atomic(path, key + "\n")
+
+
+def _foreign(work: Path) -> UsageError:
+    return UsageError(f"{work} holds the state of another retraining run (other model or settings); "
+                      "remove it or choose another --work-dir")
 
 
 class Compressor:
@@ -234,6 +250,7 @@ def retrain(adapter: ModelAdapter, stages: list[Stage], rc: RetrainConfig, train
 
     with work_directory(work_dir) as work:
         state = read_state(work, key)
+        claim(work, key, world)
         if state is None:
             state = {"key": key, "done": 0, "retrain_seconds": 0.0,
                      "history": [{"stage": "uncompressed", "valid_bleu": valid_bleu(adapter, valid, world)}]}
