@@ -21,7 +21,7 @@ import torch
 from common import interleaved, median, report, timed
 
 from shrinkformer.compress import KMeansConfig, compress
-from shrinkformer.compress.inference import resident_weight_bytes, to_inference
+from shrinkformer.inference.layers import resident_weight_bytes, to_inference
 from shrinkformer.model import MODEL_PRESETS, Transformer
 from shrinkformer.model.search import SearchConfig, beam_search
 from shrinkformer.model.transformer import EOS

@@ -30,7 +30,7 @@ def child(path: str, sentences: int, source_tokens: int) -> dict:
 
     torch.set_num_threads(1)
     floor = rss_bytes()
-    from shrinkformer.compress.inference import resident_weight_bytes
+    from shrinkformer.inference.layers import resident_weight_bytes
     from shrinkformer.loading import load_any
     from shrinkformer.model.search import SearchConfig, beam_search
 

@@ -24,9 +24,6 @@ from pathlib import Path
 
 from common import DATA, report
 
-# benchmarks/kernels.py would shadow the `kernels` package transformers looks for
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 from shrinkformer.data.datasets import cache_root
 
 SPLIT = "test_2016_flickr"
@@ -75,7 +72,7 @@ def build(directory: Path, vocab: int) -> None:
 def train(untrained: Path, trained: Path, epochs: int, work: Path) -> float:
     """Train with shrinkformer's loop through the Hugging Face adapter; returns the wall seconds."""
     from shrinkformer.loading import load_adapter
-    from shrinkformer.train.retrain import RetrainConfig, Stage, retrain
+    from shrinkformer.workflow.retrain import RetrainConfig, Stage, retrain
 
     started = time.perf_counter()
     adapter = load_adapter(untrained, training=True)

@@ -31,7 +31,7 @@ def child(engine: str, path: str, split: str, sentences: int | None, latency_sen
     import torch
 
     torch.set_num_threads(threads)
-    from shrinkformer.compress.inference import resident_weight_bytes
+    from shrinkformer.inference.layers import resident_weight_bytes
     from shrinkformer.data.corpus import read_parallel
     from shrinkformer.evaluate.bleu import score
 

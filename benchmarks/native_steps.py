@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from common import DATA, report
 
-from shrinkformer.compress.engine import native_engine
+from shrinkformer.inference.engine import native_engine
 from shrinkformer.data.corpus import read_parallel
 from shrinkformer.evaluate.bleu import score
 from shrinkformer.loading import load_any

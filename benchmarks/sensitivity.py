@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from common import DATA, report
 
-from shrinkformer.compress.allocate import CHOICES
+from shrinkformer.workflow.allocate import CHOICES
 from shrinkformer.data.corpus import read_parallel
 from shrinkformer.loading import load_adapter
-from shrinkformer.train import sensitivity
+from shrinkformer.workflow import sensitivity
 
 
 def spearman(a: list[float], b: list[float]) -> float:

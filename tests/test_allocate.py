@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from shrinkformer.cli import main
-from shrinkformer.compress.allocate import CHOICES, Choice, packed_layout, solve
+from shrinkformer.workflow.allocate import CHOICES, Choice, packed_layout, solve
 from shrinkformer.pack.format import load_packed
 
 from .conftest import run_cli
@@ -121,7 +121,7 @@ def test_impossible_budgets_are_one_line_errors(tiny_run, multi30k, tmp_path, ar
 def test_fisher_shortcut_equals_scoring_the_codecs_weights(tiny_run, monkeypatch):
     from shrinkformer.compress.scopes import eligible
     from shrinkformer.loading import load_any
-    from shrinkformer.train import sensitivity
+    from shrinkformer.workflow import sensitivity
 
     _, _, model = load_any(tiny_run / "model.pt", training=True)
     weights = {n: m.weight for n, m in list(eligible(model).items())[:4]}
@@ -138,7 +138,7 @@ def test_fisher_shortcut_equals_scoring_the_codecs_weights(tiny_run, monkeypatch
 
 def test_a_resumed_run_takes_the_saved_allocation(tiny_run, multi30k, tmp_path, monkeypatch):
     from shrinkformer.loading import load_adapter
-    from shrinkformer.train import budget
+    from shrinkformer.workflow import budget
 
     adapter = load_adapter(tiny_run / "model.pt", training=True)
     adapter.cfg.data.data_dir = str(multi30k)
@@ -156,7 +156,7 @@ def test_a_resumed_run_takes_the_saved_allocation(tiny_run, multi30k, tmp_path, 
 def test_flex_allocation_retrains_the_same_choices_with_flexible_codebooks():
     from shrinkformer.compress import BinaryConfig, FlexKMeansConfig, KMeansConfig, PruneConfig
     from shrinkformer.experiments.grid import EXPERIMENTS
-    from shrinkformer.train.budget import BudgetConfig, allocation_stages
+    from shrinkformer.workflow.budget import BudgetConfig, allocation_stages
 
     choices = {"a": Choice(0.5, 1), "b": Choice(0.0, 2), "c": Choice(0.0, 1), "d": Choice(0.8, None), "e": Choice()}
     frozen = [(s.config, s.include) for s in allocation_stages(choices)]
@@ -174,7 +174,7 @@ def test_flex_allocation_retrains_the_same_choices_with_flexible_codebooks():
 def test_staged_allocation_retrains_after_each_kind_of_compression():
     from shrinkformer.experiments.comparisons import pairs
     from shrinkformer.experiments.grid import EXPERIMENTS
-    from shrinkformer.train.budget import BudgetConfig, allocation_stages
+    from shrinkformer.workflow.budget import BudgetConfig, allocation_stages
 
     choices = {"a": Choice(0.5, 1), "b": Choice(0.0, 2), "c": Choice(0.0, 1), "d": Choice(0.8, None), "e": Choice()}
     once = allocation_stages(choices)
@@ -198,7 +198,7 @@ def test_staged_allocation_retrains_after_each_kind_of_compression():
 def test_the_budget_floor_names_the_matrices_no_choice_compresses():
     from torch import nn
 
-    from shrinkformer.train.budget import uncompressible
+    from shrinkformer.workflow.budget import uncompressible
 
     model = nn.Sequential(nn.Linear(4, 4), nn.Embedding(30, 4))
     assert uncompressible(model, {"0": model[0].weight}) == ", and 1.weight: 86% of the parameters"  # 120 of 140

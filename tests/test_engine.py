@@ -1,4 +1,4 @@
-"""The runtime's engine, built over a torch model's own tensors (``compress/engine.py``), computes
+"""The runtime's engine, built over a torch model's own tensors (``inference/engine.py``), computes
 what the PyTorch modules compute, for every kind of layer it serves, and steps aside for everything
 it does not; its search translates as the PyTorch search does."""
 
@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from shrinkformer.compress import BinaryConfig, KMeansConfig, PruneConfig, compress, native, to_inference
-from shrinkformer.compress import engine as torch_engine
-from shrinkformer.compress.engine import native_engine
+from shrinkformer.compress import BinaryConfig, KMeansConfig, PruneConfig, compress
+from shrinkformer.inference import native
+from shrinkformer.inference.layers import to_inference
+from shrinkformer.inference import engine as torch_engine
+from shrinkformer.inference.engine import native_engine
 from shrinkformer.model import MODEL_PRESETS, SearchConfig, Transformer, beam_search
 from shrinkformer.model.search import _native_engine
 from shrinkformer.model.transformer import BOS, EOS, PAD

@@ -290,7 +290,7 @@ def test_reproduce_from_a_marian_baseline(tiny_marian, multi30k, tmp_path, monke
     # the packed row is a Hugging Face model that translates as the row scored it
     from shrinkformer.experiments.sweep import load_hypotheses
     from shrinkformer.loading import load_adapter
-    from shrinkformer.train.pipeline import score_splits
+    from shrinkformer.workflow.pipeline import score_splits
 
     packed = load_adapter(out / "models/kmeans-4bit-all.sfz")
     assert packed.family == "huggingface"

@@ -7,9 +7,10 @@ from pathlib import Path
 import shrinkformer
 
 ROOT = Path(shrinkformer.__file__).parent
-LOWER = ("shrinkformer.pack", "shrinkformer.compress", "shrinkformer.data", "shrinkformer.model", "shrinkformer.runtime")
-UPPER = ("shrinkformer.train", "shrinkformer.huggingface", "shrinkformer.experiments", "shrinkformer.web",
-         "shrinkformer.cli")
+LOWER = ("shrinkformer.pack", "shrinkformer.compress", "shrinkformer.inference", "shrinkformer.data",
+         "shrinkformer.model", "shrinkformer.runtime")
+UPPER = ("shrinkformer.train", "shrinkformer.workflow", "shrinkformer.huggingface", "shrinkformer.experiments",
+         "shrinkformer.web", "shrinkformer.cli")
 
 
 def module_name(path: Path) -> str:
@@ -45,10 +46,10 @@ def test_lower_layers_never_import_upper_ones():
 
 
 # Above the lower layers, bottom to top: model files of other families, the adapters over every
-# family (and loading.py, which picks one), the workflow that runs on any adapter, the experiments
-# built from it, and the command. Each tier imports only tiers below it.
+# family (and loading.py, which picks one), the training loop, the compression workflow that runs
+# on any adapter, the experiments built from it, and the command. Each tier imports only tiers below it.
 TIERS = (("shrinkformer.huggingface",), ("shrinkformer.adapters", "shrinkformer.loading"), ("shrinkformer.train",),
-         ("shrinkformer.experiments",), ("shrinkformer.web", "shrinkformer.cli"))
+         ("shrinkformer.workflow",), ("shrinkformer.experiments",), ("shrinkformer.web", "shrinkformer.cli"))
 
 
 def test_each_tier_imports_only_the_tiers_below_it():

@@ -6,9 +6,9 @@ import warnings
 import pytest
 import torch
 
-from shrinkformer.compress import native
+from shrinkformer.inference import native
 from shrinkformer.compress.base import CodebookCodec
-from shrinkformer.compress.inference import PackedWeight
+from shrinkformer.inference.layers import PackedWeight
 from shrinkformer.compress.primitives import assign
 
 

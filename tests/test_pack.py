@@ -12,7 +12,7 @@ from shrinkformer.data.tokenizer import Tokenizer
 from shrinkformer.errors import CheckpointError
 from shrinkformer.model import Transformer
 from shrinkformer.compress.base import CompressedEmbedding, CompressedLinear
-from shrinkformer.compress.inference import PackedEmbedding, PackedLinear, resident_weight_bytes, to_inference
+from shrinkformer.inference.layers import PackedEmbedding, PackedLinear, resident_weight_bytes, to_inference
 from shrinkformer.pack.format import fp32_size, load_packed, write_packed
 
 
@@ -86,7 +86,7 @@ def test_to_inference_is_one_call_from_the_training_form(name, tokenizer):
 def test_inference_form_holds_no_more_than_the_file(name, tokenizer, tmp_path, monkeypatch):
     """Resident weight bytes of the packed inference form within 1.15x of the packed file (without
     its tokenizer), also when the tiles are smaller than a layer."""
-    import shrinkformer.compress.inference as inference
+    import shrinkformer.inference.layers as inference
 
     cfg, m = tiny(tokenizer)
     for config, scope in METHODS[name]:

@@ -191,10 +191,10 @@ def test_run_killed_after_its_last_step_packs_the_retrained_model(tiny_run, mult
     stage from the pruned model it began from (globally pruned layers change their survivor counts
     while retraining) and pack the saved weights, without retraining."""
     from shrinkformer.adapters.base import ModelAdapter
-    import shrinkformer.train.retrain as retrain_module
+    import shrinkformer.workflow.retrain as retrain_module
     from shrinkformer.compress import PruneConfig
-    from shrinkformer.train.pipeline import compress_model
-    from shrinkformer.train.retrain import RetrainConfig, Stage
+    from shrinkformer.workflow.pipeline import compress_model
+    from shrinkformer.workflow.retrain import RetrainConfig, Stage
 
     def run(out, work=None):
         cfg, tok, model = load_model(tiny_run / "model.pt")
@@ -225,8 +225,8 @@ def test_run_killed_after_its_last_step_packs_the_retrained_model(tiny_run, mult
 
 def test_control_stage_retrains_without_compressing(tiny_run, multi30k, tmp_path):
     from shrinkformer.compress import codecs
-    from shrinkformer.train.pipeline import compress_model
-    from shrinkformer.train.retrain import RetrainConfig, Stage
+    from shrinkformer.workflow.pipeline import compress_model
+    from shrinkformer.workflow.retrain import RetrainConfig, Stage
 
     cfg, tok, model = load_model(tiny_run / "model.pt")
     cfg.data.data_dir = str(multi30k)
@@ -292,8 +292,8 @@ def test_stages_can_share_one_retraining(tiny_run, multi30k, tmp_path):
     a single retraining: the whole-model rows' shape."""
     from shrinkformer.compress import BinaryConfig, codecs
     from shrinkformer.compress.base import CompressedEmbedding
-    from shrinkformer.train.pipeline import compress_model
-    from shrinkformer.train.retrain import RetrainConfig, Stage
+    from shrinkformer.workflow.pipeline import compress_model
+    from shrinkformer.workflow.retrain import RetrainConfig, Stage
 
     cfg, tok, model = load_model(tiny_run / "model.pt")
     cfg.data.data_dir = str(multi30k)
@@ -327,7 +327,7 @@ def test_translate_packed_and_dense_forms_agree(tiny_run, tmp_path):
 def test_keep_best_undoes_a_retraining_that_lowers_validation_bleu(tiny_run, multi30k, tmp_path, monkeypatch):
     """With --keep-best a step whose retraining lowers the greedy validation BLEU keeps the model it
     started retraining from (the history says so); without it, the damage stays."""
-    import shrinkformer.train.retrain as retrain_module
+    import shrinkformer.workflow.retrain as retrain_module
 
     def wrecks(adapter, *args, **kwargs):  # a retraining that can only hurt
         with torch.no_grad():

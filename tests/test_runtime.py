@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from shrinkformer.compress import BinaryConfig, KMeansConfig, PruneConfig, compress, native
+from shrinkformer.compress import BinaryConfig, KMeansConfig, PruneConfig, compress
+from shrinkformer.inference import native
 from shrinkformer.config import RunConfig
 from shrinkformer.data.tokenizer import Tokenizer
 from shrinkformer.errors import CheckpointError, ShrinkformerError

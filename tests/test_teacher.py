@@ -12,8 +12,8 @@ from shrinkformer.data.corpus import Parallel
 from shrinkformer.errors import UsageError
 from shrinkformer.loading import load_adapter
 from shrinkformer.translate import Translator
-from shrinkformer.train import teacher
-from shrinkformer.train.retrain import RetrainConfig
+from shrinkformer.workflow import teacher
+from shrinkformer.workflow.retrain import RetrainConfig
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -97,60 +97,17 @@ def _translator(args: argparse.Namespace):
     return adapter.cfg, adapter.translator(args.beam, args.batch_size, device, args.length_penalty)
 
 
-METHOD_NAMES = ("kmeans", "binary-fixed", "bsflex", "prune", "prune+kmeans", "kmeans-flex", "prune+kmeans-flex")
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method options as given on the command line (None: not given)."""
+    from .workflow.methods import DEFAULTS
 
-
-def parse_sparsity(text: str) -> tuple[float, float]:
-    try:
-        parts = [float(x) for x in text.split(":")]
-    except ValueError:
-        raise UsageError(f"--sparsity must be S or START:END with numbers, got {text!r}") from None
-    if len(parts) not in (1, 2):
-        raise UsageError(f"--sparsity must be S or START:END, got {text!r}")
-    return parts[0], parts[-1]
-
-
-# Which method options each --method takes: an option given to a method it does not apply to is an
-# error, not silently ignored.
-METHOD_OPTIONS = {
-    "kmeans": ("bits", "init"),
-    "binary-fixed": (),
-    "bsflex": (),
-    "prune": ("sparsity", "steps", "prune_scope"),
-    "prune+kmeans": ("bits", "init", "sparsity", "steps", "prune_scope"),
-    "kmeans-flex": ("bits",),
-    "prune+kmeans-flex": ("bits", "sparsity", "steps", "prune_scope"),
-}
-METHOD_DEFAULTS = {"bits": 4, "init": "linear", "sparsity": "0.5", "steps": 1, "prune_scope": "layer"}
-
-
-def method_stages(args: argparse.Namespace) -> list:
-    from .compress import BinaryConfig, FlexKMeansConfig, KMeansConfig, PruneConfig
-    from .train.retrain import Stage
-
-    allowed = METHOD_OPTIONS[args.method]
-    for name in METHOD_DEFAULTS:
-        if getattr(args, name) is not None and name not in allowed:
-            raise UsageError(f"--{name.replace('_', '-')} does not apply to --method {args.method}")
-    opt = {name: default if getattr(args, name) is None else getattr(args, name)
-           for name, default in METHOD_DEFAULTS.items()}
-    where = dict(scopes=args.scope or ([] if args.include else ["all"]), include=args.include, exclude=args.exclude)
-    stages = []
-    if args.method.startswith("prune"):
-        start, end = parse_sparsity(opt["sparsity"])
-        stages.append(Stage(PruneConfig(start, end, opt["steps"], opt["prune_scope"]), **where))
-    if args.method in ("kmeans", "prune+kmeans"):
-        stages.append(Stage(KMeansConfig(opt["bits"], opt["init"]), **where))
-    elif args.method in ("kmeans-flex", "prune+kmeans-flex"):
-        stages.append(Stage(FlexKMeansConfig(opt["bits"]), **where))
-    elif args.method in ("binary-fixed", "bsflex"):
-        stages.append(Stage(BinaryConfig("fixed" if args.method == "binary-fixed" else "flex"), **where))
-    return stages
+    return {name: getattr(args, name) for name in DEFAULTS}
 
 
 def budget_config(args: argparse.Namespace):
     """The budgeted allocation asked for, or None when a --method is given."""
-    from .train.budget import BudgetConfig
+    from .workflow.budget import BudgetConfig
+    from .workflow.methods import refuse_for_budget
 
     if args.target_ratio is None and args.budget_bytes is None:
         if args.flex:
@@ -164,9 +121,7 @@ def budget_config(args: argparse.Namespace):
     if args.method is not None:
         raise UsageError("--method and --target-ratio/--budget-bytes exclude each other: a budget chooses the "
                          "method of every layer")
-    for name in METHOD_DEFAULTS:
-        if getattr(args, name) is not None:
-            raise UsageError(f"--{name.replace('_', '-')} does not apply to a budgeted allocation")
+    refuse_for_budget(method_options(args))
     return BudgetConfig(args.budget_bytes, args.target_ratio, args.sensitivity, args.sensitivity_sentences,
                         half_dense=args.dense_dtype != "fp32", flex=args.flex, staged=args.staged)
 
@@ -176,7 +131,8 @@ def allocation_outputs(output: Path) -> tuple[Path, Path]:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from .train.retrain import RetrainConfig
+    from .workflow import methods
+    from .workflow.retrain import RetrainConfig
 
     if args.config is not None:
         return compress_from_config(args)
@@ -185,7 +141,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     # Parameters and outputs are checked before any work is done.
     budget = budget_config(args)
-    stages = method_stages(args) if budget is None else []
+    stages = [] if budget is not None else methods.stages(args.method, method_options(args), args.scope,
+                                                          args.include, args.exclude)
     half_dense = args.dense_dtype == "fp16" or (budget is not None and budget.half_dense)
     rc = RetrainConfig(epochs=args.retrain_epochs, lr=args.lr, distill=args.distill, temperature=args.temperature,
                        save_every_steps=args.save_every, data=args.retrain_data, batch_tokens=args.retrain_batch_tokens,
@@ -204,15 +161,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def _compress(args: argparse.Namespace, stages: list, rc: Any, half_dense: bool, budget: Any, work: Path) -> int:
     from .loading import load_adapter
-    from .train.budget import allocation_stages, load_or_plan
+    from .workflow.budget import allocation_stages, load_or_plan
     from .train.distributed import init_world, shutdown
-    from .train.pipeline import compress_model
+    from .workflow.pipeline import compress_model
 
     adapter = load_adapter(args.checkpoint, training=True)  # retraining updates the codecs
-    for stage in stages:  # a scope that matches nothing, or modules the family cannot compress, fail first
-        why = adapter.refusal(stage.scopes, stage.include, stage.exclude)
-        if why:
-            raise UsageError(why)
     if args.data_dir:
         adapter.cfg.data.data_dir = args.data_dir
     world = init_world()
@@ -472,6 +425,8 @@ def cmd_web_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .workflow.methods import METHODS
+
     parser = argparse.ArgumentParser(prog="shrinkformer", description=__doc__)
     parser.add_argument("--version", action="version", version=f"shrinkformer {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")
@@ -499,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path,
                    help="the trained model to compress: " + MODEL_HELP.removeprefix("model: ") + "; a .sfz must be "
                         "uncompressed")
-    p.add_argument("--method", choices=METHOD_NAMES,
+    p.add_argument("--method", choices=tuple(METHODS),
                    help="kmeans (Deep Compression), binary-fixed (the original 1-bit scheme), bsflex (BS-Flex), "
                         "prune (iterative magnitude pruning), prune+kmeans (prune, then quantize the survivors), "
                         "kmeans-flex and prune+kmeans-flex (the same, retrained with BS-Flex's re-assignment of "

@@ -7,7 +7,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from .compress.engine import pinned
+from .inference.engine import pinned
 from .data.batching import pad
 from .data.tokenizer import Tokenizer
 from .model.search import SearchConfig, beam_search

@@ -1,6 +1,6 @@
 """What compression, retraining, budgets, scoring and packing need from a model, and nothing else.
 
-The shared code (``train/retrain.py``, ``train/loop.py``, ``train/budget.py``, ``train/pipeline.py``,
+The shared code (``workflow/retrain.py``, ``train/loop.py``, ``workflow/budget.py``, ``workflow/pipeline.py``,
 ``experiments/sweep.py``) works on token ids and teacher-forced logits: an adapter turns text into
 ids its own way (``encode``), pads them into a ``Batch`` (``collate``), runs its model forward
 (``logits``), translates with its own search (``translator``) and packs itself (``encode_packed``).
@@ -118,11 +118,9 @@ class ModelAdapter(ABC):
         tables compressed once)."""
         return compress(self.model, config, list(scopes), list(include), list(exclude))
 
-    def refusal(self, scopes: Sequence[str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> str | None:
-        """Why these modules cannot be compressed in this family, or None. A scope that matches
-        nothing raises ``UsageError`` (``compress.scopes.select``)."""
+    def check_scopes(self, scopes: Sequence[str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> None:
+        """Raise ``UsageError`` for a scope or pattern that matches no module of this model."""
         select(self.model, list(scopes), list(include), list(exclude))
-        return None
 
     def write_packed(self, path: Path, extra: dict[str, Any] | None = None, huffman: bool = False,
                      half_dense: bool = False) -> PackedFile:
@@ -150,7 +148,7 @@ class ModelAdapter(ABC):
 @dataclass
 class PairBatch:
     """A batch of pairs and the adapter that runs it: the mean teacher-forced cross-entropy
-    (``train/sensitivity.py``'s ``LossBatch``)."""
+    (``workflow/sensitivity.py``'s ``LossBatch``)."""
 
     adapter: ModelAdapter
     batch: Batch

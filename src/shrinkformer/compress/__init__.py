@@ -2,7 +2,6 @@
 
 from .api import CompressionReport, codecs, compress, count_params
 from .binary import BinaryConfig
-from .inference import to_inference
 from .kmeans import KMeansConfig
 from .kmeans_flex import FlexKMeansConfig
 from .prune import PruneConfig, set_sparsity

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..compress import BinaryConfig, KMeansConfig, PruneConfig
 from ..compress.base import MethodConfig
 from ..errors import UsageError
-from ..train.budget import BudgetConfig
+from ..workflow.budget import BudgetConfig
+from ..workflow.methods import configs
 
 
 @dataclass(frozen=True)
@@ -20,14 +20,14 @@ class Experiment:
     stages: tuple[tuple[MethodConfig | None, str | tuple[str, ...]], ...] = ()
     distill: float = 0.0
     retrain_last_only: bool = False  # compress every stage, then retrain once
-    target_ratio: float | None = None  # a budgeted allocation (train/budget.py) chooses the stages
+    target_ratio: float | None = None  # a budgeted allocation (workflow/budget.py) chooses the stages
     flex: bool = False  # the allocation's codebooks retrain with flexible k-means
     staged: bool = False  # the allocation retrains after each kind of compression
     retrain_epochs: int | None = None  # instead of the preset's
     in_study: bool = False
     bits: int | None = None
     sparsity: float | None = None
-    retrain_data: str = "references"  # or "teacher"/"both": sequence-level distillation (train/teacher.py)
+    retrain_data: str = "references"  # or "teacher"/"both": sequence-level distillation (workflow/teacher.py)
 
     def budget(self) -> BudgetConfig:
         """A budgeted row's allocation settings."""
@@ -55,14 +55,19 @@ class Experiment:
         return spec
 
 
+def method(name: str, scope: str | tuple[str, ...], **options: Any) -> tuple[tuple[MethodConfig, Any], ...]:
+    """A method's stages as the command line's ``--method`` makes them, all over one scope."""
+    return tuple((c, scope) for c in configs(name, options))
+
+
 def kmeans(bits: int, scope: str, in_study: bool = False) -> Experiment:
-    return Experiment(f"kmeans-{bits}bit-{scope}", "kmeans", scope, ((KMeansConfig(bits), scope),),
+    return Experiment(f"kmeans-{bits}bit-{scope}", "kmeans", scope, method("kmeans", scope, bits=bits),
                       in_study=in_study, bits=bits)
 
 
 def binary(kind: str, scope: str, in_study: bool = False, distill: float = 0.0) -> Experiment:
-    name = ("bsflex" if kind == "flex" else "binary-fixed") + f"-{scope}" + ("-distill" if distill else "")
-    return Experiment(name, "bsflex" if kind == "flex" else "binary-fixed", scope, ((BinaryConfig(kind), scope),),
+    name = "bsflex" if kind == "flex" else "binary-fixed"
+    return Experiment(f"{name}-{scope}" + ("-distill" if distill else ""), name, scope, method(name, scope),
                       distill=distill, in_study=in_study, bits=1)
 
 
@@ -79,7 +84,7 @@ def mixed(ratio: int, epochs: int | None = None, flex: bool = False, staged: boo
 
 def prune(start: int, end: int, steps: int, in_study: bool = False) -> Experiment:
     name = f"prune-{start}-{end}" if start != end else f"prune-{end}"
-    return Experiment(name, "prune", "all", ((PruneConfig(start / 100, end / 100, steps), "all"),),
+    return Experiment(name, "prune", "all", method("prune", "all", sparsity=(start / 100, end / 100), steps=steps),
                       in_study=in_study, sparsity=end / 100)
 
 
@@ -105,17 +110,17 @@ GRID: list[Experiment] = [
     binary("flex", "all"),
     binary("fixed", "all"),
     Experiment("prune-50-80+kmeans-4bit-all", "prune+kmeans", "all",
-               ((PruneConfig(0.5, 0.8, 3), "all"), (KMeansConfig(4), "all")), bits=4, sparsity=0.8),
+               method("prune+kmeans", "all", sparsity=(0.5, 0.8), steps=3, bits=4), bits=4, sparsity=0.8),
     binary("flex", "all", distill=0.5),
     # Uniform rows that compress the embedding table too (it is also the tied output projection):
     # the fair comparison for whole-model budgets.
-    Experiment("kmeans-4bit-all+embeddings", "kmeans", "all+embeddings", ((KMeansConfig(4), ("all", "embeddings")),),
-               bits=4),
+    Experiment("kmeans-4bit-all+embeddings", "kmeans", "all+embeddings",
+               method("kmeans", ("all", "embeddings"), bits=4), bits=4),
     Experiment("prune-50-80+kmeans-4bit-all+embeddings", "prune+kmeans", "all+embeddings",
-               ((PruneConfig(0.5, 0.8, 3), ("all", "embeddings")), (KMeansConfig(4), ("all", "embeddings"))),
+               method("prune+kmeans", ("all", "embeddings"), sparsity=(0.5, 0.8), steps=3, bits=4),
                bits=4, sparsity=0.8),
     Experiment("bsflex-all+kmeans-4bit-embeddings", "bsflex+kmeans", "all+embeddings",
-               ((BinaryConfig("flex"), "all"), (KMeansConfig(4), "embeddings")), bits=1, retrain_last_only=True),
+               method("bsflex", "all") + method("kmeans", "embeddings", bits=4), bits=1, retrain_last_only=True),
     # Tell it the size: per-layer choices under a whole-model byte budget.
     mixed(10),
     mixed(20),

@@ -30,10 +30,10 @@ from ..loading import load_adapter
 from ..locks import BusyError, hold
 from ..pack.sizes import ModelSizes
 from ..train.loop import train
-from ..train.pipeline import CompressionResult, SplitResult, compress_model, score_splits
-from ..compress.allocate import Allocation, describe
-from ..train.budget import allocation_stages, load_or_plan
-from ..train.retrain import RetrainConfig, Stage
+from ..workflow.pipeline import CompressionResult, SplitResult, compress_model, score_splits
+from ..workflow.allocate import Allocation, describe
+from ..workflow.budget import allocation_stages, load_or_plan
+from ..workflow.retrain import RetrainConfig, Stage
 from .comparisons import compare
 from .plots import allocation_heatmap
 from .grid import EXPERIMENTS, SWEEP_PRESETS, Experiment, SweepPreset
@@ -169,11 +169,12 @@ def save_allocation(allocation: Allocation, result: CompressionResult, out: Path
 
 
 def refusal(exp: Experiment, adapter: ModelAdapter) -> str | None:
-    """Why a row cannot run on this model's family, or None."""
-    for _, scope in exp.stages:
-        why = adapter.refusal(list(scope) if isinstance(scope, tuple) else [scope])
-        if why:
-            return why
+    """Why a row cannot run on this model (a scope that matches none of its modules), or None."""
+    try:
+        for _, scope in exp.stages:
+            adapter.check_scopes(list(scope) if isinstance(scope, tuple) else [scope])
+    except UsageError as err:
+        return str(err)
     return None
 
 

@@ -36,7 +36,7 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
     n_sent, k = src.shape[0], cfg.beam_size
     engine = _native_engine(model, src) if native and use_cache else None
     if engine is not None:
-        from ..compress.engine import beam_search as runtime_beam_search  # the runtime side
+        from ..inference.engine import beam_search as runtime_beam_search  # the runtime side
 
         return runtime_beam_search(engine, src, cfg, model.cfg.max_positions)
     memory, src_mask = model.encode(src)
@@ -109,7 +109,7 @@ def beam_search(model: Transformer, src: Tensor, cfg: SearchConfig = SearchConfi
 
 
 def _native_engine(model: Transformer, src: Tensor):  # -> runtime Engine | None
-    from ..compress.engine import native_engine  # the runtime side; the model does not need it
+    from ..inference.engine import native_engine  # the runtime side; the model does not need it
 
     return native_engine(model) if src.is_cpu else None
 

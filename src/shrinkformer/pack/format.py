@@ -22,7 +22,7 @@ from torch import nn
 
 from ..compress.api import codecs, replace_module
 from ..compress.base import ENCODINGS, CompressedEmbedding, wrap
-from ..compress.inference import packed_module
+from ..inference.layers import packed_module
 from ..compress.primitives import encode_positions, pack_bits, unpack_bits, unpack_mask
 from . import entropy
 from ..config import RunConfig, config_from_dict
@@ -183,7 +183,7 @@ def write_packed(model: Transformer, cfg: RunConfig, tokenizer: Tokenizer, path:
 
 def load_packed(path: str | Path, training: bool = False) -> tuple[RunConfig, Tokenizer, Transformer, dict[str, Any]]:
     """The model as it was packed, in eval mode, plus the file's extra metadata. Compressed layers
-    come in their inference form (packed in memory, ``compress/inference.py``), or with
+    come in their inference form (packed in memory, ``inference/layers.py``), or with
     ``training`` in their training form (codecs that retraining updates)."""
     path = Path(path)
     meta, tensors = read_file(path)

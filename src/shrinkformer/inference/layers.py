@@ -27,9 +27,9 @@ from torch import Tensor, nn
 
 from . import native
 from ..runtime.layers import LayerArrays
-from .api import replace_module
-from .base import Codec, CompressedEmbedding, CompressedLinear
-from .primitives import unpack_bits
+from ..compress.api import replace_module
+from ..compress.base import Codec, CompressedEmbedding, CompressedLinear
+from ..compress.primitives import unpack_bits
 
 TILE_FLOATS = 1 << 18  # 1 MiB of fp32 per dequantized tile: stays in a core's L2 on most CPUs
 

@@ -40,8 +40,8 @@ from ..errors import CheckpointError, UsageError
 from ..evaluate.bleu import score
 from ..io import write_text_atomic
 from . import teacher as teacher_data
-from .distributed import World
-from .loop import Progress, build_optimizer, fit, load_training_state
+from ..train.distributed import World
+from ..train.loop import Progress, build_optimizer, fit, load_training_state
 
 log = logging.getLogger(__name__)
 
@@ -234,9 +234,7 @@ def retrain(adapter: ModelAdapter, stages: list[Stage], rc: RetrainConfig, train
                                         **({"batch_tokens": rc.batch_tokens} if rc.batch_tokens else {}))
     for stage in stages:  # a scope that matches nothing fails here, before any data is read or written
         if stage.config is not None:
-            why = adapter.refusal(stage.scopes, stage.include, stage.exclude)
-            if why:
-                raise UsageError(why)
+            adapter.check_scopes(stage.scopes, stage.include, stage.exclude)
     key = run_key(adapter, stages, rc, train_limit)
     steps = plan(stages)
     references = read_split(cfg, cfg.data.train_split, train_limit)

@@ -1,7 +1,7 @@
 """Budgeted compression: from a byte budget (or a target ratio) to per-layer choices to stages.
 
 1. Estimate every candidate layer's sensitivity to every choice (``sensitivity.py``) and price each
-   choice in exact packed bytes (``compress/allocate.py``).
+   choice in exact packed bytes (``workflow/allocate.py``).
 2. Solve the multiple-choice knapsack for the bytes left after what no choice changes.
 3. Check the answer by packing the compressed model in memory, exactly as the file will be written
    (headers and metadata included); if it overshoots, tighten and solve again.
@@ -24,7 +24,7 @@ from typing import Any, Callable
 from torch import Tensor, nn
 
 from ..compress import BinaryConfig, KMeansConfig, PruneConfig, codecs, compress, count_params
-from ..compress.allocate import CHOICES, Allocation, Choice, LayerAllocation, choice_bytes, smallest_bytes, solve
+from .allocate import CHOICES, Allocation, Choice, LayerAllocation, choice_bytes, smallest_bytes, solve
 from ..compress.kmeans_flex import FlexKMeansConfig
 from ..adapters.base import ModelAdapter
 from ..data.splits import read_split

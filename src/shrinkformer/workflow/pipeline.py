@@ -20,7 +20,7 @@ from ..data.splits import read_split
 from ..evaluate.bleu import Scores, score
 from ..pack.format import round_dense_to_half
 from ..pack.sizes import ModelSizes
-from .distributed import World
+from ..train.distributed import World
 from .retrain import RetrainConfig, RetrainOutcome, Stage, retrain
 
 

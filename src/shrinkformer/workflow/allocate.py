@@ -2,7 +2,7 @@
 layer gets, so that the packed model fits the budget with the least estimated damage.
 
 Pure tensor and bookkeeping code; where the sensitivities come from (gradients on data) is
-``train/sensitivity.py``, and turning an allocation into compression stages is ``train/budget.py``.
+``workflow/sensitivity.py``, and turning an allocation into compression stages is ``workflow/budget.py``.
 
 Each layer picks one ``Choice``; its cost is the exact number of bytes its packed tensors take
 (indices, codebook, mask, values — what ``Codec.pack`` emits) plus their header entries. Picking
@@ -22,12 +22,12 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
-from .base import Codec, SparseCodec
-from .binary import BinaryConfig, binary_codec
-from .kmeans import KMeansConfig, kmeans_codec
-from .kmeans_flex import FlexKMeansConfig
-from .primitives import encode_positions, magnitude_mask
-from .prune import PruneConfig
+from ..compress.base import Codec, SparseCodec
+from ..compress.binary import BinaryConfig, binary_codec
+from ..compress.kmeans import KMeansConfig, kmeans_codec
+from ..compress.kmeans_flex import FlexKMeansConfig
+from ..compress.primitives import encode_positions, magnitude_mask
+from ..compress.prune import PruneConfig
 
 
 @dataclass(frozen=True, order=True)

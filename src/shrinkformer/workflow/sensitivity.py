@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..compress.allocate import Choice, choice_bytes, survivors_and_mask_bytes
+from .allocate import Choice, choice_bytes, survivors_and_mask_bytes
 from ..compress.primitives import kmeans_1d, magnitude_mask
 
 log = logging.getLogger(__name__)

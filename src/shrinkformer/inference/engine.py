@@ -21,7 +21,7 @@ from . import native
 from ..runtime.engine import Engine
 from ..runtime.layers import LayerArrays
 from ..runtime.model import ModelArrays, ModelSpec, build
-from .inference import PackedEmbedding, PackedLinear
+from .layers import PackedEmbedding, PackedLinear
 
 
 class _Unsupported(Exception):

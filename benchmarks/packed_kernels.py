@@ -4,7 +4,7 @@ DRAM, not cache: >= 100 MB of fp32 weights and at least twice the last-level cac
 CPUs have hundreds of MB of L3, where 100 MB would stay in cache). Side by side, alternating,
 median of rounds.
 
-    python benchmarks/kernels.py --out results/benchmarks/kernels.json
+    python benchmarks/packed_kernels.py --out results/benchmarks/kernels.json
 
 Bars (issue: runtime): M <= 5: 4-bit >= 3x fp32, 1-bit >= 5x, 80%-sparse 4-bit >= 4x; M = 320 >= 1.0x.
 """
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from common import interleaved, median, report, timed
 
 from shrinkformer.compress.base import CodebookCodec
-from shrinkformer.compress.inference import PackedWeight
+from shrinkformer.inference.layers import PackedWeight
 from shrinkformer.compress.primitives import assign, magnitude_mask
 
 SHAPES = {"512->512": (512, 512), "512->2048": (2048, 512), "2048->512": (512, 2048), "output 512->32000": (32000, 512)}
@@ -89,7 +89,7 @@ def last_level_cache_bytes() -> int:
 
 def kernel_path() -> str:
     """Which code ran the packed products: the native kernels (and which), or the tile path."""
-    from shrinkformer.compress import native
+    from shrinkformer.inference import native
     from shrinkformer.runtime import native as runtime_native
 
     if native.library() is None:

@@ -22,7 +22,7 @@ from ..data.corpus import Parallel
 from ..data.datasets import cache_root
 from ..errors import UsageError
 from ..io import atomic_write
-from .distributed import World
+from ..train.distributed import World
 
 log = logging.getLogger(__name__)
 
