@@ -137,23 +137,29 @@ def main() -> None:
     plain = compressed(cache, "kmeans-4bit", trained, "--method", "kmeans", "--bits", "4", "--retrain-epochs", "0")
     retrained = compressed(cache, "kmeans-4bit-retrained", trained, "--method", "kmeans", "--bits", "4",
                            "--retrain-epochs", "1", "--lr", "1e-4", "--keep-best")
-    whole = compressed(cache, "kmeans-4bit-all+embeddings", trained, "--method", "kmeans", "--bits", "4", "--scope",
-                       "all", "--scope", "embeddings", "--retrain-epochs", "1", "--lr", "1e-4", "--keep-best")
+    # biases, norms and final_logits_bias in fp16 as a budget keeps them: in fp32 they held the whole
+    # model at 6.97x, below the 7x bar
+    whole = compressed(cache, "kmeans-4bit-all+embeddings-fp16", trained, "--method", "kmeans", "--bits", "4",
+                       "--scope", "all", "--scope", "embeddings", "--dense-dtype", "fp16", "--retrain-epochs", "1",
+                       "--lr", "1e-4", "--keep-best")
     dense = subprocess.run(shrinkformer("evaluate", str(trained), "--data-dir", str(DATA), "--split", SPLIT, "--json"),
                            check=True, capture_output=True, text=True)
     dense_bleu = json.loads(dense.stdout)["bleu"]
     exported = cache / "exported"
     if not exported.exists():
-        subprocess.run(shrinkformer("export", str(cache / "kmeans-4bit-all+embeddings.sfz"), "--format", "hf", "-o",
-                                    str(exported)), check=True)
-    a, b = translated(cache, "packed", cache / "kmeans-4bit-all+embeddings.sfz"), translated(cache, "exported", exported)
+        subprocess.run(shrinkformer("export", str(cache / "kmeans-4bit-all+embeddings-fp16.sfz"), "--format", "hf",
+                                    "-o", str(exported)), check=True)
+    a = translated(cache, "packed", cache / "kmeans-4bit-all+embeddings-fp16.sfz")
+    b = translated(cache, "exported", exported)
     report("hf_marian", {
-        "command": "cd benchmarks && python " + shlex.join(sys.argv), "split": SPLIT, "epochs": args.epochs,
+        "command": "python " + shlex.join(sys.argv), "split": SPLIT, "epochs": args.epochs,
         "train_seconds_this_run": train_seconds, "uncompressed_bleu": dense_bleu,
         "kmeans_4bit_no_retraining": plain, "kmeans_4bit_retrained": retrained,
         "kmeans_4bit_with_embeddings": whole,
         "retrained_at_least_no_retraining": retrained["bleu"] >= plain["bleu"],
         "with_embeddings_retention": round(whole["bleu"] / dense_bleu, 4) if dense_bleu else None,
+        "with_embeddings_at_least_7x_and_98_percent": whole["model_compression_ratio"] >= 7
+        and bool(dense_bleu) and whole["bleu"] >= 0.98 * dense_bleu,
         "export_identical_lines_share": sum(x == y for x, y in zip(a, b)) / max(len(a), 1),
     }, args.out)
 

@@ -195,6 +195,44 @@ def test_staged_allocation_retrains_after_each_kind_of_compression():
             ("mixed-20x", "mixed-20x-4ep")} <= set(pairs(rows))
 
 
+def test_gradual_allocation_reaches_high_sparsities_in_retrained_steps():
+    from shrinkformer.compress import BinaryConfig, KMeansConfig, PruneConfig
+    from shrinkformer.experiments.grid import EXPERIMENTS
+    from shrinkformer.workflow.budget import BudgetConfig, allocation_stages, history_placeholder
+
+    choices = {"a": Choice(0.5, 1), "b": Choice(0.0, 2), "c": Choice(0.0, 1), "d": Choice(0.95, 1), "e": Choice()}
+    stages = allocation_stages(choices, gradual=True)
+    assert [(s.config, s.include, s.retrain) for s in stages] == [
+        (PruneConfig(0.5, 0.5, 1), ["a"], False),  # below 80%: one cut, as without it
+        (PruneConfig(0.5, 0.95, 3), ["d"], True),  # 50%, 72.5%, 95%, each retrained
+        (KMeansConfig(1), ["a", "d"], False), (KMeansConfig(2), ["b"], False), (BinaryConfig("flex"), ["c"], True)]
+    # the dry run's history (which sizes the file) has an entry for every step and retraining
+    assert [(h["stage"], h.get("when")) for h in history_placeholder(stages)] == [
+        ("uncompressed", None), ("PruneConfig@0.50", "compressed"), ("PruneConfig@0.50", "compressed"),
+        ("PruneConfig@0.50", "retrained"), ("PruneConfig@0.72", "compressed"), ("PruneConfig@0.72", "retrained"),
+        ("PruneConfig@0.95", "compressed"), ("PruneConfig@0.95", "retrained"), ("KMeansConfig", "compressed"),
+        ("KMeansConfig", "compressed"), ("BinaryConfig", "compressed"), ("BinaryConfig", "retrained")]
+    assert "gradual" not in BudgetConfig(target_ratio=25).to_dict()
+    row = EXPERIMENTS["mixed-25x-gradual"]
+    assert row.spec()["budget"] == {**EXPERIMENTS["mixed-25x"].spec()["budget"], "gradual": True}
+    assert row.retrain_epochs == 2  # per retraining: 4 retrainings, the 8 epochs of mixed-25x-8ep
+
+
+def test_gradual_budget_retrains_each_pruning_step_and_keeps_the_budget(tiny_run, multi30k, tmp_path):
+    out = tmp_path / "g.sfz"
+    assert main(["-q", "compress", str(tiny_run / "model.pt"), "--budget-bytes", "34600", "--gradual",
+                 "--retrain-epochs", "1", "--train-limit", "64", "--sensitivity-sentences", "50", "--data-dir",
+                 str(multi30k), "--no-test", "-o", str(out)]) == 0
+    allocation = json.loads((tmp_path / "g.allocation.json").read_text())
+    assert any(row["sparsity"] >= 0.8 for row in allocation["layers"])  # else this test tests nothing
+    _, tok, _, meta = load_packed(out)
+    assert out.stat().st_size - len(tok.model_proto) <= allocation["budget_bytes"]
+    retrained = [h["stage"] for h in meta["history"] if h.get("when") == "retrained"]
+    steps = [f"PruneConfig@{s:.2f}" for end in sorted({r["sparsity"] for r in allocation["layers"]
+                                                        if r["sparsity"] >= 0.8}) for s in (0.5, (0.5 + end) / 2, end)]
+    assert retrained[:-1] == steps  # then one retraining after the quantization
+
+
 def test_the_budget_floor_names_the_matrices_no_choice_compresses():
     from torch import nn
 

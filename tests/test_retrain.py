@@ -265,6 +265,7 @@ def test_packed_layers_record_the_method_and_scope_that_made_them(tiny_run, mult
     (["--method", "prune", "--init", "density"], "--init does not apply to --method prune"),
     (["--method", "kmeans", "--flex"], "--flex applies to a budgeted allocation"),
     (["--method", "kmeans", "--staged"], "--staged applies to a budgeted allocation"),
+    (["--method", "kmeans", "--gradual"], "--gradual applies to a budgeted allocation"),
     (["--method", "kmeans", "--include", "encoder.nothing.*"], "--include 'encoder.nothing.*' matches no module"),
     (["--method", "kmeans", "--scope", "ffn", "--exclude", "decoder.nothing"],
      "--exclude 'decoder.nothing' matches no module"),

@@ -113,8 +113,9 @@ def budget_config(args: argparse.Namespace):
         if args.flex:
             raise UsageError("--flex applies to a budgeted allocation; with --method, use kmeans-flex or "
                              "prune+kmeans-flex")
-        if args.staged:
-            raise UsageError("--staged applies to a budgeted allocation (--target-ratio or --budget-bytes)")
+        for flag in ("staged", "gradual"):
+            if getattr(args, flag):
+                raise UsageError(f"--{flag} applies to a budgeted allocation (--target-ratio or --budget-bytes)")
         if args.method is None:
             raise UsageError("give --method, or --target-ratio / --budget-bytes for a per-layer allocation")
         return None
@@ -123,7 +124,8 @@ def budget_config(args: argparse.Namespace):
                          "method of every layer")
     refuse_for_budget(method_options(args))
     return BudgetConfig(args.budget_bytes, args.target_ratio, args.sensitivity, args.sensitivity_sentences,
-                        half_dense=args.dense_dtype != "fp32", flex=args.flex, staged=args.staged)
+                        half_dense=args.dense_dtype != "fp32", flex=args.flex, staged=args.staged,
+                        gradual=args.gradual)
 
 
 def allocation_outputs(output: Path) -> tuple[Path, Path]:
@@ -161,7 +163,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def _compress(args: argparse.Namespace, stages: list, rc: Any, half_dense: bool, budget: Any, work: Path) -> int:
     from .loading import load_adapter
-    from .workflow.budget import allocation_stages, load_or_plan
+    from .workflow.budget import load_or_plan
     from .train.distributed import init_world, shutdown
     from .workflow.pipeline import compress_model
 
@@ -177,7 +179,7 @@ def _compress(args: argparse.Namespace, stages: list, rc: Any, half_dense: bool,
             allocation = load_or_plan(adapter, budget, work, args.train_limit)
             if world.is_main:
                 print(allocation.table(), flush=True)
-            stages = allocation_stages(allocation.choices(), budget.flex, budget.staged)
+            stages = budget.stages(allocation.choices())
         adapter.model.to(world.device)
         result = compress_model(adapter, stages, rc, args.output, train_limit=args.train_limit, work_dir=work,
                                 world=world, test_splits=[] if args.no_test else None, half_dense=half_dense)
@@ -482,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flex", action="store_true",
                    help="budget: retrain every codebook with flexible k-means (weights move between clusters) "
                         "instead of frozen assignments")
+    p.add_argument("--gradual", action="store_true",
+                   help="budget: reach sparsities of 80%% or more from 50%% in three pruning steps, "
+                        "each retrained (--retrain-epochs each), instead of in one cut")
     p.add_argument("--staged", action="store_true",
                    help="budget: retrain after the pruning, after the k-means and after the binarization "
                         "(--retrain-epochs each), instead of once after all of them")

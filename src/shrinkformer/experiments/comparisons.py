@@ -51,12 +51,12 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 def retrained_twin(name: str) -> str | None:
     """The row a budgeted row's allocation comes from when the row only retrains it differently
-    (``mixed-20x-4ep``, ``-flex``, ``-staged``, ``-teacher`` -> ``mixed-20x``), else None."""
+    (``mixed-20x-4ep``, ``-flex``, ``-staged``, ``-gradual``, ``-teacher`` -> ``mixed-20x``), else None."""
     base, _, variant = name.rpartition("-")
     return base if name.startswith("mixed-") and (variant.endswith("ep") or variant in VARIANTS) else None
 
 
-VARIANTS = ("flex", "staged", "teacher")  # ways of retraining one allocation, as row-name suffixes
+VARIANTS = ("flex", "staged", "gradual", "teacher")  # ways of retraining one allocation, as row-name suffixes
 
 
 def uniform_below(rows: list[dict[str, Any]], mixed: dict[str, Any]) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ class CompressSection:
     target_ratio: float | None = None
     flex: bool | None = None
     staged: bool | None = None
+    gradual: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,8 @@ class CompressFile:
             raise UsageError(f"compress.row must name a grid row (known: {', '.join(EXPERIMENTS)}), got {c.row!r}")
         exp = EXPERIMENTS[c.row]
         changes = {k: v for k, v in dataclasses.asdict(c).items() if k != "row" and v is not None}
-        if ("target_ratio" in changes or "flex" in changes or "staged" in changes) and exp.target_ratio is None:
-            raise UsageError(f"compress.target_ratio, flex and staged apply to budgeted rows; {c.row} is not one")
+        if changes.keys() & {"target_ratio", "flex", "staged", "gradual"} and exp.target_ratio is None:
+            raise UsageError(f"compress.target_ratio, flex, staged and gradual apply to budgeted rows; {c.row} is not one")
         return dataclasses.replace(exp, **changes)
 
     def sweep_preset(self) -> SweepPreset:

@@ -243,6 +243,10 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
             times = sum(1 for h in m.get("history", []) if h.get("when") == "retrained")
             how, names = (f"after each kind of compression ({times} retrainings) instead of once after all of it",
                           ("staged", "one-shot"))
+        elif variant == "gradual":
+            times = sum(1 for h in m.get("history", []) if h.get("when") == "retrained")
+            how, names = (f"with its high sparsities reached from 50% in retrained steps ({times} retrainings) "
+                          "instead of in one cut", ("gradual", "one-cut"))
         else:
             how, names = f"for {variant[:-2]} epochs instead of as the other rows are", ("longer", "shorter")
         verdict = _verdict(hi, lo, n, f"{names[0]} and {names[1]} retraining", f"{names[0]} retraining helps",

@@ -32,7 +32,7 @@ from ..pack.sizes import ModelSizes
 from ..train.loop import train
 from ..workflow.pipeline import CompressionResult, SplitResult, compress_model, score_splits
 from ..workflow.allocate import Allocation, describe
-from ..workflow.budget import allocation_stages, load_or_plan
+from ..workflow.budget import load_or_plan
 from ..workflow.retrain import RetrainConfig, Stage
 from .comparisons import compare
 from .plots import allocation_heatmap
@@ -145,7 +145,7 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
     if exp.target_ratio is not None:
         budget = exp.budget()
         allocation, half_dense = load_or_plan(adapter, budget, work, sp.train_limit), budget.half_dense
-        stages = allocation_stages(allocation.choices(), budget.flex, budget.staged)
+        stages = budget.stages(allocation.choices())
     else:
         stages = stages_of(exp)
     result = compress_model(adapter, stages, retrain_config(exp, sp), out, sp.train_limit, work_dir=work,
