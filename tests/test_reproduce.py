@@ -181,6 +181,14 @@ def test_a_staged_budget_row_is_set_against_its_one_shot_twin_and_the_best_unifo
     assert "after each kind of compression (3 retrainings) instead of once after all of it (mixed-12x, 95.0%)" in text
     assert "staged minus one-shot: +1.00 BLEU on t (p = 0.010)" in text and "staged retraining helps" in text
     assert "uniform-8x (97.5% at 8.00x; the budgeted model is at 1.500x its ratio)" in text
+    # a gradual row: against its two-epoch twin and against the twin retrained as long, once
+    rows += [row("mixed-12x-8ep", "mixed", 38.5, 12.0), row("mixed-12x-gradual", "mixed", 38.0, 12.0,
+                                                             history=retrained + retrained[:1])]
+    comps += [_comp("mixed-12x", "mixed-12x-gradual", 0.0, 0.5), _comp("mixed-12x-8ep", "mixed-12x-gradual", -0.5, 0.02)]
+    text = next(f for f in findings(rows, comps, ["t"]) if f.startswith("**Budgeted allocation (mixed-12x-gradual)"))
+    assert "reached from 50% in retrained steps (4 retrainings) instead of in one cut (mixed-12x, 95.0%)" in text
+    assert "Against mixed-12x-8ep (96.2%, one retraining at the end): gradual minus one-cut: -0.50 BLEU on t " \
+           "(p = 0.020)" in text
 
 
 def test_compress_config_runs_what_the_sweep_runs_for_a_row(multi30k, tiny_run, tmp_path):

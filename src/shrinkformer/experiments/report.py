@@ -251,8 +251,16 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
             how, names = f"for {variant[:-2]} epochs instead of as the other rows are", ("longer", "shorter")
         verdict = _verdict(hi, lo, n, f"{names[0]} and {names[1]} retraining", f"{names[0]} retraining helps",
                            f"{names[0]} retraining hurts")
-        said += (f" The same allocation retrained {how} ({twin['name']}, {pct(twin):.1f}%): "
+        same = "The same allocation" if variant != "gradual" else \
+            "The allocation of the same budget (searched with 256 bytes in reserve, so a few layers may differ)"
+        said += (f" {same} retrained {how} ({twin['name']}, {pct(twin):.1f}%): "
                  + summary(comps, twin["name"], m["name"], splits, f"{names[0]} minus {names[1]}") + f"; {verdict}.")
+        if variant == "gradual":  # against the twin's longer single retrainings (mixed-25x-8ep: as many epochs)
+            for peer in rows:
+                if (peer.get("status") == "ok" and peer["name"].startswith(f"{base}-")
+                        and peer["name"].endswith("ep") and find(comps, peer["name"], m["name"], splits[0])):
+                    said += (f" Against {peer['name']} ({pct(peer):.1f}%, one retraining at the end): "
+                             + summary(comps, peer["name"], m["name"], splits, "gradual minus one-cut") + ".")
         data_control = _row(rows, "control-teacher") if variant == "teacher" else None
         if data_control:
             said += (f" Against the data control (the uncompressed model retrained on the same translations, "
