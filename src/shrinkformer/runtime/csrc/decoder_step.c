@@ -64,6 +64,15 @@ void decoder_step_configure(void *blas_sgemm, int64_t ilp64, int64_t lut4_rows, 
     kernel_rows[LAYER_DENSE] = dense_rows;
 }
 
+/* Whether the library was built with OpenMP (every variant alike: it is the build's, not the kernels'). */
+int packed_kernels_threaded(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* Threads the kernels and the step use: the OpenMP runtime's (torch's own where torch is loaded:
    one soname, one runtime). */
 void shrinkformer_set_threads(int64_t n) {

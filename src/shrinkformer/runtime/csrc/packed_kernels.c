@@ -50,14 +50,6 @@ static inline void thread_rows(int64_t N, int64_t unit, int64_t *lo, int64_t *hi
 #endif
 #define ROW_UNIT 4 /* rows of W per unit of a thread's range: a multiple of every block's rbmax */
 
-int packed_kernels_threaded(void) {
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
-}
-
 static inline float hsum(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
     lo = _mm_add_ps(lo, hi);

@@ -20,14 +20,6 @@
 #endif
 #define PARALLEL_FROM_FLOATS (1 << 16) /* a thread costs microseconds to wake */
 
-int packed_kernels_threaded(void) {
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
-}
-
 void packed_kernels_init(void) {}
 
 /* Weight i of a b-bit index stream, most significant bit first, through the codebook. */
