@@ -510,14 +510,6 @@ AVX512 void bin1_matmul_t_avx512(const float *x, int64_t M, int64_t K, const uin
    path's bit for bit. Weights start..start+count of a b-bit stream (most significant bit first);
    odd starts and tails go one weight at a time. */
 
-/* Split across threads only when there is enough to split: a thread costs microseconds to wake. */
-#ifdef _OPENMP
-#define PRAGMA(text) _Pragma(#text)
-#define PARALLEL_IF(cond) PRAGMA(omp parallel for schedule(static) if((cond) && !omp_in_parallel()))
-#else
-#define PARALLEL_IF(cond)
-#endif
-#define PARALLEL_FROM_FLOATS (1 << 16)
 
 static inline float code_at(const uint8_t *w, int bits, int64_t i, const float *codebook) {
     int64_t bit = i * bits;

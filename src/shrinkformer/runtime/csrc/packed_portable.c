@@ -11,14 +11,6 @@
 
 #include "runtime.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#define PRAGMA(text) _Pragma(#text)
-#define PARALLEL_IF(cond) PRAGMA(omp parallel for schedule(static) if((cond) && !omp_in_parallel()))
-#else
-#define PARALLEL_IF(cond)
-#endif
-#define PARALLEL_FROM_FLOATS (1 << 16) /* a thread costs microseconds to wake */
 
 void packed_kernels_init(void) {}
 

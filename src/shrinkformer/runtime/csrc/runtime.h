@@ -9,6 +9,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The kernels split a loop across threads only when there is enough to split (PARALLEL_FROM_FLOATS
+   of work): a thread costs microseconds to wake. */
+#ifdef _OPENMP
+#include <omp.h>
+#define PRAGMA(text) _Pragma(#text)
+#define PARALLEL_IF(cond) PRAGMA(omp parallel for schedule(static) if((cond) && !omp_in_parallel()))
+#else
+#define PARALLEL_IF(cond)
+#endif
+#define PARALLEL_FROM_FLOATS (1 << 16)
+
 /* a * b + c rounded once, as an FMA instruction computes it: the portable builds fuse where the
    AVX2 build's intrinsics do, so both give the same bits. WebAssembly has no FMA and its libm's
    fmaf is a call through the floating-point environment at every use (a sixth of a page's
