@@ -128,13 +128,12 @@ def history_placeholder(stages: list[Stage]) -> list[dict[str, Any]]:
     return entries
 
 
-def compressed_copy(model: nn.Module, choices: dict[str, Choice],
-                    bc: BudgetConfig | None = None) -> tuple[nn.Module, list[Stage]]:
+def compressed_copy(model: nn.Module, choices: dict[str, Choice], bc: BudgetConfig) -> tuple[nn.Module, list[Stage]]:
     """A copy of ``model`` compressed as ``choices`` say, no retraining (no retraining changes a
     size), and the stages that did it (as ``bc`` retrains them: their retrainings are in the file's
     history). A gradual stage's last step is what counts: its masks are the final ones."""
     trial = copy.deepcopy(model)
-    stages = bc.stages(choices) if bc is not None else allocation_stages(choices)
+    stages = bc.stages(choices)
     logging.disable(logging.INFO)
     try:
         for s in stages:
@@ -145,12 +144,11 @@ def compressed_copy(model: nn.Module, choices: dict[str, Choice],
     return trial, stages
 
 
-def packed_model_bytes(adapter: ModelAdapter, choices: dict[str, Choice], half_dense: bool,
-                       bc: BudgetConfig | None = None) -> int:
+def packed_model_bytes(adapter: ModelAdapter, choices: dict[str, Choice], bc: BudgetConfig) -> int:
     """The packed file's bytes without the tokenizer, for the model compressed as ``choices`` say."""
     trial, stages = compressed_copy(adapter.model, choices, bc)
     data, _, tokenizer_bytes = adapter.with_model(trial).encode_packed({"history": history_placeholder(stages)},
-                                                                       half_dense=half_dense)
+                                                                       half_dense=bc.half_dense)
     return len(data) - tokenizer_bytes
 
 
@@ -176,7 +174,7 @@ def plan_allocation(adapter: ModelAdapter, bc: BudgetConfig, train_limit: int | 
         return adapter.loss_batches(split, bc.sentences, bc.batch_tokens), min(bc.sentences, len(split.src))
 
     return allocate(adapter.model, adapter.candidates(), bc, batches,
-                    lambda choices: packed_model_bytes(adapter, choices, bc.half_dense, bc))
+                    lambda choices: packed_model_bytes(adapter, choices, bc))
 
 
 def allocate(model: nn.Module, weights: dict[str, Tensor], bc: BudgetConfig,
