@@ -39,6 +39,9 @@ METHODS = {
     "prune-then-kmeans": [(PruneConfig(0.8, 0.8), "all"), (KMeansConfig(4), "all")],
     "prune-then-kmeans-flex": [(PruneConfig(0.5, 0.5), "all"), (FlexKMeansConfig(1), "all")],
     "kmeans-embeddings": [(KMeansConfig(6), "embeddings")],
+    "bsflex-all-rowscale": [(BinaryConfig("flex", row_scale=True), "all")],  # the training step moves the scales
+    "prune-then-kmeans2-rowscale": [(PruneConfig(0.5, 0.5), "all"), (KMeansConfig(2, row_scale=True), "all"),
+                                    (KMeansConfig(4, row_scale=True), "embeddings")],
 }
 
 
@@ -127,7 +130,23 @@ def layer_bytes(path, name):
     from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
         return sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys()
-                   if k.startswith(name + ".") and k.rsplit(".", 1)[1] in ("centroids", "index", "mask", "values"))
+                   if k.startswith(name + ".") and k.rsplit(".", 1)[1] in ("centroids", "index", "mask", "values", "row_scale"))
+
+
+def test_row_scales_cost_two_bytes_a_row_and_leave_old_keys_alone(tokenizer, tmp_path):
+    """A scale per row is one float16 per output row beside the same indices and codebook; a
+    config without them says nothing about them (the cache keys and file records written before
+    the option stay the same)."""
+    sizes = {}
+    for row_scale in (False, True):
+        cfg, m = tiny(tokenizer)
+        compress(m, BinaryConfig("flex", row_scale=row_scale), "ffn")
+        write_packed(m.eval(), cfg, tokenizer, tmp_path / f"{row_scale}.sfz")
+        sizes[row_scale] = layer_bytes(tmp_path / f"{row_scale}.sfz", "encoder.layers.0.ffn.fc1")
+    rows = m.encoder.layers[0].ffn.fc1.out_features
+    assert sizes[True] - sizes[False] == 2 * rows
+    assert BinaryConfig("flex").to_dict() == {"method": "binary", "centroids": "flex"}
+    assert KMeansConfig(2, row_scale=True).to_dict()["row_scale"] is True
 
 
 @pytest.mark.parametrize("bits", [1, 4])

@@ -38,6 +38,10 @@ KINDS = {
     "pruned 4-bit": [(PruneConfig(0.8, 0.8), "all"), (KMeansConfig(4), "all")],
     "pruned 2-bit, 50%": [(PruneConfig(0.5, 0.5), "all"), (KMeansConfig(2), "all")],  # decodes as dense 4-bit
     "pruned 1-bit, 95%": [(PruneConfig(0.95, 0.95), "all"), (KMeansConfig(1), "all")],  # stays pruned
+    # a scale per row: no kernel applies them yet, so the runtime widens these to fp32 at load
+    "row-scaled BS-Flex + 4-bit embeddings": [(BinaryConfig("flex", row_scale=True), "all"),
+                                              (KMeansConfig(4, row_scale=True), "embeddings")],
+    "row-scaled pruned 2-bit": [(PruneConfig(0.5, 0.5), "all"), (KMeansConfig(2, row_scale=True), "all")],
 }
 LINES = ["a man rides a bike", "two dogs play in the snow .", "", "a woman with a red hat", "people walk", "the end"]
 
@@ -144,7 +148,7 @@ def test_the_c_layout_of_a_file_is_the_numpy_layout_byte_for_byte(tmp_path, toke
         for name, want in named.items():
             got = direct.prepared[name]
             assert (got.kind, got.rows, got.cols, got.bits) == (want.kind(), want.rows, want.cols, want.bits), (path, name)
-            for field in ("index", "codebook", "values", "mask", "row_start"):
+            for field in ("index", "codebook", "values", "mask", "row_start"):  # (row scales: applied, widened)
                 a = getattr(want, field)
                 address = getattr(got, field)
                 assert (a is None) == (not address) or (a is not None and a.size == 0), (path, name, field)

@@ -465,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 4)")
     p.add_argument("--init", choices=("linear", "density"), help="kmeans, prune+kmeans: initial centroids "
                    "(default linear)")
+    p.add_argument("--row-scale", action="store_true", default=None,
+                   help="kmeans, binary-fixed, bsflex, prune+kmeans and the -flex forms: a float16 scale per "
+                        "output row times a codebook shared by the layer (2 bytes a row)")
     p.add_argument("--scope", action="append", help="all, self-attention, encoder-self-attention, "
                    "decoder-self-attention, cross-attention, attention, ffn, embeddings (repeatable)")
     p.add_argument("--include", action="append", default=[], metavar="PATTERN",

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from torch import nn
 
-from .base import METHODS, Codec, CompressedEmbedding, CompressedLinear, wrap
+from .base import METHODS, Codec, CompressedEmbedding, CompressedLinear, build_codec, wrap
 from .prune import PruneConfig, set_sparsity
 from .scopes import select
 
@@ -62,10 +62,9 @@ def compress(model: nn.Module, config: Any, scope: str | Iterable[str] = "all", 
     scopes = [scope] if isinstance(scope, str) else list(scope)
     existing = codecs(model)
     targets = select(model, scopes, include, exclude)
-    build = METHODS[type(config)]
     for name, module in targets.items():
         before = existing.get(name)
-        codec = build(config, module.weight.detach(), getattr(before, "mask", None))
+        codec = build_codec(config, module.weight.detach(), getattr(before, "mask", None))
         # What made this layer, in order (pruning, then k-means): the packed file records it, with
         # the patterns that chose this layer (not every pattern given: a budgeted allocation names
         # each layer, and 49 names repeated 49 times would cost the file ~80 KB).

@@ -27,7 +27,18 @@ class MethodConfig:
     method: ClassVar[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+        out = {"method": self.method, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+        # Options added after files and caches were written appear only when set, so the keys
+        # (and records) of configs made before them stay the same.
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.metadata.get("only_when_set") and out[f.name] == f.default:
+                del out[f.name]
+        return out
+
+
+def row_scale_field() -> Any:
+    """A method's ``row_scale`` option (``RowScaledCodec``), absent from ``to_dict`` when off."""
+    return dataclasses.field(default=False, metadata={"only_when_set": True})
 
 
 class Codec(nn.Module):
@@ -112,7 +123,73 @@ class SparseCodec(Codec):
         return cls(torch.zeros(shape).masked_scatter(mask, tensors["values"]), mask)
 
 
+class RowScaledCodec(Codec):
+    """A codebook layer with one scale per output row: weight[r] = scale[r] * inner weight[r]
+    (XNOR-Net's and Binarized NMT's per-row scaling, over any codebook method). The inner codec is
+    built on the weights divided by their row's mean magnitude, so one small codebook serves rows
+    of very different sizes; the scales retrain with everything else. They are stored in float16
+    (2 bytes a row), and the weight is computed with the float16-rounded scales, so the packed
+    layer holds exactly what was retrained."""
+
+    method = "row-scaled"
+
+    def __init__(self, inner: Codec, scale: Tensor) -> None:
+        super().__init__(inner.shape)
+        self.inner = inner
+        self.scale = nn.Parameter(scale.detach().float().reshape(self.shape[0]).clone())
+
+    @property
+    def mask(self) -> Tensor | None:
+        return getattr(self.inner, "mask", None)
+
+    def scales(self) -> Tensor:
+        """The float16-rounded scales, the gradient passed straight through the rounding."""
+        return self.scale + (self.scale.half().float() - self.scale).detach()
+
+    def forward(self) -> Tensor:
+        return self.inner() * self.scales()[:, None]
+
+    def pack(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        tensors, meta = self.inner.pack()
+        if meta["encoding"] != "codebook":
+            raise ValueError("row scales apply to codebook layers only")
+        return {**tensors, "row_scale": self.scale.detach().half()}, {**meta, "row_scale": "f16"}
+
+    @classmethod
+    def unpack(cls, shape: torch.Size, tensors: dict[str, Tensor], meta: dict[str, Any]) -> "RowScaledCodec":
+        return cls(CodebookCodec.unpack(shape, tensors, meta), tensors["row_scale"].float())
+
+
+def row_scales(weight: Tensor, mask: Tensor | None) -> Tensor:
+    """Each row's mean magnitude over its (surviving) weights, float16-representable; 1 for a row
+    with nothing left."""
+    w = weight.detach().float().reshape(weight.shape[0], -1).abs()
+    keep = None if mask is None else mask.reshape(w.shape)
+    total = (w if keep is None else w * keep).sum(1)
+    count = torch.full_like(total, w.shape[1]) if keep is None else keep.sum(1).float()
+    mean = torch.where(count > 0, total / count.clamp(min=1), torch.ones_like(total))
+    return torch.where(mean > 0, mean, torch.ones_like(mean)).half().float()
+
+
+def build_codec(config: Any, weight: Tensor, mask: Tensor | None = None) -> Codec:
+    """The codec ``config``'s method makes of ``weight`` (its surviving positions under ``mask``);
+    with ``config.row_scale`` the method runs on the row-normalized weights inside a
+    ``RowScaledCodec``."""
+    build = METHODS[type(config)]
+    if not getattr(config, "row_scale", False):
+        return build(config, weight, mask)
+    scale = row_scales(weight, mask)
+    return RowScaledCodec(build(config, weight.detach() / scale.view(-1, *[1] * (weight.dim() - 1)), mask), scale)
+
+
 ENCODINGS: dict[str, type[Codec]] = {"codebook": CodebookCodec, "sparse": SparseCodec}
+
+
+def unpack_codec(shape: torch.Size, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Codec:
+    """A packed layer's codec from its tensors and metadata (entropy coding undone)."""
+    if meta.get("row_scale"):
+        return RowScaledCodec.unpack(shape, tensors, meta)
+    return ENCODINGS[meta["encoding"]].unpack(shape, tensors, meta)
 
 
 class CompressedLinear(nn.Module):

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError
-from .base import CodebookCodec, Codec, MethodConfig, register
+from .base import CodebookCodec, Codec, MethodConfig, register, row_scale_field
 from .primitives import binarize_flex, kmeans_1d
 
 
@@ -25,6 +25,7 @@ from .primitives import binarize_flex, kmeans_1d
 class BinaryConfig(MethodConfig):
     method: ClassVar[str] = "binary"
     centroids: str = "flex"  # "flex" (BS-Flex) or "fixed"
+    row_scale: bool = row_scale_field()  # a scale per output row (base.RowScaledCodec)
 
     def __post_init__(self) -> None:
         if self.centroids not in ("flex", "fixed"):

@@ -10,7 +10,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from ..errors import UsageError
-from .base import CodebookCodec, MethodConfig, register
+from .base import CodebookCodec, MethodConfig, register, row_scale_field
 from .primitives import kmeans_1d
 
 
@@ -19,6 +19,7 @@ class KMeansConfig(MethodConfig):
     method: ClassVar[str] = "kmeans"
     bits: int = 4
     init: str = "linear"  # or "density"
+    row_scale: bool = row_scale_field()  # a scale per output row (base.RowScaledCodec)
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 8:

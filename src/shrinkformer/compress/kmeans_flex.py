@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError
-from .base import CodebookCodec, Codec, MethodConfig, register
+from .base import CodebookCodec, Codec, MethodConfig, register, row_scale_field
 from .primitives import kmeans_1d
 
 
@@ -29,6 +29,7 @@ from .primitives import kmeans_1d
 class FlexKMeansConfig(MethodConfig):
     method: ClassVar[str] = "kmeans-flex"
     bits: int = 2
+    row_scale: bool = row_scale_field()  # a scale per output row (base.RowScaledCodec)
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 8:

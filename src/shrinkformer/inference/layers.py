@@ -63,7 +63,7 @@ class PackedWeight(nn.Module):
         def tensor(a):
             return None if a is None else torch.from_numpy(a)
         self.register_buffer("centroids", None if centroids is None else centroids.float().contiguous())
-        for name in ("index", "values", "mask", "row_start"):
+        for name in ("index", "values", "mask", "row_start", "row_scale"):
             self.register_buffer(name, tensor(getattr(arrays, name)))
         self._lut: Tensor | None = None
         self._padded: tuple[Tensor, Tensor] | None = None  # (the centroids it pads, padded)
@@ -121,7 +121,11 @@ class PackedWeight(nn.Module):
     def tile(self, r0: int, r1: int, out: Tensor | None = None) -> Tensor:
         """Rows r0..r1 of the dense weight, (r1 - r0, cols) fp32 (written into ``out`` where given):
         natively where a kernel serves the layer, else in PyTorch (``tile_reference``), the same
-        values either way."""
+        values either way; a layer with row scales gets each row times its scale."""
+        tile = self._tile(r0, r1, out)
+        return tile if self.row_scale is None else tile.mul_(self.row_scale[r0:r1, None])
+
+    def _tile(self, r0: int, r1: int, out: Tensor | None = None) -> Tensor:
         if self.centroids is not None and self.centroids.device.type == "cpu" or \
                 self.values is not None and self.values.device.type == "cpu":
             out = torch.empty(r1 - r0, self.shape[1]) if out is None else out
@@ -131,11 +135,15 @@ class PackedWeight(nn.Module):
             elif native.dequantize_masked(self.arrays(), r0, out):
                 return out
         if out is None:
-            return self.tile_reference(r0, r1)
-        return out.copy_(self.tile_reference(r0, r1))
+            return self._tile_reference(r0, r1)
+        return out.copy_(self._tile_reference(r0, r1))
 
     def tile_reference(self, r0: int, r1: int) -> Tensor:
         """``tile`` in plain PyTorch: the always-available path, and the reference the kernels match."""
+        tile = self._tile_reference(r0, r1)
+        return tile if self.row_scale is None else tile * self.row_scale[r0:r1, None]
+
+    def _tile_reference(self, r0: int, r1: int) -> Tensor:
         cols = self.shape[1]
         if self.mask is None:  # every position has an index
             return self._indexed(r0 * cols, (r1 - r0) * cols).view(r1 - r0, cols)
@@ -153,7 +161,8 @@ class PackedWeight(nn.Module):
         cols = self.shape[1]
         if self.mask is None and 8 % self.bits == 0 and (cols * self.bits) % 8 == 0:
             row_bytes = self.index.view(self.shape[0], cols * self.bits // 8)[which]
-            return self._table().index_select(0, row_bytes.flatten().int()).view(len(which), cols)
+            rows = self._table().index_select(0, row_bytes.flatten().int()).view(len(which), cols)
+            return rows if self.row_scale is None else rows * self.row_scale[which, None]
         return torch.cat([self.tile(r, r + 1) for r in which.tolist()]) if len(which) else self.tile(0, 0)
 
     def _bound(self) -> Any:
@@ -167,7 +176,7 @@ class PackedWeight(nn.Module):
                 all(x is y for x, y in zip(held.buffers, reads)):
             return held.call
         call = None
-        if native.library() is not None and self.is_cpu():
+        if native.library() is not None and self.is_cpu() and self.row_scale is None:  # (no kernel scales rows yet)
             call = native.bind(self.arrays(), [t for t in self._native_tensors().values() if t is not None])
         self._kernel = _Bound(native.generation(), reads, call)
         return call
@@ -182,7 +191,7 @@ class PackedWeight(nn.Module):
 
     def _native_tensors(self) -> dict[str, Tensor | None]:
         return {"index": self.index, "codebook": self._codebook() if self.centroids is not None else None,
-                "values": self.values, "mask": self.mask, "row_start": self.row_start}
+                "values": self.values, "mask": self.mask, "row_start": self.row_start, "row_scale": self.row_scale}
 
     def rows_per_tile(self) -> int:
         return max(1, min(self.shape[0], TILE_FLOATS // self.shape[1]))

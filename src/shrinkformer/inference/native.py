@@ -42,12 +42,12 @@ def threaded() -> bool:
 
 def arrays(encoding: str, bits: int, rows: int, cols: int, *, index: Tensor | None = None,
            codebook: Tensor | None = None, values: Tensor | None = None, mask: Tensor | None = None,
-           row_start: Tensor | None = None) -> LayerArrays:
+           row_start: Tensor | None = None, row_scale: Tensor | None = None) -> LayerArrays:
     """A layer's tensors as the runtime's arrays: numpy views of the same memory, no copies."""
     def view(t: Tensor | None):
         return None if t is None else t.detach().numpy()
     return LayerArrays(rows, cols, encoding, bits, index=view(index), codebook=view(codebook), values=view(values),
-                       mask=view(mask), row_start=view(row_start))
+                       mask=view(mask), row_start=view(row_start), row_scale=view(row_scale))
 
 
 def dequantize(index: Tensor, bits: int, start: int, table: Tensor, out: Tensor) -> bool:

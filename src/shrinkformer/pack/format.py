@@ -21,12 +21,13 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from ..compress.api import codecs, replace_module
-from ..compress.base import ENCODINGS, CompressedEmbedding, wrap
+from ..compress.base import CompressedEmbedding, unpack_codec, wrap
 from ..inference.layers import packed_module
 from ..compress.primitives import encode_positions, pack_bits, unpack_bits, unpack_mask
 from . import entropy
 from ..config import RunConfig, config_from_dict
 from ..runtime import sfz
+from ..runtime.model import CODEC_FIELDS
 from ..data.tokenizer import Tokenizer
 from ..errors import CheckpointError, ShrinkformerError
 from ..io import atomic_write
@@ -44,7 +45,6 @@ def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-CODEC_FIELDS = ("centroids", "index", "mask", "values", "index_huffman", "index_lengths", "mask_huffman", "mask_lengths")
 
 
 HEADER_BYTES_PER_TENSOR = 100  # what one more tensor costs in the safetensors header, about
@@ -239,7 +239,7 @@ def restore_layers(model: nn.Module, meta: dict[str, str], tensors: dict[str, to
         entropy_decode(parts, layer)
         made_by = layer.get("made_by", [])  # absent in files written before it was recorded
         if training:
-            codec = ENCODINGS[layer["encoding"]].unpack(shape, parts, layer)
+            codec = unpack_codec(shape, parts, layer)
             codec.made_by = made_by
             replace_module(model, name, wrap(model.get_submodule(name), codec))
         else:

@@ -49,7 +49,7 @@ class LayerParts(ctypes.Structure):
                                            "mask_symbols")),
                 ("centroids", P), ("n_centroids", I64), ("values", P), ("n_values", I64), ("index", P),
                 ("index_lengths", P), ("mask", P), ("mask_lengths", P), ("index_bytes", I64), ("n_index_lengths", I64),
-                ("mask_bytes", I64), ("n_mask_lengths", I64)]
+                ("mask_bytes", I64), ("n_mask_lengths", I64), ("row_scale", P), ("n_row_scale", I64)]
 
 
 ENCODINGS = {"codebook": 0, "sparse": 1, "dense": 2}  # runtime.h's ENCODING_*

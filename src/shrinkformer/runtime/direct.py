@@ -92,7 +92,7 @@ class DirectModel:
                                         index_huffman=int(meta.get("index_coding") == "huffman"),
                                         mask_kind=contract.MASKS[meta.get("mask")],
                                         mask_symbols=int(meta.get("mask_symbols", 0)))
-            for field in ("centroids", "values"):
+            for field in ("centroids", "values", "row_scale"):
                 values = self._floats(f"{name}.{field}")
                 if values is not None:
                     setattr(parts, field, ctypes.addressof(values))

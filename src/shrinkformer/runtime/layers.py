@@ -8,7 +8,7 @@ Layouts (resident bytes match the packed file's, but where speed says otherwise)
   a dense 2- or 3-bit layer becomes 4-bit indices, the same values run by the 4-bit kernel;
 - sparse: the surviving fp32 values, the bitmask and each row's first survivor;
 - dense: the fp32 weight (layers left uncompressed, and any layer no kernel serves: 5- to 8-bit
-  codebooks are widened to fp32 at load).
+  codebooks and codebooks with a scale per row are widened to fp32 at load).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class LayerArrays:
     values: np.ndarray | None = None
     mask: np.ndarray | None = None  # bitmask, most significant bit first
     row_start: np.ndarray | None = None  # (rows + 1,) int32: survivors before each row
+    row_scale: np.ndarray | None = None  # (rows,) fp32: a codebook layer's scale per row (compress.base.RowScaledCodec)
 
     @classmethod
     def dense(cls, weight: np.ndarray) -> "LayerArrays":
@@ -101,6 +102,10 @@ class LayerArrays:
             if mask is None and bits in (2, 3):  # as 4-bit indices: the 4-bit kernel runs them
                 index, bits = pack_bits(unpack_bits(index, bits, int(meta["count"])), 4), 4
             layer = cls.codebook_layer(rows, cols, bits, centroids, index, mask)
+            if "row_scale" in parts:
+                layer.row_scale = np.ascontiguousarray(parts["row_scale"], dtype=np.float32).ravel()
+                if layer.row_scale.size != rows:
+                    raise ValueError(f"{layer.row_scale.size} row scales for {rows} rows")
         else:
             layer = cls(rows, cols, "sparse", 32, values=np.ascontiguousarray(parts["values"], dtype=np.float32))
             layer._set_mask(mask)
@@ -131,7 +136,7 @@ class LayerArrays:
 
     def kind(self) -> int | None:
         """The LAYER_* kind the kernels run it as, or None where none serves it."""
-        if self.cols % 8:
+        if self.cols % 8 or self.row_scale is not None:  # (no kernel applies row scales yet)
             return None
         if self.encoding == "dense":
             return contract.LAYER_DENSE
@@ -145,7 +150,7 @@ class LayerArrays:
         kernels pay per survivor and per mask byte: at 50% sparsity they were twice as slow
         (mixed-20x, whose embedding is a 50%-pruned 2-bit layer). Resident bytes grow to 4 bits a
         weight for such a layer."""
-        if self.mask is None or self.encoding != "codebook" or self.bits > 3:
+        if self.mask is None or self.encoding != "codebook" or self.bits > 3 or self.row_scale is not None:
             return self
         n = self.rows * self.cols
         survivors = int(self.row_start[-1])
@@ -160,7 +165,8 @@ class LayerArrays:
 
     @property
     def resident_bytes(self) -> int:
-        return sum(a.nbytes for a in (self.index, self.codebook, self.values, self.mask, self.row_start) if a is not None)
+        return sum(a.nbytes for a in (self.index, self.codebook, self.values, self.mask, self.row_start, self.row_scale)
+                   if a is not None)
 
     def descriptor(self, wide: bool) -> contract.Layer:
         """The C descriptor; it holds addresses only: keep this object alive while it is used."""
@@ -172,7 +178,12 @@ class LayerArrays:
 
     def dequantize(self, r0: int, r1: int) -> np.ndarray:
         """Rows r0..r1 of the dense weight, (r1 - r0, cols) fp32, in numpy: the reference the
-        kernels' tiles match exactly (they are the stored values, no arithmetic)."""
+        kernels' tiles match exactly (they are the stored values, times the row's scale where the
+        layer has them: one product, as the codec computes it)."""
+        tile = self._unscaled(r0, r1)
+        return tile if self.row_scale is None else tile * self.row_scale[r0:r1, None]
+
+    def _unscaled(self, r0: int, r1: int) -> np.ndarray:
         cols, count = self.cols, (r1 - r0) * self.cols
         if self.encoding == "dense":
             return self.values[r0:r1]

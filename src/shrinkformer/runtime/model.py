@@ -18,7 +18,9 @@ from .layers import LayerArrays
 
 PROJECTIONS, NORMS, CROSS = contract.PROJECTION_NAMES, contract.NORM_NAMES, contract.CROSS_NAMES
 # a compressed layer's tensors in the file (pack/format.py writes them)
-CODEC_FIELDS = ("centroids", "index", "mask", "values", "index_huffman", "index_lengths", "mask_huffman", "mask_lengths")
+# A packed layer's tensors (pack/format.py reads the same ones)
+CODEC_FIELDS = ("centroids", "index", "mask", "values", "index_huffman", "index_lengths", "mask_huffman", "mask_lengths",
+                "row_scale")
 
 
 @dataclass(frozen=True)

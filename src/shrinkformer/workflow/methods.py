@@ -13,7 +13,8 @@ from ..errors import UsageError
 from .retrain import Stage
 
 # Every method option with the value a method that takes it gets when it is not given.
-DEFAULTS: dict[str, Any] = {"bits": 4, "init": "linear", "sparsity": "0.5", "steps": 1, "prune_scope": "layer"}
+DEFAULTS: dict[str, Any] = {"bits": 4, "init": "linear", "sparsity": "0.5", "steps": 1, "prune_scope": "layer",
+                            "row_scale": False}
 
 
 @dataclass(frozen=True)
@@ -24,15 +25,15 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    "kmeans": Method(("bits", "init"), False, lambda o: KMeansConfig(o["bits"], o["init"])),
-    "binary-fixed": Method((), False, lambda o: BinaryConfig("fixed")),
-    "bsflex": Method((), False, lambda o: BinaryConfig("flex")),
+    "kmeans": Method(("bits", "init", "row_scale"), False, lambda o: KMeansConfig(o["bits"], o["init"], o["row_scale"])),
+    "binary-fixed": Method(("row_scale",), False, lambda o: BinaryConfig("fixed", o["row_scale"])),
+    "bsflex": Method(("row_scale",), False, lambda o: BinaryConfig("flex", o["row_scale"])),
     "prune": Method(("sparsity", "steps", "prune_scope"), True),
-    "prune+kmeans": Method(("bits", "init", "sparsity", "steps", "prune_scope"), True,
-                           lambda o: KMeansConfig(o["bits"], o["init"])),
-    "kmeans-flex": Method(("bits",), False, lambda o: FlexKMeansConfig(o["bits"])),
-    "prune+kmeans-flex": Method(("bits", "sparsity", "steps", "prune_scope"), True,
-                                lambda o: FlexKMeansConfig(o["bits"])),
+    "prune+kmeans": Method(("bits", "init", "sparsity", "steps", "prune_scope", "row_scale"), True,
+                           lambda o: KMeansConfig(o["bits"], o["init"], o["row_scale"])),
+    "kmeans-flex": Method(("bits", "row_scale"), False, lambda o: FlexKMeansConfig(o["bits"], o["row_scale"])),
+    "prune+kmeans-flex": Method(("bits", "sparsity", "steps", "prune_scope", "row_scale"), True,
+                                lambda o: FlexKMeansConfig(o["bits"], o["row_scale"])),
 }
 
 

@@ -8,7 +8,8 @@
      layer of at most 3 bits and at least 10% survivors as a dense 4-bit layer whose unused entry is
      the pruned weights' zero, codebooks padded to the kernels' table size, 16 bytes of slack after
      a pruned layer's indices;
-   - a layer no kernel serves (columns not a multiple of 8, 5- to 8-bit codebooks) widened to fp32. */
+   - a layer no kernel serves (columns not a multiple of 8, 5- to 8-bit codebooks, a scale per row)
+     widened to fp32, each row times its scale. */
 
 #include <stdlib.h>
 #include <string.h>
@@ -105,6 +106,7 @@ int64_t layer_prepare(const layer_parts *p, packed_layer *out) {
     out->rows = rows;
     out->cols = cols;
     if (rows <= 0 || cols <= 0) return -1;
+    if (p->row_scale && (p->encoding != ENCODING_CODEBOOK || p->n_row_scale != rows)) return -1;
     if (p->encoding == ENCODING_DENSE) {
         float *w = malloc(sizeof(float) * (size_t)n);
         if (!w) return -2;
@@ -157,7 +159,7 @@ int64_t layer_prepare(const layer_parts *p, packed_layer *out) {
         int64_t count = p->count;
         if (bits < 1 || bits > 8 || count != (keep ? survivors : n) || p->n_centroids < 1) goto done;
         int dense4 = keep && bits <= 3 && (double)survivors >= (1 - PRUNED_DENSE_BELOW) * (double)n;
-        int widen = !keep && (bits == 2 || bits == 3), unserved = bits > 4 || cols % 8;
+        int widen = !keep && (bits == 2 || bits == 3), unserved = bits > 4 || cols % 8 || p->row_scale;
         if (p->index_huffman || dense4 || widen || unserved) {
             codes = malloc((size_t)count + 1);
             if (!codes) { status = -2; goto done; }
@@ -213,7 +215,7 @@ int64_t layer_prepare(const layer_parts *p, packed_layer *out) {
         }
         out->kind = keep ? (bits <= 4 ? LAYER_SPARSE_LUT4 : -1) : bits == 4 ? LAYER_LUT4 : bits == 1 ? LAYER_BIN1 : -1;
     }
-    if (cols % 8) out->kind = -1;
+    if (cols % 8 || p->row_scale) out->kind = -1;
     if (out->kind < 0) { /* no kernel serves it: fp32, the stored values exactly */
         float *w = calloc((size_t)n, sizeof(float));
         if (!w) { status = -2; goto done; }
@@ -222,6 +224,8 @@ int64_t layer_prepare(const layer_parts *p, packed_layer *out) {
             w[i] = p->encoding == ENCODING_SPARSE ? out->values[j] : out->codebook[codes[keep ? j : i]];
             j++;
         }
+        if (p->row_scale) /* every entry, the pruned zeros too (a negative scale makes them -0, as numpy does) */
+            for (int64_t i = 0; i < n; i++) w[i] *= p->row_scale[i / cols];
         packed_layer dense = {.kind = LAYER_DENSE, .rows = rows, .cols = cols, .bits = 32, .values = w};
         layer_release(out);
         *out = dense;

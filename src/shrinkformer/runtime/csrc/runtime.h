@@ -101,6 +101,8 @@ typedef struct {
     int64_t n_values;
     const uint8_t *index, *index_lengths, *mask, *mask_lengths;
     int64_t index_bytes, n_index_lengths, mask_bytes, n_mask_lengths;
+    const float *row_scale; /* NULL, or a codebook layer's scale per row (rows entries) */
+    int64_t n_row_scale;
 } layer_parts;
 
 /* A whole translation's model (search.c): the encoder's and the decoder's descriptors (their S,
@@ -148,7 +150,8 @@ typedef struct {
     X(offsetof(layer_parts, index)) X(offsetof(layer_parts, index_lengths)) X(offsetof(layer_parts, mask))  \
     X(offsetof(layer_parts, mask_lengths)) X(offsetof(layer_parts, index_bytes))                            \
     X(offsetof(layer_parts, n_index_lengths)) X(offsetof(layer_parts, mask_bytes))                          \
-    X(offsetof(layer_parts, n_mask_lengths))                                                                \
+    X(offsetof(layer_parts, n_mask_lengths)) X(offsetof(layer_parts, row_scale))                            \
+    X(offsetof(layer_parts, n_row_scale))                                                                   \
     X(PROJECTIONS) X(NORMS) X(LAYER_KINDS)
 
 /* y (M, rows) = x (M, cols) @ W.T (+ bias): the layer kernels (packed_kernels.c, or the portable

@@ -34,7 +34,8 @@ const STRUCTS = {
   layer_parts: [["rows", I64], ["cols", I64], ["encoding", I64], ["bits", I64], ["count", I64], ["index_huffman", I64],
     ["mask_kind", I64], ["mask_symbols", I64], ["centroids", PTR], ["n_centroids", I64], ["values", PTR],
     ["n_values", I64], ["index", PTR], ["index_lengths", PTR], ["mask", PTR], ["mask_lengths", PTR],
-    ["index_bytes", I64], ["n_index_lengths", I64], ["mask_bytes", I64], ["n_mask_lengths", I64]],
+    ["index_bytes", I64], ["n_index_lengths", I64], ["mask_bytes", I64], ["n_mask_lengths", I64], ["row_scale", PTR],
+    ["n_row_scale", I64]],
 };
 const ENCODINGS = { codebook: 0, sparse: 1, dense: 2 }; // runtime.h's ENCODING_*
 const MASKS = { bitmask: 1, positions: 2, "huffman-positions": 3 }; // MASK_*, none: 0
@@ -249,11 +250,12 @@ export class Model {
         const [index, indexBytes] = part(`${name}.${huffman ? "index_huffman" : "index"}`);
         const [indexLengths, nIndexLengths] = part(`${name}.index_lengths`);
         const [mask, maskBytes] = part(`${name}.mask`), [maskLengths, nMaskLengths] = part(`${name}.mask_lengths`);
+        const [rowScale, nRowScale] = part(`${name}.row_scale`, true);
         parts = { rows: meta.shape[0], cols: meta.shape[1], encoding: ENCODINGS[meta.encoding], bits: meta.bits ?? 32,
           count: meta.count ?? 0, index_huffman: huffman ? 1 : 0, mask_kind: MASKS[meta.mask] ?? 0,
           mask_symbols: meta.mask_symbols ?? 0, centroids, n_centroids: nCentroids, values, n_values: nValues, index,
           index_bytes: indexBytes, index_lengths: indexLengths, n_index_lengths: nIndexLengths, mask, mask_bytes: maskBytes,
-          mask_lengths: maskLengths, n_mask_lengths: nMaskLengths };
+          mask_lengths: maskLengths, n_mask_lengths: nMaskLengths, row_scale: rowScale, n_row_scale: nRowScale };
       }
       const p = rt.struct("layer_parts", parts), out = rt.alloc(rt.layout.packed_layer.size);
       const status = Number(rt.x.layer_prepare(p, out));
