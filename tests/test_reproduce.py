@@ -220,3 +220,32 @@ def test_compress_config_runs_what_the_sweep_runs_for_a_row(multi30k, tiny_run, 
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.sfz").exists()
     both = run_cli("compress", str(model), "--config", str(config), "--method", "kmeans", "-o", str(tmp_path / "y.sfz"))
     assert both.returncode != 0 and "--method does not go with --config" in both.stderr
+
+
+def test_longer_retraining_is_measured_against_the_shorter_one_and_row_scales_against_none():
+    from shrinkformer.experiments.comparisons import pairs
+    from shrinkformer.experiments.report import findings
+
+    def row(name, method, bleu, ratio):
+        return {"name": name, "method": method, "status": "ok", "bleu": bleu, "bleu_retention": bleu / 40.0,
+                "compression_ratio": ratio * 0.8, "model_compression_ratio": ratio, "params_compressed_share": 1.0}
+    rows = [row("baseline", "none", 40.0, 1.0), row("mixed-25x", "mixed", 34.0, 25.0),
+            row("mixed-25x-8ep", "mixed", 36.0, 25.0), row("mixed-25x-gradual", "mixed", 36.0, 25.0),
+            row("mixed-25x-16ep", "mixed", 37.0, 25.0), row("bsflex-all", "bsflex", 38.0, 3.36),
+            row("bsflex-all-rowscale", "bsflex", 37.5, 3.35)]
+    stated = set(pairs(rows))
+    # the grid lists 8 epochs and the gradual row before 16 epochs: they are its references
+    assert {("mixed-25x-8ep", "mixed-25x-16ep"), ("mixed-25x-gradual", "mixed-25x-16ep"),
+            ("mixed-25x-8ep", "mixed-25x-gradual"), ("bsflex-all", "bsflex-all-rowscale")} <= stated
+    assert ("mixed-25x-16ep", "mixed-25x-8ep") not in stated and ("mixed-25x-16ep", "mixed-25x-gradual") not in stated
+    comps = [_comp("mixed-25x", "mixed-25x-16ep", 3.0, 0.001), _comp("mixed-25x-8ep", "mixed-25x-16ep", 1.0, 0.01),
+             _comp("mixed-25x-gradual", "mixed-25x-16ep", 1.0, 0.01),
+             _comp("bsflex-all", "bsflex-all-rowscale", -0.5, 0.2)]
+    text = findings(rows, comps, ["t"])
+    long = next(f for f in text if f.startswith("**Budgeted allocation (mixed-25x-16ep)"))
+    assert "Against mixed-25x-8ep (90.0%, 8 epochs): 16 minus 8 epochs: +1.00 BLEU on t (p = 0.010)" in long
+    assert "16 epochs help over 8 on every test set, significantly" in long
+    assert "Against mixed-25x-gradual" not in long  # not one retraining: stated under neither name as such
+    scaled = next(f for f in text if f.startswith("**Per-row scales (bsflex-all-rowscale)"))
+    assert "keeps 93.8% at 2.68x against 95.0% at 2.69x without" in scaled
+    assert "With minus without: -0.50 BLEU on t (p = 0.200)" in scaled and "do not separate with and without" in scaled

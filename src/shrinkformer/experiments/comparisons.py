@@ -7,9 +7,12 @@ as compressed; distillation against none; each budgeted (mixed) row against ever
 is at least as compressed as, on the whole-model ratio, down to half its ratio; a budgeted row
 retrained for more epochs (``mixed-20x-4ep``), with flexible codebooks (``mixed-20x-flex``) or in
 stages (``mixed-20x-staged``) or on the baseline's translations (``mixed-20x-teacher``) against the
-same row retrained as the others are, and such variants of one allocation against each other; a
-row retrained on the baseline's translations also against the data control (``control-teacher``,
-the uncompressed model retrained on them), which is tested against the control.
+same row retrained as the others are, and such variants of one allocation against each other (the
+one the grid lists first as the reference, so ``mixed-25x-16ep`` is measured against
+``mixed-25x-8ep``, not the other way round); a row retrained on the baseline's translations also
+against the data control (``control-teacher``, the uncompressed model retrained on them), which is
+tested against the control; a row with per-row scales (``bsflex-all-rowscale``) against the same
+method without them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from ..evaluate.significance import Comparison, paired_bootstrap
+from .grid import EXPERIMENTS
 
 QUANTIZERS = ("kmeans", "bsflex", "binary-fixed")
 
@@ -45,8 +49,21 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         base = retrained_twin(m["name"])
         if base in ok:  # the same allocation retrained longer, flexibly, in stages: against it and each other
             out.append((base, m["name"]))
-            out += [(v, m["name"]) for v in ok if v < m["name"] and retrained_twin(v) == base]
+            out += [(v, m["name"]) for v in ok if _listed(v) < _listed(m["name"]) and retrained_twin(v) == base]
+    for name in ok:
+        if name.endswith(ROW_SCALED) and name.removesuffix(ROW_SCALED) in ok:
+            out.append((name.removesuffix(ROW_SCALED), name))
     return out
+
+
+ROW_SCALED = "-rowscale"  # the row-name suffix of a method run with per-row scales (compress --row-scale)
+
+
+def _listed(name: str) -> tuple[int, str]:
+    """A row's place in the grid (rows outside it after, by name): of two variants of one
+    allocation, the one listed first is the reference the later one was added to be tested against."""
+    order = list(EXPERIMENTS)
+    return (order.index(name) if name in EXPERIMENTS else len(order), name)
 
 
 def retrained_twin(name: str) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from ..evaluate.significance import ALPHA, RESAMPLES
 from ..io import write_text_atomic
 from . import frontier
-from .comparisons import QUANTIZERS, find, retrained_twin, uniform_below
+from .comparisons import QUANTIZERS, ROW_SCALED, find, retrained_twin, uniform_below
 from .grid import EXPERIMENTS, STUDY_WMT
 from .sweep import ROW_FIELDS
 
@@ -179,6 +179,15 @@ def findings(rows: list[dict], comps: list[dict], splits: Sequence[str]) -> list
         out.append(f"**Distillation.** BS-Flex on every layer keeps {pct(nd):.1f}% without and {pct(d):.1f}% with "
                    "distillation from the baseline. " + summary(comps, nd["name"], d["name"], splits,
                                                                 "With minus without") + f": {verdict}.")
+    for rs in (r for r in rows if r.get("status") == "ok" and r["name"].endswith(ROW_SCALED)):
+        plain = _row(rows, rs["name"].removesuffix(ROW_SCALED))
+        if plain:
+            hi, lo, n = _sig(comps, plain["name"], rs["name"], splits)
+            verdict = _verdict(hi, lo, n, "with and without row scales", "row scales help", "row scales hurt")
+            out.append(f"**Per-row scales ({rs['name']}).** A float16 scale per output row over {plain['name']}'s "
+                       f"codebooks keeps {pct(rs):.1f}% at {rs['compression_ratio']:.2f}x against {pct(plain):.1f}% "
+                       f"at {plain['compression_ratio']:.2f}x without. "
+                       + summary(comps, plain["name"], rs["name"], splits, "With minus without") + f": {verdict}.")
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         out.append("**Failed experiments:** " + "; ".join(f"{r['name']} ({r.get('error')})" for r in failed))
@@ -255,12 +264,20 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
             "The allocation of the same budget (searched with 256 bytes in reserve, so a few layers may differ)"
         said += (f" {same} retrained {how} ({twin['name']}, {pct(twin):.1f}%): "
                  + summary(comps, twin["name"], m["name"], splits, f"{names[0]} minus {names[1]}") + f"; {verdict}.")
-        if variant == "gradual":  # against the twin's longer single retrainings (mixed-25x-8ep: as many epochs)
-            for peer in rows:
-                if (peer.get("status") == "ok" and peer["name"].startswith(f"{base}-")
-                        and peer["name"].endswith("ep") and find(comps, peer["name"], m["name"], splits[0])):
-                    said += (f" Against {peer['name']} ({pct(peer):.1f}%, one retraining at the end): "
-                             + summary(comps, peer["name"], m["name"], splits, "gradual minus one-cut") + ".")
+        # against the twin's other single retrainings listed before it (comparisons.pairs): a gradual
+        # row against mixed-25x-8ep (as many epochs), a 16-epoch row against the 8-epoch one
+        for peer in (p for p in rows if p is not m and retrained_twin(p["name"]) == base and p.get("status") == "ok"
+                     and p["name"].endswith("ep") and find(comps, p["name"], m["name"], splits[0])):
+            if variant == "gradual":
+                said += (f" Against {peer['name']} ({pct(peer):.1f}%, one retraining at the end): "
+                         + summary(comps, peer["name"], m["name"], splits, "gradual minus one-cut") + ".")
+            elif variant.endswith("ep"):
+                more, fewer = variant[:-2], peer["name"].rpartition("-")[2][:-2]
+                hi, lo, n = _sig(comps, peer["name"], m["name"], splits)
+                said += (f" Against {peer['name']} ({pct(peer):.1f}%, {fewer} epochs): "
+                         + summary(comps, peer["name"], m["name"], splits, f"{more} minus {fewer} epochs") + "; "
+                         + _verdict(hi, lo, n, f"{more} and {fewer} epochs", f"{more} epochs help over {fewer}",
+                                    f"{more} epochs hurt against {fewer}") + ".")
         data_control = _row(rows, "control-teacher") if variant == "teacher" else None
         if data_control:
             said += (f" Against the data control (the uncompressed model retrained on the same translations, "
