@@ -157,14 +157,21 @@ def test_the_c_layout_of_a_file_is_the_numpy_layout_byte_for_byte(tmp_path, toke
 
 
 def test_the_runtime_translates_without_importing_numpy_or_sentencepiece(tmp_path):
+    """Nor what makes a process large and only a build or a big batch needs: OpenSSL (hashlib),
+    subprocess, logging, and OpenBLAS, which a sentence at a time never reaches."""
+    heavy = ('numpy', 'sentencepiece', 'torch', 'hashlib', 'subprocess', 'logging')
     code = BLOCK_TORCH + ("import sys\nfrom shrinkformer.runtime import Translator\n"
-                          f"t = Translator.load({str(COMMITTED / 'mixed-20x.sfz')!r}, batch_sentences=1)\n"
+                          "t = Translator.load(sys.argv[1], batch_sentences=1)\n"
                           "print(t.translate(['A man in an orange hat starring at something.'])[0])\n"
-                          "print(sorted(m for m in ('numpy', 'sentencepiece', 'torch') if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")}).stdout.splitlines()
+                          f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+                          "print('openblas' in open('/proc/self/maps').read())\n"
+                          "t = Translator.load(sys.argv[1], batch_sentences=8)\n"
+                          "t.translate(['A man in an orange hat starring at something.'] * 8)\n"
+                          "print('openblas' in open('/proc/self/maps').read())\n")
+    out = subprocess.run([sys.executable, "-c", code, str(COMMITTED / "mixed-20x.sfz")], capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}).stdout.splitlines()
     assert out == [torch_translations(COMMITTED / "mixed-20x.sfz", ["A man in an orange hat starring at something."],
-                                      batch=1)[0], "[]"]
+                                      batch=1)[0], "[]", "False", "True"]  # 40 rows of beams: BLAS's products
 
 
 def test_portable_and_simd_kernels_give_the_same_logits_to_rounding(tmp_path, tokenizer, fresh):

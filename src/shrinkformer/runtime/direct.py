@@ -172,6 +172,7 @@ class DirectModel:
         for i, r in enumerate(rows):
             src[i * S: i * S + len(r)] = r  # the rest stays PAD (0)
         out, lengths = (ctypes.c_int64 * (n * P))(), (ctypes.c_int64 * n)()
+        native.need_blas(n * self.beam, n * S)
         if self.lib.beam_search(ctypes.byref(self.search_desc), src, n, S, out, lengths):
             raise MemoryError(f"beam search of {n} sentences of {S} tokens: out of memory")
         return [out[i * P: i * P + lengths[i]] for i in range(n)]

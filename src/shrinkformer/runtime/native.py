@@ -11,22 +11,19 @@ changed since the install rebuilds into ``~/.cache/shrinkformer/kernels`` (or
 
 Large products (many rows of x) go through a BLAS sgemm on dequantized tiles: the one numpy
 ships (its bundled OpenBLAS, made single-threaded: the library splits tiles across its own OpenMP
-threads).
+threads). It is loaded on the first search that has such products (``need_blas``), not at start:
+OpenBLAS costs 10 MB resident, and translating one sentence at a time never reaches it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import glob
-import logging
 import os
 import warnings
 from pathlib import Path
 
 from . import build, contract
-
-log = logging.getLogger(__name__)
 
 LIB_DIR = Path(__file__).parent / "_lib"
 # Above this many rows of x a dequantized tile and BLAS win (benchmarks/kernels.py at base-preset
@@ -36,6 +33,10 @@ MAX_ROWS = 16
 MAX_MASKED_ROWS = 8
 MAX_1BIT_ROWS = 64  # the 1-bit kernel's tables serve 8 rows of x per pass at a fraction of fp32's cost
 MAX_DENSE_ROWS = 8  # the fp32 kernel (a decoding step's uncompressed layers): one pass over W for 8 rows
+# Encoder positions (rows of x) below which a search needs no BLAS: at batch 1 (test_2016_flickr's
+# sentences, 10 to 40 positions) the kernels encode as fast as dequantized tiles through OpenBLAS
+# (9.4-9.9 ms a sentence either way, 2 threads), and the process stays 6 MB smaller.
+ENCODER_KERNEL_ROWS = 64
 
 _state: dict[str, object] = {}  # "lib", "blas", "tried"
 generation = 0  # moves on each reset(): descriptors built before it are built again
@@ -87,6 +88,8 @@ def _locate(name: str) -> Path | None:
     if current is not None and cached.exists():
         return cached
     if current is not None and build.compiler():
+        import logging  # only here: a translating process need not import it
+        log = logging.getLogger(__name__)
         log.info("building the native runtime (%s): its C sources changed since the install", name)
         try:
             return build.build(name, cached)
@@ -121,16 +124,29 @@ def library() -> ctypes.CDLL | None:
                 lib = ctypes.CDLL(str(path))
                 contract.declare(lib)
                 contract.check_layout(lib)
-                blas, ilp64 = blas_sgemm()
-                lib.decoder_step_configure(blas, ilp64, MAX_ROWS, MAX_1BIT_ROWS, MAX_MASKED_ROWS, MAX_DENSE_ROWS)
+                lib.decoder_step_configure(None, 0, MAX_ROWS, MAX_1BIT_ROWS, MAX_MASKED_ROWS, MAX_DENSE_ROWS)
                 lib.packed_kernels_init()
-                _state["lib"], _state["blas"] = lib, blas
+                _state["lib"] = lib
             except (OSError, AttributeError) as err:
                 reason = f"cannot load it ({err})"
     if reason:
         warnings.warn(f"shrinkformer runs without its native library ({reason}): numpy and PyTorch code instead, "
                       f"slower", RuntimeWarning, stacklevel=3)
     return _state.get("lib")  # type: ignore[return-value]
+
+
+def need_blas(decoder_rows: int, encoder_rows: int) -> None:
+    """Give the library its sgemm before a search whose products outgrow the kernels (more beams x
+    sentences than MAX_ROWS, or more source positions than ENCODER_KERNEL_ROWS); once loaded it stays."""
+    if "blas" in _state or (decoder_rows <= MAX_ROWS and encoder_rows <= ENCODER_KERNEL_ROWS):
+        return
+    lib = library()
+    if lib is None:
+        return
+    blas, ilp64 = blas_sgemm()
+    _state["blas"] = blas
+    if blas is not None:
+        lib.decoder_step_configure(blas, ilp64, MAX_ROWS, MAX_1BIT_ROWS, MAX_MASKED_ROWS, MAX_DENSE_ROWS)
 
 
 # (symbol, 64-bit integers): numpy >= 2's scipy-openblas, older numpy's openblas64_, a plain BLAS
@@ -158,8 +174,8 @@ def blas_sgemm() -> tuple[int | None, int]:
     if spec is None or spec.origin is None:
         return None, 0
     root = Path(spec.origin).parent
-    candidates = [*glob.glob(str(root.parent / "numpy.libs" / "*openblas*")), *glob.glob(str(root / ".libs" / "*openblas*")),
-                  *glob.glob(str(root / ".dylibs" / "*openblas*"))]
+    candidates = [str(d / f) for d in (root.parent / "numpy.libs", root / ".libs", root / ".dylibs") if d.is_dir()
+                  for f in sorted(os.listdir(d)) if "openblas" in f]
     for path in candidates:
         try:
             blas = ctypes.CDLL(path)
@@ -177,6 +193,8 @@ def blas_sgemm() -> tuple[int | None, int]:
 
 
 def has_blas() -> bool:
+    """Whether large products run through BLAS here (loading it, as a large search would)."""
+    need_blas(MAX_ROWS + 1, 0)
     return library() is not None and _state.get("blas") is not None
 
 

@@ -6,13 +6,13 @@ file's bytes, not copies."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
+from .build import sha256
 
 FORMAT, VERSION = "shrinkformer-packed", 1
 _ITEMSIZE = {"F32": 4, "F16": 2, "F64": 8, "U8": 1, "I8": 1, "I16": 2, "I32": 4, "I64": 8, "BOOL": 1}
@@ -61,7 +61,7 @@ class PackedFile:
 
 
 def _digest(meta: dict[str, str], tensors: dict[str, bytes | memoryview]) -> str:
-    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    h = sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
     for name in sorted(tensors):
         h.update(name.encode())
         h.update(tensors[name])

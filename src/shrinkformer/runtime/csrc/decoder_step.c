@@ -118,8 +118,16 @@ static void blas_product(int64_t n, int64_t m, int64_t k, const float *w, const 
     }
 }
 
-/* Floats of tile scratch the products through BLAS need: one tile per thread. */
-static int64_t tile_floats(void) { return sgemm ? (int64_t)TILE_FLOATS * max_threads() : 0; }
+/* Floats of tile scratch the products through BLAS need: one tile per thread. Counted whether or
+   not an sgemm is set yet: the runtime sets one on the first search that needs it, and a buffer
+   sized before must still hold the tiles (untouched, it costs no resident memory). */
+static int64_t tile_floats(void) {
+#ifdef __EMSCRIPTEN__
+    return 0; /* the page's build never has an sgemm */
+#else
+    return (int64_t)TILE_FLOATS * max_threads();
+#endif
+}
 
 /* y (M, N) = x (M, K) @ W.T + bias: the layer's kernel, or tiles of W through sgemm. The tiles are
    split across the threads, each dequantizing its own tile and multiplying it with a
