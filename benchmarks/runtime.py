@@ -16,15 +16,13 @@ import argparse
 import gzip
 import json
 import os
-import platform
-import shlex
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+# What only the parent needs (platform, shlex, shutil, statistics, subprocess, tempfile) is imported
+# in the functions that use it: a worker's peak RSS is its engine's, not the harness's (statistics
+# alone pulls in decimal and fractions; the six together are 2.6 MB in every worker).
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SHRINKFORMER_DATA", ROOT.parent / "shared" / "data" / "multi30k"))
@@ -101,6 +99,8 @@ COLD_CT2 = ("import sys, ctranslate2, sentencepiece as spm\nd = sys.argv[1]\n"
 # ---------------------------------------------------------------- the parent
 
 def run_worker(engine: str, path: Path, mode: str, threads: int, args, tmp: Path) -> dict:
+    import shlex
+    import subprocess
     out = tmp / f"hyps-{os.getpid()}-{time.monotonic_ns()}.txt"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     command = [sys.executable, __file__, "--worker", engine, str(path), "--mode", mode, "--threads", str(threads),
@@ -114,6 +114,8 @@ def run_worker(engine: str, path: Path, mode: str, threads: int, args, tmp: Path
 
 
 def cold_start(engine: str, path: Path, line: str) -> float:
+    import shlex
+    import subprocess
     if engine == "runtime":
         command = [str(Path(sys.executable).parent / "shrinkformer-translate"), str(path), "--threads", "1"]
     else:
@@ -128,6 +130,8 @@ def cold_start(engine: str, path: Path, line: str) -> float:
 
 def export_ct2(quantization: str) -> Path:
     """Our baseline through our exporter (once, cached): a CTranslate2 model directory."""
+    import shutil
+    import subprocess
     target = CT2_CACHE / f"baseline-{quantization}"
     if not (target / "model.bin").exists():
         shutil.rmtree(target, ignore_errors=True)
@@ -140,6 +144,7 @@ def export_ct2(quantization: str) -> Path:
 
 def installed_size(packages: list[str], tmp: Path, name: str) -> dict:
     """Bytes a fresh venv's site-packages holds with ``packages`` installed, pip's own files not counted."""
+    import subprocess
     venv = tmp / name
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = venv / "bin" / "pip"
@@ -154,6 +159,9 @@ def _tree_bytes(root: Path) -> int:
 
 
 def cold_start_only(args) -> None:
+    import platform
+    import shlex
+    import statistics
     engines = {"runtime 4-bit": ("runtime", MODELS / f"{RUNTIME_MODELS['4-bit']}.sfz"),
                "ctranslate2 int8": ("ctranslate2", export_ct2("int8"))}
     first_line = lines(args.split, "en")[0]
@@ -174,6 +182,10 @@ def cold_start_only(args) -> None:
 
 
 def main() -> None:
+    import platform
+    import shlex
+    import statistics
+    import tempfile
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--worker", nargs=2, metavar=("ENGINE", "PATH"), help=argparse.SUPPRESS)
     p.add_argument("--mode", default="batch64", help=argparse.SUPPRESS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import CheckpointError
 from ..special_tokens import BOS, EOS, PAD

@@ -33,9 +33,10 @@ MAX_ROWS = 16
 MAX_MASKED_ROWS = 8
 MAX_1BIT_ROWS = 64  # the 1-bit kernel's tables serve 8 rows of x per pass at a fraction of fp32's cost
 MAX_DENSE_ROWS = 8  # the fp32 kernel (a decoding step's uncompressed layers): one pass over W for 8 rows
-# Encoder positions (rows of x) below which a search needs no BLAS: at batch 1 (test_2016_flickr's
-# sentences, 10 to 40 positions) the kernels encode as fast as dequantized tiles through OpenBLAS
-# (9.4-9.9 ms a sentence either way, 2 threads), and the process stays 6 MB smaller.
+# Encoder positions (rows of x) up to which a search needs no BLAS: at batch 1 (test_2016_flickr's
+# sentences, 10 to 40 positions) the kernels encode as fast as dequantized tiles through OpenBLAS or
+# faster (2 threads, ms a sentence without / with: 4-bit 9.4-9.9 / 9.7-10.1, mixed-20x 10.4-10.7 /
+# 10.9-11.0), and the process stays 2-6 MB smaller.
 ENCODER_KERNEL_ROWS = 64
 
 _state: dict[str, object] = {}  # "lib", "blas", "tried"

@@ -7,9 +7,7 @@ file's bytes, not copies."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import CheckpointError
 from .build import sha256
@@ -20,12 +18,16 @@ _NUMPY = {"F32": "float32", "F16": "float16", "F64": "float64", "U8": "uint8", "
           "I32": "int32", "I64": "int64", "BOOL": "bool"}
 
 
-@dataclass
+# Plain classes, not dataclasses: importing dataclasses (inspect, ast, dis) costs the runtime's
+# process 2.7 MB, a tenth of it at batch 1.
 class Entry:
-    dtype: str  # safetensors' name: "F32", "U8", ...
-    shape: tuple[int, ...]
-    data: memoryview  # the tensor's bytes in the file
-    offset: int  # where they start in RawFile.data
+    __slots__ = ("dtype", "shape", "data", "offset")
+
+    def __init__(self, dtype: str, shape: tuple[int, ...], data: memoryview, offset: int) -> None:
+        self.dtype = dtype  # safetensors' name: "F32", "U8", ...
+        self.shape = shape
+        self.data = data  # the tensor's bytes in the file
+        self.offset = offset  # where they start in RawFile.data
 
     @property
     def count(self) -> int:
@@ -35,29 +37,31 @@ class Entry:
         return n
 
 
-@dataclass
-class RawFile:
+class _File:
+    __slots__ = ("path", "meta")
+
+    def json(self, key: str, default: object = None) -> object:
+        """A metadata value, JSON-decoded."""
+        return json.loads(self.meta[key]) if key in self.meta else default
+
+
+class RawFile(_File):
     """A checked packed file: its metadata and each tensor's bytes."""
 
-    path: Path
-    meta: dict[str, str]
-    entries: dict[str, Entry]
-    data: bytearray  # the whole file (writable, so ctypes can point into it)
+    __slots__ = ("entries", "data")
 
-    def json(self, key: str, default: Any = None) -> Any:
-        return json.loads(self.meta[key]) if key in self.meta else default
+    def __init__(self, path: Path, meta: dict[str, str], entries: dict[str, Entry], data: bytearray) -> None:
+        self.path, self.meta, self.entries = path, meta, entries
+        self.data = data  # the whole file (writable, so ctypes can point into it)
 
 
-@dataclass
-class PackedFile:
-    """A checked packed file: its metadata (JSON values decoded) and tensors by name."""
+class PackedFile(_File):
+    """A checked packed file: its metadata and tensors by name (numpy arrays, views of the file)."""
 
-    path: Path
-    meta: dict[str, str]
-    tensors: dict[str, "np.ndarray"]  # noqa: F821 (numpy, imported by read)
+    __slots__ = ("tensors",)
 
-    def json(self, key: str, default: Any = None) -> Any:
-        return json.loads(self.meta[key]) if key in self.meta else default
+    def __init__(self, path: Path, meta: dict[str, str], tensors: dict) -> None:
+        self.path, self.meta, self.tensors = path, meta, tensors
 
 
 def _digest(meta: dict[str, str], tensors: dict[str, bytes | memoryview]) -> str:
@@ -78,7 +82,7 @@ def digest(meta: dict[str, str], tensors: dict) -> str:
     return _digest(meta, {k: raw(v) for k, v in tensors.items()})
 
 
-def header(data: bytes | memoryview, path: Path) -> dict[str, Any]:
+def header(data: bytes | memoryview, path: Path) -> dict[str, object]:
     if len(data) < 8:
         raise CheckpointError(f"{path}: truncated packed file")
     n = int.from_bytes(data[:8], "little")

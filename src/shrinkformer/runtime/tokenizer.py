@@ -5,7 +5,7 @@ what the page's WebAssembly build tokenizes with, id for id the sentencepiece pa
 from __future__ import annotations
 
 import ctypes
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import CheckpointError
 from . import native

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ..special_tokens import EOS, PAD
 from . import native
