@@ -5,7 +5,9 @@ translating one line from stdin) and the installed size of a venv holding only e
 
 Each measurement is a fresh process that imports only what its engine needs (the runtime worker
 imports shrinkformer.runtime, never torch; the CTranslate2 worker imports ctranslate2 and
-sentencepiece), at 1 and 2 threads, rounds alternating between engines, medians reported:
+sentencepiece), at 1 and 2 threads, rounds alternating between engines, medians reported. The
+runtime's opt-in int8 mode (``--int8``: 4-bit layers with int8 activations) runs beside the exact
+one, with its BLEU and its lines against the exact mode's (``int8_*`` fields):
 
     python benchmarks/runtime.py --rounds 3 --out results/benchmarks/runtime.json
 """
@@ -49,9 +51,9 @@ def worker(engine: str, path: str, mode: str, threads: int, split: str, latency_
     if mode == "batch1":
         source = source[:latency_sentences]
     chunk = 1 if mode == "batch1" else 64
-    if engine == "runtime":
+    if engine in ("runtime", "runtime-int8"):
         from shrinkformer.runtime.translator import Translator
-        translator = Translator.load(path, batch_sentences=chunk, threads=threads)
+        translator = Translator.load(path, batch_sentences=chunk, threads=threads, int8=engine == "runtime-int8")
         translate = translator.translate
         assert "torch" not in sys.modules
     elif engine == "torch":
@@ -182,10 +184,6 @@ def cold_start_only(args) -> None:
 
 
 def main() -> None:
-    import platform
-    import shlex
-    import statistics
-    import tempfile
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--worker", nargs=2, metavar=("ENGINE", "PATH"), help=argparse.SUPPRESS)
     p.add_argument("--mode", default="batch64", help=argparse.SUPPRESS)
@@ -206,10 +204,16 @@ def main() -> None:
                       args.hyps)
     if args.cold_start_only:
         return cold_start_only(args)
+    import platform  # the parent's: after the workers' return
+    import shlex
+    import statistics
+    import tempfile
 
     import sacrebleu
 
     engines = {f"runtime {k}": ("runtime", MODELS / f"{v}.sfz") for k, v in RUNTIME_MODELS.items()}
+    # the opt-in int8 mode (csrc/int8.c): not exact, so measured beside the exact runtime with its BLEU
+    engines["runtime 4-bit int8"] = ("runtime-int8", MODELS / f"{RUNTIME_MODELS['4-bit']}.sfz")
     engines["torch 4-bit"] = ("torch", MODELS / f"{RUNTIME_MODELS['4-bit']}.sfz")
     engines["ctranslate2 int8"] = ("ctranslate2", export_ct2("int8"))
     engines["ctranslate2 float32"] = ("ctranslate2", export_ct2("float32"))
@@ -255,6 +259,7 @@ def main() -> None:
                       "file_bytes": _tree_bytes(engines[name][1]) if engines[name][1].is_dir()
                       else engines[name][1].stat().st_size}
     ours, int8, fp32 = rows["runtime 4-bit"], rows["ctranslate2 int8"], rows["ctranslate2 float32"]
+    q8 = rows["runtime 4-bit int8"]
     torch_rows = rows["torch 4-bit"]
     reference_b1 = samples[("torch 4-bit", threads[0], "batch1")][0]["hyps"]
     reference_b64 = samples[("torch 4-bit", threads[0], "batch64")][0]["hyps"]
@@ -276,6 +281,15 @@ def main() -> None:
         "cold_start_vs_ct2_int8": round(statistics.median(cold["runtime 4-bit"])
                                         / statistics.median(cold["ctranslate2 int8"]), 3),
         "cold_start_seconds": {k: [round(v, 3) for v in vs] for k, vs in cold.items()},
+        # the opt-in int8 mode against the same bars, and what it costs
+        "int8_batch1_latency_vs_ct2_int8": round(q8["batch1_ms_per_sentence"] / int8["batch1_ms_per_sentence"], 3),
+        "int8_throughput_vs_ct2_best": round(q8["sentences_per_second"] / max(int8["sentences_per_second"],
+                                                                              fp32["sentences_per_second"]), 3),
+        "int8_rss_batch1_vs_ct2_int8": round(q8["peak_rss_mb_batch1"] / int8["peak_rss_mb_batch1"], 3),
+        "int8_rss_batch64_vs_ct2_int8": round(q8["peak_rss_mb_batch64"] / int8["peak_rss_mb_batch64"], 3),
+        "int8_bleu_minus_exact": round(q8["bleu_batch64"] - ours["bleu_batch64"], 2),
+        "int8_identical_lines_to_exact": {"batch64": sum(a == b for a, b in zip(
+            samples[("runtime 4-bit int8", threads[0], "batch64")][0]["hyps"], mine_b64)), "of": len(mine_b64)},
         "runtime_vs_torch_path_identical_lines": {"batch1": sum(a == b for a, b in zip(mine_b1, reference_b1)),
                                                   "batch1_of": len(reference_b1),
                                                   "batch64": sum(a == b for a, b in zip(mine_b64, reference_b64)),

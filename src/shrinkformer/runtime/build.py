@@ -20,8 +20,9 @@ import os
 from pathlib import Path
 
 CSRC = Path(__file__).parent / "csrc"
-# both variants: the step, the encoder, the search, the tokenizer, a file's layers in the kernels' layout
-SHARED = ("decoder_step.c", "beam_select.c", "search.c", "tokenizer.c", "prepare.c")
+# both variants: the step, the encoder, the search, the tokenizer, a file's layers in the kernels' layout,
+# the int8 mode
+SHARED = ("decoder_step.c", "beam_select.c", "search.c", "tokenizer.c", "prepare.c", "int8.c")
 VARIANTS = {
     "x86": (("packed_kernels.c", *SHARED), ("-mavx2", "-mfma")),
     "portable": (("packed_portable.c", *SHARED), ()),

@@ -13,13 +13,14 @@ P, I64, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 PROJECTIONS, NORMS = 8, 3  # runtime.h's enums
 LAYER_KINDS = {("codebook", 4, False): 0, ("codebook", 1, False): 1, ("sparse", 32, True): 2,
                **{("codebook", b, True): 3 for b in (1, 2, 3, 4)}}  # (encoding, bits, pruned) -> LAYER_*
-LAYER_DENSE, LAYER_KIND_COUNT = 4, 5
+LAYER_DENSE, LAYER_LUT4_INT8, LAYER_KIND_COUNT = 4, 5, 6
 
 
 class Layer(ctypes.Structure):
     """``packed_layer``."""
     _fields_ = [("kind", I64), ("wide", I64), ("rows", I64), ("cols", I64), ("bits", I64), ("index", P),
-                ("values", P), ("codebook", P), ("mask", P), ("row_start", P)]
+                ("values", P), ("codebook", P), ("mask", P), ("row_start", P), ("qcodebook", P), ("qsum", P),
+                ("qscale", F32)]
 
 
 class DecoderLayer(ctypes.Structure):
@@ -81,6 +82,8 @@ FUNCTIONS = {
     "sinusoid_table": (None, [P, I64, I64]),
     "layer_prepare": (I64, [P, P]),
     "layer_release": (None, [P]),
+    "layer_to_int8": (I64, [P]),
+    "int8_row": (None, [P, I64, P]),
     "half_to_float": (None, [P, I64, P]),
     "spm_load": (P, [P, I64]),
     "spm_error": (ctypes.c_char_p, [P]),

@@ -25,11 +25,13 @@ CODEBOOK_KINDS = (0, 1, 3)  # LAYER_LUT4, LAYER_BIN1, LAYER_SPARSE_LUT4: the AVX
 class DirectModel:
     """A packed file's model in the native library's memory, ready for ``search``."""
 
-    def __init__(self, path, beam_size: int | None = None, length_penalty: float | None = None) -> None:
+    def __init__(self, path, beam_size: int | None = None, length_penalty: float | None = None,
+                 int8: bool = False) -> None:
+        """``int8``: 4-bit layers run with int8 activations (csrc/int8.c): faster, not exact."""
         lib = native.library()
         if lib is None:
             raise RuntimeError("the native library is not available")
-        self.lib, self.path = lib, path
+        self.lib, self.path, self.int8 = lib, path, int8
         raw = sfz.read_raw(path)
         sfz.require_own_model(raw)
         self._base = ctypes.addressof(ctypes.c_char.from_buffer(raw.data))
@@ -108,6 +110,12 @@ class DirectModel:
             raise CheckpointError(f"{self.path}: " + ("out of memory" if status == -2 else
                                                       f"inconsistent packed file (layer {name})"))
         out.wide = int(native.wide() and out.kind in CODEBOOK_KINDS)
+        if self.int8 and out.kind == contract.LAYER_KINDS[("codebook", 4, False)]:
+            status = self.lib.layer_to_int8(ctypes.byref(out))  # -1: a shape int8.c's blocks do not fit
+            if status == -2:
+                raise CheckpointError(f"{self.path}: out of memory")
+            if status == 0:
+                out.wide = int(native.vnni())
         self._layers.append(out)
         self.prepared[name] = out
         return ctypes.addressof(out)

@@ -78,6 +78,11 @@ def wide() -> bool:
     return variant() == "x86" and {"avx512f", "avx512bw"} <= cpu_flags() and requested() != "avx2"
 
 
+def vnni() -> bool:
+    """Whether the int8 mode's AVX-512 VNNI core runs (else its portable core: the same results)."""
+    return wide() and "avx512_vnni" in cpu_flags()
+
+
 def _locate(name: str) -> Path | None:
     """The library file to load: the installed one where it matches the sources beside it, else a
     build in the cache (made now where a compiler is there), else the installed one as it is."""

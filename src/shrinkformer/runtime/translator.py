@@ -89,13 +89,22 @@ class Translator:
 
     @classmethod
     def load(cls, path: str | Path, beam_size: int | None = None, length_penalty: float | None = None,
-             batch_sentences: int = 64, threads: int | None = None) -> "Translator":
-        """A ``.sfz`` file's model, decoding as its configuration says unless told otherwise."""
+             batch_sentences: int = 64, threads: int | None = None, int8: bool = False) -> "Translator":
+        """A ``.sfz`` file's model, decoding as its configuration says unless told otherwise.
+        ``int8``: its 4-bit layers with int8 activations, as CTranslate2's int8 runs (faster; the
+        translations move a little: benchmarks/runtime.py measures the BLEU)."""
         if threads:
             native.set_threads(threads)
         if native.library() is not None:
             from .direct import DirectModel
-            return cls(DirectModel(path, beam_size, length_penalty), batch_sentences=batch_sentences)
+            if int8 and not native.vnni():
+                import warnings
+                warnings.warn("int8: this CPU (or SHRINKFORMER_NATIVE) has no AVX-512 VNNI, and int8's portable core "
+                              "is slower than the exact mode here", RuntimeWarning, stacklevel=2)
+            return cls(DirectModel(path, beam_size, length_penalty, int8=int8), batch_sentences=batch_sentences)
+        if int8:
+            from ..errors import UsageError
+            raise UsageError("int8 activations need the native library, which is not available here")
         from .model import load
         from .search import SearchConfig
         model, tokenizer, config = load(path)

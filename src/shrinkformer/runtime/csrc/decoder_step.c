@@ -134,7 +134,7 @@ static int64_t tile_floats(void) {
    single-threaded sgemm: one pool of threads (OpenMP's) does all the work, where a BLAS pool of
    its own would spin against the kernels' threads on a small machine. */
 static void project(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y, float *tile) {
-    if (!sgemm || M <= kernel_rows[L->kind]) {
+    if (!sgemm || M <= kernel_rows[L->kind] || L->kind == LAYER_LUT4_INT8) { /* int8: its kernel at every M */
         packed_layer_matmul_t(L, x, M, bias, y);
         return;
     }
@@ -293,6 +293,7 @@ int64_t decoder_step_scratch(const decoder_desc *D, int64_t M) {
 static void embedding_row(const packed_layer *E, int64_t r, float *out) {
     if (E->kind == LAYER_DENSE) memcpy(out, E->values + r * E->cols, sizeof(float) * E->cols);
     else if (E->kind == LAYER_LUT4 || E->kind == LAYER_BIN1) lut_dequant(E->index, (int)E->bits, r * E->cols, E->cols, E->codebook, out);
+    else if (E->kind == LAYER_LUT4_INT8) int8_row(E, r, out);
     else masked_dequant(E, r, r + 1, out);
 }
 

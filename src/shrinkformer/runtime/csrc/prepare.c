@@ -67,6 +67,8 @@ void layer_release(packed_layer *L) {
     free((void *)L->codebook);
     free((void *)L->mask);
     free((void *)L->row_start);
+    free((void *)L->qcodebook);
+    free((void *)L->qsum);
     memset(L, 0, sizeof(*L));
 }
 

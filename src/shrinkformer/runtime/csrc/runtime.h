@@ -59,10 +59,18 @@ typedef struct {
     const float *codebook; /* padded to 2**bits entries, and to at least 16 for a pruned layer */
     const uint8_t *mask;
     const int32_t *row_start;
+    /* LAYER_LUT4_INT8 (int8.c): the codebook as int8 (qcodebook * qscale ~ codebook), and per row
+       of W the sum of its int8 weights */
+    const int8_t *qcodebook;
+    const int32_t *qsum;
+    float qscale;
 } packed_layer;
 
-/* LAYER_DENSE: an fp32 weight (values, rows x cols), for a layer left uncompressed */
-enum { LAYER_LUT4 = 0, LAYER_BIN1 = 1, LAYER_SPARSE = 2, LAYER_SPARSE_LUT4 = 3, LAYER_DENSE = 4, LAYER_KINDS = 5 };
+/* LAYER_DENSE: an fp32 weight (values, rows x cols), for a layer left uncompressed.
+   LAYER_LUT4_INT8: a 4-bit layer run with int8 activations (the opt-in int8 mode, int8.c): index
+   in int8.c's block layout, codebook still the fp32 centroids (embedding rows are read exactly). */
+enum { LAYER_LUT4 = 0, LAYER_BIN1 = 1, LAYER_SPARSE = 2, LAYER_SPARSE_LUT4 = 3, LAYER_DENSE = 4, LAYER_LUT4_INT8 = 5,
+       LAYER_KINDS = 6 };
 
 /* A decoder (or encoder) layer's projections, in this order, and its norms. */
 enum { SELF_Q, SELF_K, SELF_V, SELF_OUT, CROSS_Q, CROSS_OUT, FC1, FC2, PROJECTIONS };
@@ -125,6 +133,7 @@ typedef struct {
     X(offsetof(packed_layer, rows)) X(offsetof(packed_layer, cols)) X(offsetof(packed_layer, bits))         \
     X(offsetof(packed_layer, index)) X(offsetof(packed_layer, values)) X(offsetof(packed_layer, codebook))  \
     X(offsetof(packed_layer, mask)) X(offsetof(packed_layer, row_start))                                    \
+    X(offsetof(packed_layer, qcodebook)) X(offsetof(packed_layer, qsum)) X(offsetof(packed_layer, qscale))  \
     X(sizeof(decoder_layer)) X(offsetof(decoder_layer, proj)) X(offsetof(decoder_layer, bias))              \
     X(offsetof(decoder_layer, norm_weight)) X(offsetof(decoder_layer, norm_bias))                           \
     X(offsetof(decoder_layer, self_k)) X(offsetof(decoder_layer, self_v))                                   \
@@ -178,6 +187,33 @@ int64_t beam_select(const float *logits, int64_t n, int64_t k, int64_t V, float 
    its length into lengths (n); 0, or -1 where memory ran out */
 int64_t beam_search(const search_desc *D, const int64_t *src, int64_t n, int64_t S, int64_t *out, int64_t *lengths);
 int packed_kernels_threaded(void);
+
+/* int8.c: the opt-in int8 mode for 4-bit layers. layer_to_int8 turns a prepared LAYER_LUT4 layer
+   into LAYER_LUT4_INT8 (0; -1 where its shape does not fit the blocks, -2 out of memory);
+   int8_matmul_t is its product (vnni: the AVX-512 VNNI core where the library has one and the CPU
+   runs it, else the portable core: the same integers either way); int8_row one row of W, exactly. */
+int64_t layer_to_int8(packed_layer *L);
+void int8_matmul_t(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y);
+void int8_row(const packed_layer *L, int64_t r, float *out);
+/* the core: y (M, N) for W's row blocks b0..b1 (16 rows each) from xq (M, K) and each row's scale
+   sx, through the integer sums acc = xq . W's int8 values and int8_finish (which every core
+   applies to its integers, so all give the same floats): the portable one (int8.c) and, in the
+   x86 library, the AVX-512 VNNI one (packed_kernels.c; NULL in the portable library) */
+typedef void (*int8_core_fn)(const packed_layer *L, const uint8_t *xq, const float *sx, int64_t M, const float *bias,
+                             float *y, int64_t b0, int64_t b1);
+void int8_core_portable(const packed_layer *L, const uint8_t *xq, const float *sx, int64_t M, const float *bias,
+                        float *y, int64_t b0, int64_t b1);
+/* one block's 16 outputs of row m from its 16 integer sums, as every core finishes them */
+static inline void int8_finish(const packed_layer *L, const int32_t *acc, float sx, const float *bias, int64_t n0,
+                               float *restrict y) {
+    const float s = sx * L->qscale;
+    const int32_t *sum = L->qsum + n0;
+    for (int64_t i = 0; i < 16; i++) {
+        float v = (float)(acc[i] - 128 * sum[i]) * s; /* rounded here, then the bias: no FMA anywhere */
+        y[i] = bias ? v + bias[n0 + i] : v;
+    }
+}
+extern const int8_core_fn int8_core_vnni;
 
 /* prepare.c: a packed file's layer in the kernels' layout (arrays malloc'd, freed by
    layer_release); 0, -1 where the parts are inconsistent, -2 where memory ran out */

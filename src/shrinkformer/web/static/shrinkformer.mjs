@@ -21,7 +21,8 @@ export class ModelError extends Error {}
 const I64 = ["i64", 8], PTR = ["ptr", 4], F32 = ["f32", 4], F64 = ["f64", 8];
 const STRUCTS = {
   packed_layer: [["kind", I64], ["wide", I64], ["rows", I64], ["cols", I64], ["bits", I64], ["index", PTR],
-    ["values", PTR], ["codebook", PTR], ["mask", PTR], ["row_start", PTR]],
+    ["values", PTR], ["codebook", PTR], ["mask", PTR], ["row_start", PTR], ["qcodebook", PTR], ["qsum", PTR],
+    ["qscale", F32]],
   decoder_layer: [["proj", PTR, 8], ["bias", PTR, 8], ["norm_weight", PTR, 3], ["norm_bias", PTR, 3], ["self_k", PTR],
     ["self_v", PTR], ["cross_k", PTR], ["cross_v", PTR]],
   decoder_desc: [["layers", I64], ["C", I64], ["heads", I64], ["ffn", I64], ["vocab", I64], ["capacity", I64],
@@ -142,7 +143,7 @@ export class Runtime {
     for (const name of Object.keys(STRUCTS)) {
       want.push(this.layout[name].size, ...STRUCTS[name].map(([f]) => this.layout[name].fields[f][0]));
     }
-    want.push(8, 3, 5); // PROJECTIONS, NORMS, LAYER_KINDS
+    want.push(8, 3, 6); // PROJECTIONS, NORMS, LAYER_KINDS
     const buf = this.alloc(8 * 256);
     const n = Number(this.x.shrinkformer_layout(buf, 256n));
     const got = [];
