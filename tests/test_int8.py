@@ -1,8 +1,9 @@
-"""The runtime's opt-in int8 mode (csrc/int8.c): 4-bit layers with int8 activations. Not exact, so
-its tests ask what it promises instead: every core (AVX-512 VNNI where the CPU has it, the portable
-one in the x86 library and in the portable library) gives the same translations; a product stays
-within the quantization's error of the exact one; embedding rows are read exactly; layers it does
-not serve keep their kernels; and it is refused in one line where it cannot run."""
+"""The runtime's opt-in int8 mode (csrc/int8.c): 4-bit layers with int8 activations, keys and values
+in float16. Not exact, so its tests ask what it promises instead: every core (AVX-512 VNNI where the
+CPU has it, the portable one in the x86 library and in the portable library) gives the same
+translations, at any batch size; a product stays within the quantization's error of the exact one;
+embedding rows are read exactly; the float16 rounding is IEEE's; layers it does not serve keep their
+kernels; and it is refused in one line where it cannot run."""
 
 import ctypes
 import os
@@ -51,6 +52,9 @@ def test_every_int8_core_gives_the_same_translations(fresh):
                       Translator(DirectModel(FOUR_BIT, int8=True), batch_sentences=1).translate(lines[:6]))
     assert seen["1"] == seen["avx2"] == seen["portable"]
     assert seen["1"][0][:6] == seen["1"][1]
+    # every row's arithmetic is its own (per-row activation scales, exact integer sums), so a batch
+    # past search.c's chunks of 8 sentences per output projection gives the same lines
+    assert Translator(DirectModel(FOUR_BIT, int8=True), batch_sentences=18).translate(lines) == seen["1"][0]
 
 
 def _product(layer: contract.Layer, x: np.ndarray) -> np.ndarray:
@@ -105,3 +109,29 @@ def test_the_command_line_translates_with_int8():
     run = subprocess.run([sys.executable, "-m", "shrinkformer.runtime.cli", str(FOUR_BIT), "--int8"],
                          input="\n".join(LINES) + "\n", capture_output=True, text=True, check=True)
     assert run.stdout.splitlines() == Translator.load(FOUR_BIT, int8=True).translate(LINES)
+
+
+def test_half_precision_caches_round_as_ieee_does_in_every_build(fresh):
+    """The int8 mode's keys and values are float16, rounded to nearest even: prepare.c's conversion
+    (the portable build's, and every tail) and F16C's (kv_narrow in the x86 build) against numpy's,
+    over normal, subnormal, tied, overflowing and special values."""
+    rng = np.random.default_rng(1)
+    bits = np.concatenate([rng.integers(0, 2**32, size=200_000, dtype=np.uint64).astype(np.uint32),
+                           # around float16's subnormals and its largest values, and exact ties
+                           (rng.integers(0x33000000, 0x38800000, size=50_000)).astype(np.uint32),
+                           (rng.integers(0x477f0000, 0x47800000, size=10_000)).astype(np.uint32),
+                           np.arange(0x38800000, 0x38802000, 0x1000 // 2, dtype=np.uint32)])
+    values = bits.view(np.float32)
+    values = values[~np.isnan(values)]  # NaN payloads: numpy keeps more of them than F16C
+    values = np.concatenate([values, -values, np.float32([0.0, -0.0, np.inf, -np.inf, 65504, 65520, 65519.996])])
+    with np.errstate(over="ignore"):
+        want = values.astype(np.float16).view(np.uint16)
+    for build in ("1", "portable"):
+        fresh.setenv("SHRINKFORMER_NATIVE", build)
+        runtime_native.reset()
+        lib = runtime_native.library()
+        for fn in (lib.float_to_half, lib.kv_narrow):
+            got = np.empty(len(values), dtype=np.uint16)
+            fn(values.ctypes.data, len(values), got.ctypes.data)
+            wrong = np.flatnonzero(got != want)
+            assert not len(wrong), (build, fn.__name__, values[wrong[:5]], got[wrong[:5]], want[wrong[:5]])

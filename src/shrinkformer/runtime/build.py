@@ -3,7 +3,7 @@ user never needs a compiler at run time, and by the loader only where the source
 the install (an editable checkout being worked on).
 
 Two variants from one set of sources (``csrc/``):
-- ``x86``: the AVX2/FMA kernels (``packed_kernels.c``; AVX-512 ones inside, chosen per CPU at run
+- ``x86``: the AVX2/FMA/F16C kernels (``packed_kernels.c``; AVX-512 ones inside, chosen per CPU at run
   time), for x86-64 CPUs that have AVX2 and FMA;
 - ``portable``: the same entry points in plain C (``packed_portable.c``), for every other CPU and
   architecture (on aarch64 its 4-bit decoding uses NEON's table lookup, the rest the compiler's
@@ -24,7 +24,7 @@ CSRC = Path(__file__).parent / "csrc"
 # the int8 mode
 SHARED = ("decoder_step.c", "beam_select.c", "search.c", "tokenizer.c", "prepare.c", "int8.c")
 VARIANTS = {
-    "x86": (("packed_kernels.c", *SHARED), ("-mavx2", "-mfma")),
+    "x86": (("packed_kernels.c", *SHARED), ("-mavx2", "-mfma", "-mf16c")),
     "portable": (("packed_portable.c", *SHARED), ()),
 }
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11")

@@ -34,14 +34,14 @@ class Decoder(ctypes.Structure):
     _fields_ = [("layers", I64), ("C", I64), ("heads", I64), ("ffn", I64), ("vocab", I64), ("capacity", I64),
                 ("S", I64), ("pre_norm", I64), ("eps", F32), ("layer", P), ("final_weight", P), ("final_bias", P),
                 ("out", P), ("embed", P), ("positions", P), ("embed_scale", F32), ("key_padding", P),
-                ("ancestry", P)]
+                ("ancestry", P), ("half_kv", I64)]
 
 
 class Search(ctypes.Structure):
     """``search_desc``."""
     _fields_ = [("encoder", P), ("decoder", P), ("cross", P), ("cross_bias", P), ("max_positions", I64),
                 ("beam", I64), ("max_len_b", I64), ("pad", I64), ("bos", I64), ("eos", I64), ("max_len_a", F32),
-                ("length_penalty", ctypes.c_double)]
+                ("length_penalty", ctypes.c_double), ("half_kv", I64)]
 
 
 class LayerParts(ctypes.Structure):
@@ -85,6 +85,8 @@ FUNCTIONS = {
     "layer_to_int8": (I64, [P]),
     "int8_row": (None, [P, I64, P]),
     "half_to_float": (None, [P, I64, P]),
+    "float_to_half": (None, [P, I64, P]),
+    "kv_narrow": (None, [P, I64, P]),
     "spm_load": (P, [P, I64]),
     "spm_error": (ctypes.c_char_p, [P]),
     "spm_free": (None, [P]),

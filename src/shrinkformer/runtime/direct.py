@@ -166,7 +166,8 @@ class DirectModel:
         self.search_desc = contract.Search(
             ctypes.addressof(descs["encoder"]), ctypes.addressof(descs["decoder"]), ctypes.addressof(arrays[0]),
             ctypes.addressof(arrays[1]), P, self.beam, decode.get("max_len_b", 10), PAD, BOS, EOS,
-            decode.get("max_len_a", 1.2), decode.get("length_penalty", 1.0) if length_penalty is None else length_penalty)
+            decode.get("max_len_a", 1.2), decode.get("length_penalty", 1.0) if length_penalty is None else length_penalty,
+            half_kv=int(self.int8))  # the int8 mode keeps keys and values in float16: half their memory
         self.max_source = max(1, P // 2 - 1)
 
     def search(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:

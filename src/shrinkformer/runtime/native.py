@@ -2,7 +2,7 @@
 encoder, the beam selection) with ctypes; no torch.
 
 The library is compiled when the package is installed (``build.py``, run by ``setup.py``) into
-``runtime/_lib/``. Which variant runs: ``x86`` where the CPU has AVX2 and FMA, else ``portable``;
+``runtime/_lib/``. Which variant runs: ``x86`` where the CPU has AVX2, FMA and F16C, else ``portable``;
 ``SHRINKFORMER_NATIVE=portable`` forces the portable one, ``=avx2`` the x86 one without its
 AVX-512 kernels, ``=0`` none. Without a library (no compiler at install, or ``=0``) the runtime
 decodes in numpy (``reference.py``), after one warning. An editable checkout whose C sources
@@ -68,7 +68,7 @@ def variant() -> str | None:
     want = requested()
     if want == "0":
         return None
-    if want == "portable" or "x86" not in build.machine_variants() or not {"avx2", "fma"} <= cpu_flags():
+    if want == "portable" or "x86" not in build.machine_variants() or not {"avx2", "fma", "f16c"} <= cpu_flags():
         return "portable"
     return "x86"
 

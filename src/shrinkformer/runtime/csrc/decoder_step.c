@@ -23,7 +23,7 @@
    Arithmetic follows the PyTorch modules (LayerNorm with biased variance, softmax(q.k / sqrt(D)),
    ReLU); sums run in a different order, so results agree to rounding, not bit for bit. */
 
-#ifdef __AVX2__
+#if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 #include <math.h>
@@ -203,19 +203,48 @@ static inline float dot(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-/* Self-attention of one row and head over positions 0..n-1 of its prefix: position j's key and
-   value live in buffer row rows[j] (the ancestry), `cap` positions of `stride` floats per row. */
-static void attend_prefix(const float *q, const float *k, const float *v, const int32_t *rows, int64_t n, int64_t cap,
-                          int64_t stride, int64_t D, float scale, float *scores, float *out);
+/* Half-precision keys and values (the int8 mode's caches, search_desc.half_kv): written rounded to
+   nearest even, read back widened exactly, so every build computes the same scores from them
+   (F16C here, prepare.c's scalar conversions in the portable build and for the tails). */
+static inline void widen(const uint16_t *h, int64_t n, float *out) {
+    int64_t i = 0;
+#ifdef __F16C__
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+#endif
+    if (i < n) half_to_float(h + i, n - i, out + i);
+}
+
+void kv_narrow(const float *x, int64_t n, uint16_t *out) {
+    int64_t i = 0;
+#ifdef __F16C__
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(out + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+    if (i < n) float_to_half(x + i, n - i, out + i);
+}
+
+/* Entry `at` of a key/value buffer of floats or (half) halves, as a pointer */
+static inline const void *kv_at(const void *base, int64_t at, int half) {
+    return (const char *)base + at * (half ? (int64_t)sizeof(uint16_t) : (int64_t)sizeof(float));
+}
+
+/* D entries of a key/value buffer from `at` as fp32: the floats themselves, or the halves widened into tmp */
+static inline const float *kv_row(const void *base, int64_t at, int half, int64_t D, float *tmp) {
+    if (!half) return (const float *)base + at;
+    widen((const uint16_t *)base + at, D, tmp);
+    return tmp;
+}
 
 /* out (D) = softmax over keys j < n (skipping skip[j] != 0) of q.k_j * scale, times v_j. Keys and
-   values are rows `stride` floats apart. */
-static void attend(const float *q, const float *k, const float *v, int64_t n, int64_t stride, int64_t D,
+   values are rows `stride` entries apart, floats or (half) halves. */
+static void attend(const float *q, const void *k, const void *v, int half, int64_t n, int64_t stride, int64_t D,
                    const uint8_t *skip, float scale, float *scores, float *out) {
+    float tmp[D];
     float best = -INFINITY;
     for (int64_t j = 0; j < n; j++) {
         if (skip && skip[j]) { scores[j] = -INFINITY; continue; }
-        scores[j] = dot(q, k + j * stride, D) * scale;
+        scores[j] = dot(q, kv_row(k, j * stride, half, D, tmp), D) * scale;
         if (scores[j] > best) best = scores[j];
     }
     float total = 0;
@@ -224,16 +253,19 @@ static void attend(const float *q, const float *k, const float *v, int64_t n, in
     for (int64_t j = 0; j < n; j++) {
         if (scores[j] == 0.0f) continue;
         float p = scores[j] / total;
-        const float *vj = v + j * stride;
+        const float *vj = kv_row(v, j * stride, half, D, tmp);
         for (int64_t d = 0; d < D; d++) out[d] += p * vj[d];
     }
 }
 
-static void attend_prefix(const float *q, const float *k, const float *v, const int32_t *rows, int64_t n, int64_t cap,
-                          int64_t stride, int64_t D, float scale, float *scores, float *out) {
+/* Self-attention of one row and head over positions 0..n-1 of its prefix: position j's key and
+   value live in buffer row rows[j] (the ancestry), `cap` positions of `stride` entries per row. */
+static void attend_prefix(const float *q, const void *k, const void *v, int half, const int32_t *rows, int64_t n,
+                          int64_t cap, int64_t stride, int64_t D, float scale, float *scores, float *out) {
+    float tmp[D];
     float best = -INFINITY;
     for (int64_t j = 0; j < n; j++) {
-        scores[j] = dot(q, k + (rows[j] * cap + j) * stride, D) * scale;
+        scores[j] = dot(q, kv_row(k, (rows[j] * cap + j) * stride, half, D, tmp), D) * scale;
         if (scores[j] > best) best = scores[j];
     }
     float total = 0;
@@ -241,7 +273,7 @@ static void attend_prefix(const float *q, const float *k, const float *v, const 
     memset(out, 0, sizeof(float) * D);
     for (int64_t j = 0; j < n; j++) {
         float p = scores[j] / total;
-        const float *vj = v + (rows[j] * cap + j) * stride;
+        const float *vj = kv_row(v, (rows[j] * cap + j) * stride, half, D, tmp);
         for (int64_t d = 0; d < D; d++) out[d] += p * vj[d];
     }
 }
@@ -321,7 +353,8 @@ static void embed(const decoder_desc *D, int64_t token, int64_t position, float 
 
 /* tokens (M): the newest token of each row, at position t; parent (M): the row of step t - 1 that
    row m continues (ignored at t = 0); sentence (M / beams): the memory row of each group of beams.
-   x: M * C floats the step works in; logits (M, vocab); work: decoder_step_scratch(D, M) floats. */
+   x: M * C floats the step works in; logits (M, vocab), or NULL: x holds the output projection's
+   input when the step returns; work: decoder_step_scratch(D, M) floats. */
 void decoder_step(const decoder_desc *D, const int64_t *tokens, float *x, int64_t M, int64_t beams, int64_t t,
                   const int64_t *parent, const int64_t *sentence, float *logits, float *work) {
     int64_t C = D->C, H = D->heads, Dh = C / H, cap = D->capacity, S = D->S;
@@ -330,6 +363,7 @@ void decoder_step(const decoder_desc *D, const int64_t *tokens, float *x, int64_
           *ff = f + M * C, *scores = ff + M * D->ffn, *tile = scores + M * longest;
     int32_t *before = (int32_t *)(tile + tile_floats());
     float scale = 1.0f / sqrtf((float)Dh);
+    int half = D->half_kv != 0;
 
     for (int64_t m = 0; m < M; m++) embed(D, tokens[m], t, x + m * C);
 
@@ -347,16 +381,21 @@ void decoder_step(const decoder_desc *D, const int64_t *tokens, float *x, int64_
         linear(L, SELF_Q, in, M, q, tile);
         linear(L, SELF_K, in, M, k, tile);
         linear(L, SELF_V, in, M, v, tile);
-        float *ck = L->self_k, *cv = L->self_v;
+        void *ck = L->self_k, *cv = L->self_v;
         for (int64_t m = 0; m < M; m++) {
-            memcpy(ck + (m * cap + t) * C, k + m * C, sizeof(float) * C);
-            memcpy(cv + (m * cap + t) * C, v + m * C, sizeof(float) * C);
+            if (half) {
+                kv_narrow(k + m * C, C, (uint16_t *)ck + (m * cap + t) * C);
+                kv_narrow(v + m * C, C, (uint16_t *)cv + (m * cap + t) * C);
+            } else {
+                memcpy((float *)ck + (m * cap + t) * C, k + m * C, sizeof(float) * C);
+                memcpy((float *)cv + (m * cap + t) * C, v + m * C, sizeof(float) * C);
+            }
         }
         PARALLEL_OVER_ROWS(M)
         for (int64_t m = 0; m < M; m++)
             for (int64_t hd = 0; hd < H; hd++)
-                attend_prefix(q + m * C + hd * Dh, ck + hd * Dh, cv + hd * Dh, anc + m * cap, t + 1, cap, C, Dh, scale,
-                              scores + m * longest, a + m * C + hd * Dh);
+                attend_prefix(q + m * C + hd * Dh, kv_at(ck, hd * Dh, half), kv_at(cv, hd * Dh, half), half,
+                              anc + m * cap, t + 1, cap, C, Dh, scale, scores + m * longest, a + m * C + hd * Dh);
         linear(L, SELF_OUT, a, M, f, tile);
         residual(D, L, SELF_NORM, x, f, M);
 
@@ -366,8 +405,9 @@ void decoder_step(const decoder_desc *D, const int64_t *tokens, float *x, int64_
         for (int64_t m = 0; m < M; m++) {
             int64_t s = sentence[m / beams];
             for (int64_t hd = 0; hd < H; hd++)
-                attend(q + m * C + hd * Dh, L->cross_k + s * S * C + hd * Dh, L->cross_v + s * S * C + hd * Dh, S, C,
-                       Dh, D->key_padding + s * S, scale, scores + m * longest, a + m * C + hd * Dh);
+                attend(q + m * C + hd * Dh, kv_at(L->cross_k, s * S * C + hd * Dh, half),
+                       kv_at(L->cross_v, s * S * C + hd * Dh, half), half, S, C, Dh, D->key_padding + s * S, scale,
+                       scores + m * longest, a + m * C + hd * Dh);
         }
         linear(L, CROSS_OUT, a, M, f, tile);
         residual(D, L, CROSS_NORM, x, f, M);
@@ -378,6 +418,10 @@ void decoder_step(const decoder_desc *D, const int64_t *tokens, float *x, int64_
     if (D->final_weight) {
         layer_norm(x, M, C, D->final_weight, D->final_bias, D->eps, h);
         in = h;
+    }
+    if (!logits) { /* the caller projects x, in chunks of rows (search.c with an int8 output layer) */
+        if (in != x) memcpy(x, in, sizeof(float) * (size_t)(M * C));
+        return;
     }
     project(D->out, in, M, NULL, logits, tile);
 }
@@ -409,7 +453,7 @@ void encoder_forward(const decoder_desc *E, const int64_t *tokens, int64_t n, co
         for (int64_t m = 0; m < M; m++) {
             int64_t b = m / S;
             for (int64_t hd = 0; hd < H; hd++)
-                attend(q + m * C + hd * Dh, k + b * S * C + hd * Dh, v + b * S * C + hd * Dh, S, C, Dh,
+                attend(q + m * C + hd * Dh, k + b * S * C + hd * Dh, v + b * S * C + hd * Dh, 0, S, C, Dh,
                        key_padding + b * S, scale, scores + m * S, a + m * C + hd * Dh);
         }
         linear(L, SELF_OUT, a, M, f, tile);

@@ -256,3 +256,34 @@ void half_to_float(const uint16_t *in, int64_t n, float *out) {
         memcpy(out + i, &bits, 4);
     }
 }
+
+/* Single to IEEE half precision, rounded to nearest even (F16C's _MM_FROUND_TO_NEAREST_INT, numpy's
+   astype(float16)): overflow to infinity, subnormal halves, NaN kept quiet with its top payload
+   bits. After numpy's npy_floatbits_to_halfbits. */
+void float_to_half(const float *in, int64_t n, uint16_t *out) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t f;
+        memcpy(&f, in + i, 4);
+        uint32_t sign = (f >> 16) & 0x8000u, exp = f & 0x7f800000u, sig = f & 0x007fffffu;
+        if (exp >= 0x47800000u) { /* infinity, NaN, or too large */
+            out[i] = (uint16_t)(sign | 0x7c00u | (exp == 0x7f800000u && sig ? 0x0200u | (sig >> 13) : 0));
+            continue;
+        }
+        if (exp <= 0x38000000u) { /* a subnormal half, or zero */
+            if (exp < 0x33000000u) {
+                out[i] = (uint16_t)sign;
+                continue;
+            }
+            uint32_t e = exp >> 23, s = 0x00800000u + sig;
+            uint32_t shifted = s >> (113 - e), lost = s & ((1u << (113 - e)) - 1);
+            /* round to nearest even on the bits shifted out and the 13 below the half's last */
+            uint32_t rest = (shifted & 0x1fffu) | (lost ? 1u : 0u), half_sig = shifted >> 13;
+            if ((shifted & 0x1000u) && (rest != 0x1000u || (half_sig & 1u))) half_sig++;
+            out[i] = (uint16_t)(sign + half_sig);
+            continue;
+        }
+        uint32_t h = ((exp - 0x38000000u) >> 13) + (sig >> 13), rest = sig & 0x1fffu;
+        if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++; /* a carry into the exponent is right, up to infinity */
+        out[i] = (uint16_t)(sign | h);
+    }
+}

@@ -95,6 +95,7 @@ typedef struct {
     float embed_scale;                      /* sqrt(C) */
     const uint8_t *key_padding;             /* (sentences, S): 1 where the source is padding */
     int32_t *ancestry;                      /* (rows, capacity), see decoder_step.c; updated by each step */
+    int64_t half_kv;                        /* self_k/self_v/cross_k/cross_v hold float16 halves (search.c) */
 } decoder_desc;
 
 /* A compressed layer's parts as a packed file stores them (pack/format.py), for prepare.c: fp32
@@ -124,6 +125,7 @@ typedef struct {
     int64_t max_positions, beam, max_len_b, pad, bos, eos;
     float max_len_a;                    /* at most a * source length + b target tokens */
     double length_penalty;              /* final score = sum log p / length ** length_penalty */
+    int64_t half_kv;                    /* keys and values kept as float16 (the int8 mode): half the memory */
 } search_desc;
 
 /* The layouts above as the compiler laid them out: for each struct its size, then each field's
@@ -145,12 +147,13 @@ typedef struct {
     X(offsetof(decoder_desc, final_bias)) X(offsetof(decoder_desc, out)) X(offsetof(decoder_desc, embed))   \
     X(offsetof(decoder_desc, positions)) X(offsetof(decoder_desc, embed_scale))                             \
     X(offsetof(decoder_desc, key_padding)) X(offsetof(decoder_desc, ancestry))                              \
+    X(offsetof(decoder_desc, half_kv))                                                                      \
     X(sizeof(search_desc)) X(offsetof(search_desc, encoder)) X(offsetof(search_desc, decoder))              \
     X(offsetof(search_desc, cross)) X(offsetof(search_desc, cross_bias))                                    \
     X(offsetof(search_desc, max_positions)) X(offsetof(search_desc, beam))                                  \
     X(offsetof(search_desc, max_len_b)) X(offsetof(search_desc, pad)) X(offsetof(search_desc, bos))         \
     X(offsetof(search_desc, eos)) X(offsetof(search_desc, max_len_a))                                       \
-    X(offsetof(search_desc, length_penalty))                                                                \
+    X(offsetof(search_desc, length_penalty)) X(offsetof(search_desc, half_kv))                              \
     X(sizeof(layer_parts)) X(offsetof(layer_parts, rows)) X(offsetof(layer_parts, cols))                    \
     X(offsetof(layer_parts, encoding)) X(offsetof(layer_parts, bits)) X(offsetof(layer_parts, count))       \
     X(offsetof(layer_parts, index_huffman)) X(offsetof(layer_parts, mask_kind))                             \
@@ -220,6 +223,9 @@ extern const int8_core_fn int8_core_vnni;
 int64_t layer_prepare(const layer_parts *parts, packed_layer *out);
 void layer_release(packed_layer *L);
 void half_to_float(const uint16_t *in, int64_t n, float *out);
+void float_to_half(const float *in, int64_t n, uint16_t *out); /* rounded to nearest even, as F16C rounds */
+/* decoder_step.c: floats to halves for the half_kv caches (F16C where the build has it) */
+void kv_narrow(const float *x, int64_t n, uint16_t *out);
 
 /* tokenizer.c: a SentencePiece unigram model (its ModelProto bytes); spm_error is "" where it
    loaded. Encode and decode return how many ids or bytes the whole result has (more than cap:

@@ -19,6 +19,7 @@
 #include "runtime.h"
 
 #define ENCODER_ROWS 512 /* source positions per encoder call, as runtime/engine.py's */
+#define SELECT_SENTENCES 8 /* sentences per output projection and selection, where the logits go in chunks */
 
 typedef struct {
     double score;
@@ -77,11 +78,13 @@ int64_t beam_search(const search_desc *D, const int64_t *src, int64_t n_sent, in
     }
     int64_t capacity = longest + 1;
 
-    /* buffers: per layer the cross keys/values and the self-attention caches; the encoder's output
-       apart, freed once the cross keys/values are made from it (2.6 MB for 64 sentences of 40) */
-    size_t per_layer = (size_t)(2 * n_sent * S * C + 2 * rows * capacity * C);
-    float *memory = malloc(sizeof(float) * (size_t)(n_sent * S * C));
-    float *caches = malloc(sizeof(float) * per_layer * (size_t)L);
+    /* buffers: per layer the cross keys/values and the self-attention caches, floats or (half_kv)
+       halves; the encoder's output apart, freed once the cross keys/values are made from it (2.6 MB
+       for 64 sentences of 40), and with halves a float buffer the cross projections go through */
+    int half = D->half_kv != 0;
+    size_t entry = half ? sizeof(uint16_t) : sizeof(float), per_layer = (size_t)(2 * n_sent * S * C + 2 * rows * capacity * C);
+    float *memory = malloc(sizeof(float) * (size_t)(n_sent * S * C) * (half ? 2 : 1));
+    char *caches = malloc(entry * per_layer * (size_t)L);
     decoder_layer *layers = malloc(sizeof(decoder_layer) * (size_t)L);
     int32_t *ancestry = malloc(sizeof(int32_t) * (size_t)(rows * capacity));
     float *tile = malloc(sizeof(float) * (size_t)(decoder_tile_floats() > 0 ? decoder_tile_floats() : 1));
@@ -103,28 +106,38 @@ int64_t beam_search(const search_desc *D, const int64_t *src, int64_t n_sent, in
     float *finished_score = scores + rows;
 
     if (encode(D, src, n_sent, S, padding, memory)) goto done;
-    float *buf = caches;
+    char *buf = caches;
+    float *projected = memory + n_sent * S * C; /* (half) a cross projection before it is narrowed */
     for (int64_t l = 0; l < L; l++) {
         layers[l] = dec->layer[l];
-        float *ck = buf, *cv = ck + n_sent * S * C;
-        layers[l].self_k = cv + n_sent * S * C;
-        layers[l].self_v = layers[l].self_k + rows * capacity * C;
-        buf = layers[l].self_v + rows * capacity * C;
-        decoder_project(D->cross[2 * l], memory, n_sent * S, D->cross_bias[2 * l], ck, tile);
-        decoder_project(D->cross[2 * l + 1], memory, n_sent * S, D->cross_bias[2 * l + 1], cv, tile);
-        layers[l].cross_k = ck;
-        layers[l].cross_v = cv;
+        char *ck = buf, *cv = ck + entry * (size_t)(n_sent * S * C);
+        layers[l].self_k = (float *)(void *)(cv + entry * (size_t)(n_sent * S * C));
+        layers[l].self_v = (float *)(void *)((char *)layers[l].self_k + entry * (size_t)(rows * capacity * C));
+        buf = (char *)layers[l].self_v + entry * (size_t)(rows * capacity * C);
+        for (int j = 0; j < 2; j++) {
+            char *into = j ? cv : ck;
+            decoder_project(D->cross[2 * l + j], memory, n_sent * S, D->cross_bias[2 * l + j],
+                            half ? projected : (float *)(void *)into, tile);
+            if (half) kv_narrow(projected, n_sent * S * C, (uint16_t *)(void *)into);
+        }
+        layers[l].cross_k = (const float *)(void *)ck;
+        layers[l].cross_v = (const float *)(void *)cv;
     }
     free(memory);
     memory = NULL;
     step.layer = layers;
+    step.half_kv = half;
     step.capacity = capacity;
     step.S = S;
     step.key_padding = padding;
     step.ancestry = ancestry;
     scratch = malloc(sizeof(float) * (size_t)decoder_step_scratch(&step, rows));
     x = malloc(sizeof(float) * (size_t)(rows * C));
-    logits = malloc(sizeof(float) * (size_t)(rows * V));
+    /* The int8 output layer runs its kernel at any number of rows (no dequantized tiles), so the
+       logits go a few sentences at a time: (SELECT_SENTENCES * beams, V) floats, not (rows, V),
+       10 MB for 64 sentences of 5 beams over 8000 tokens */
+    int64_t chunk = dec->out->kind == LAYER_LUT4_INT8 && n_sent > SELECT_SENTENCES ? SELECT_SENTENCES : n_sent;
+    logits = malloc(sizeof(float) * (size_t)(chunk * k * V));
     if (!scratch || !x || !logits) goto done;
 
     int64_t n = n_sent;
@@ -134,11 +147,18 @@ int64_t beam_search(const search_desc *D, const int64_t *src, int64_t n_sent, in
         token[r] = D->bos;
     }
     for (int64_t t = 0; t < longest; t++) {
-        decoder_step(&step, token, x, n * k, k, t, t ? parent : NULL, sentences, logits, scratch);
+        int chunked = chunk < n;
+        decoder_step(&step, token, x, n * k, k, t, t ? parent : NULL, sentences, chunked ? NULL : logits, scratch);
         int limited = t + 1 >= shortest;
         for (int64_t b = 0; limited && b < n; b++) at_limit[b] = max_len[alive[b]] <= t + 1;
-        int64_t done = beam_select(logits, n, k, V, scores, limited ? at_limit : NULL, D->pad, D->bos, D->eos, parent,
-                                   token, finished_beam, finished_score);
+        int64_t done = 0;
+        for (int64_t b0 = 0; b0 < n; b0 += chunk) { /* sentences select independently: the same picks */
+            int64_t nb = n - b0 < chunk ? n - b0 : chunk, r0 = b0 * k;
+            if (chunked) decoder_project(dec->out, x + r0 * C, nb * k, NULL, logits, tile);
+            done += beam_select(logits, nb, k, V, scores + r0, limited ? at_limit + b0 : NULL, D->pad, D->bos, D->eos,
+                                parent + r0, token + r0, finished_beam + r0, finished_score + r0);
+            for (int64_t r = r0; r0 && r < r0 + nb * k; r++) parent[r] += r0; /* rows of the chunk -> of the batch */
+        }
         int64_t m = n * k;
         if (done) {
             int64_t kept = 0;
