@@ -265,6 +265,9 @@ def main() -> None:
     reference_b64 = samples[("torch 4-bit", threads[0], "batch64")][0]["hyps"]
     mine_b1 = samples[("runtime 4-bit", threads[0], "batch1")][0]["hyps"]
     mine_b64 = samples[("runtime 4-bit", threads[0], "batch64")][0]["hyps"]
+    from shrinkformer.evaluate.significance import paired_bootstrap
+    q8_b64 = samples[("runtime 4-bit int8", threads[0], "batch64")][0]["hyps"]
+    int8_test = paired_bootstrap(("exact", mine_b64), [("int8", q8_b64)], refs, args.split)[0]
     result = {
         "command": "python benchmarks/runtime.py " + shlex.join(sys.argv[1:]),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -288,8 +291,10 @@ def main() -> None:
         "int8_rss_batch1_vs_ct2_int8": round(q8["peak_rss_mb_batch1"] / int8["peak_rss_mb_batch1"], 3),
         "int8_rss_batch64_vs_ct2_int8": round(q8["peak_rss_mb_batch64"] / int8["peak_rss_mb_batch64"], 3),
         "int8_bleu_minus_exact": round(q8["bleu_batch64"] - ours["bleu_batch64"], 2),
-        "int8_identical_lines_to_exact": {"batch64": sum(a == b for a, b in zip(
-            samples[("runtime 4-bit int8", threads[0], "batch64")][0]["hyps"], mine_b64)), "of": len(mine_b64)},
+        "int8_identical_lines_to_exact": {"batch64": sum(a == b for a, b in zip(q8_b64, mine_b64)), "of": len(mine_b64)},
+        # is its BLEU difference from the exact mode more than chance? (sacreBLEU's paired bootstrap)
+        "int8_vs_exact_paired_bootstrap": {"delta": int8_test.delta, "p_value": round(int8_test.p_value, 4),
+                                           "significant": int8_test.significant},
         "runtime_vs_torch_path_identical_lines": {"batch1": sum(a == b for a, b in zip(mine_b1, reference_b1)),
                                                   "batch1_of": len(reference_b1),
                                                   "batch64": sum(a == b for a, b in zip(mine_b64, reference_b64)),
