@@ -30,6 +30,18 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("SHRINKFORMER_DATA", raising=False)
 
 
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """Each test decides anew whether the native library loads, and which variant
+    (SHRINKFORMER_NATIVE through the returned monkeypatch); a rebuild goes into its own cache."""
+    from shrinkformer.runtime import native
+    monkeypatch.setenv("SHRINKFORMER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.tmp = tmp_path
+    native.reset()
+    yield monkeypatch
+    native.reset()
+
+
 @pytest.fixture(scope="session")
 def multi30k() -> Path:
     if not (MULTI30K / "train.en.gz").exists():

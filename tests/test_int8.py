@@ -29,14 +29,6 @@ LINES = ["A man in an orange hat starring at something.", "A little girl climbin
 LUT4, INT8 = contract.LAYER_KINDS[("codebook", 4, False)], contract.LAYER_LUT4_INT8
 
 
-@pytest.fixture
-def fresh(monkeypatch, tmp_path):
-    monkeypatch.setenv("SHRINKFORMER_CACHE", str(tmp_path / "cache"))
-    runtime_native.reset()
-    yield monkeypatch
-    runtime_native.reset()
-
-
 def test_every_int8_core_gives_the_same_translations(fresh):
     """VNNI (where the CPU has it) against the portable core, in the x86 library and in the portable
     one: the same integers, the same epilogue, so the same lines, in batches and one at a time."""

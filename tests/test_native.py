@@ -12,16 +12,6 @@ from shrinkformer.inference.layers import PackedWeight
 from shrinkformer.compress.primitives import assign
 
 
-@pytest.fixture
-def fresh(monkeypatch, tmp_path):
-    """Each test decides anew whether the kernels load (and compiles into its own cache)."""
-    monkeypatch.setenv("SHRINKFORMER_CACHE", str(tmp_path))
-    monkeypatch.tmp = tmp_path
-    native.reset()
-    yield monkeypatch
-    native.reset()
-
-
 def layer(bits: int, rows: int, cols: int, seed: int = 0) -> PackedWeight:
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(rows, cols, generator=g)

@@ -74,14 +74,6 @@ def torch_translations(path: Path, lines: list[str], batch: int) -> list[str]:
                       native=False).translate(lines)
 
 
-@pytest.fixture
-def fresh(monkeypatch, tmp_path):
-    monkeypatch.setenv("SHRINKFORMER_CACHE", str(tmp_path / "cache"))
-    native.reset()
-    yield monkeypatch
-    native.reset()
-
-
 @pytest.mark.parametrize("variant", ["best", "portable", "numpy"])
 @pytest.mark.parametrize("pre_norm", [True, False])
 @pytest.mark.parametrize("kind", KINDS)
