@@ -6,8 +6,9 @@ translating one line from stdin) and the installed size of a venv holding only e
 Each measurement is a fresh process that imports only what its engine needs (the runtime worker
 imports shrinkformer.runtime, never torch; the CTranslate2 worker imports ctranslate2 and
 sentencepiece), at 1 and 2 threads, rounds alternating between engines, medians reported. The
-runtime's opt-in int8 mode (``--int8``: 4-bit layers with int8 activations) runs beside the exact
-one, with its BLEU and its lines against the exact mode's (``int8_*`` fields):
+runtime's opt-in lean mode (``--int8 --half-cache``: 4-bit layers with int8 activations, keys and
+values in float16) runs beside the exact one, with its BLEU and its lines against the exact mode's
+(``int8_*`` fields; benchmarks/int8_cache.py separates the two options' BLEU):
 
     python benchmarks/runtime.py --rounds 3 --out results/benchmarks/runtime.json
 """
@@ -53,7 +54,8 @@ def worker(engine: str, path: str, mode: str, threads: int, split: str, latency_
     chunk = 1 if mode == "batch1" else 64
     if engine in ("runtime", "runtime-int8"):
         from shrinkformer.runtime.translator import Translator
-        translator = Translator.load(path, batch_sentences=chunk, threads=threads, int8=engine == "runtime-int8")
+        lean = engine == "runtime-int8"  # the fast and small options together: --int8 --half-cache
+        translator = Translator.load(path, batch_sentences=chunk, threads=threads, int8=lean, half_cache=lean)
         translate = translator.translate
         assert "torch" not in sys.modules
     elif engine == "torch":

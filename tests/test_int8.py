@@ -1,5 +1,5 @@
-"""The runtime's opt-in int8 mode (csrc/int8.c): 4-bit layers with int8 activations, keys and values
-in float16. Not exact, so its tests ask what it promises instead: every core (AVX-512 VNNI where the
+"""The runtime's opt-in int8 mode (csrc/int8.c): 4-bit layers with int8 activations, and its
+float16 caches (keys and values, --half-cache). Not exact, so its tests ask what it promises instead: every core (AVX-512 VNNI where the
 CPU has it, the portable one in the x86 library and in the portable library) gives the same
 translations, at any batch size; a product stays within the quantization's error of the exact one;
 embedding rows are read exactly; the float16 rounding is IEEE's; layers it does not serve keep their
@@ -29,24 +29,28 @@ LINES = ["A man in an orange hat starring at something.", "A little girl climbin
 LUT4, INT8 = contract.LAYER_KINDS[("codebook", 4, False)], contract.LAYER_LUT4_INT8
 
 
-def test_every_int8_core_gives_the_same_translations(fresh):
+@pytest.mark.parametrize("half_cache", [False, True], ids=["fp32 caches", "float16 caches"])
+def test_every_int8_core_gives_the_same_translations(fresh, half_cache):
     """VNNI (where the CPU has it) against the portable core, in the x86 library and in the portable
-    one: the same integers, the same epilogue, so the same lines, in batches and one at a time."""
+    one: the same integers, the same epilogue (and the same float16 rounding), so the same lines, in
+    batches and one at a time."""
     lines = LINES * 3
     seen = {}
     for want in ("1", "avx2", "portable"):
         fresh.setenv("SHRINKFORMER_NATIVE", want)
         runtime_native.reset()
-        model = DirectModel(FOUR_BIT, int8=True)
+        model = DirectModel(FOUR_BIT, int8=True, half_cache=half_cache)
         assert {layer.kind for layer in model.prepared.values()} == {INT8}
         assert all(layer.wide == (want == "1" and runtime_native.vnni()) for layer in model.prepared.values())
         seen[want] = (Translator(model, batch_sentences=8).translate(lines),
-                      Translator(DirectModel(FOUR_BIT, int8=True), batch_sentences=1).translate(lines[:6]))
+                      Translator(DirectModel(FOUR_BIT, int8=True, half_cache=half_cache),
+                                 batch_sentences=1).translate(lines[:6]))
     assert seen["1"] == seen["avx2"] == seen["portable"]
     assert seen["1"][0][:6] == seen["1"][1]
     # every row's arithmetic is its own (per-row activation scales, exact integer sums), so a batch
     # past search.c's chunks of 8 sentences per output projection gives the same lines
-    assert Translator(DirectModel(FOUR_BIT, int8=True), batch_sentences=18).translate(lines) == seen["1"][0]
+    assert Translator(DirectModel(FOUR_BIT, int8=True, half_cache=half_cache),
+                      batch_sentences=18).translate(lines) == seen["1"][0]
 
 
 def _product(layer: contract.Layer, x: np.ndarray) -> np.ndarray:
@@ -97,10 +101,10 @@ def test_int8_without_the_native_library_is_a_one_line_error(fresh):
         "shrinkformer-translate: error: int8 activations need the native library, which is not available here"
 
 
-def test_the_command_line_translates_with_int8():
-    run = subprocess.run([sys.executable, "-m", "shrinkformer.runtime.cli", str(FOUR_BIT), "--int8"],
+def test_the_command_line_translates_with_int8_and_half_caches():
+    run = subprocess.run([sys.executable, "-m", "shrinkformer.runtime.cli", str(FOUR_BIT), "--int8", "--half-cache"],
                          input="\n".join(LINES) + "\n", capture_output=True, text=True, check=True)
-    assert run.stdout.splitlines() == Translator.load(FOUR_BIT, int8=True).translate(LINES)
+    assert run.stdout.splitlines() == Translator.load(FOUR_BIT, int8=True, half_cache=True).translate(LINES)
 
 
 def test_half_precision_caches_round_as_ieee_does_in_every_build(fresh):

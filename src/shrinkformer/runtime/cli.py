@@ -25,6 +25,8 @@ def build_parser(prog: str = "shrinkformer-translate") -> argparse.ArgumentParse
     p.add_argument("--int8", action="store_true",
                    help="4-bit layers with int8 activations, as CTranslate2's int8 (faster, not exact: "
                         "translations move a little)")
+    p.add_argument("--half-cache", action="store_true",
+                   help="attention keys and values in float16: half a batch's memory (not exact either)")
     return p
 
 
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         check_writable(args.output)
     translator = Translator.load(args.checkpoint, beam_size=args.beam, length_penalty=args.length_penalty,
                                  batch_sentences=args.batch_size, threads=args.threads,
-                                 int8=args.int8)
+                                 int8=args.int8, half_cache=args.half_cache)
     translate_stream(translator, args.input, args.output, args.batch_size)
     return 0
 

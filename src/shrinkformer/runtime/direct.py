@@ -26,12 +26,13 @@ class DirectModel:
     """A packed file's model in the native library's memory, ready for ``search``."""
 
     def __init__(self, path, beam_size: int | None = None, length_penalty: float | None = None,
-                 int8: bool = False) -> None:
-        """``int8``: 4-bit layers run with int8 activations (csrc/int8.c): faster, not exact."""
+                 int8: bool = False, half_cache: bool = False) -> None:
+        """``int8``: 4-bit layers run with int8 activations (csrc/int8.c); ``half_cache``: attention
+        keys and values kept in float16 (half a batch's memory). Both faster or smaller, not exact."""
         lib = native.library()
         if lib is None:
             raise RuntimeError("the native library is not available")
-        self.lib, self.path, self.int8 = lib, path, int8
+        self.lib, self.path, self.int8, self.half_cache = lib, path, int8, half_cache
         raw = sfz.read_raw(path)
         sfz.require_own_model(raw)
         self._base = ctypes.addressof(ctypes.c_char.from_buffer(raw.data))
@@ -167,7 +168,7 @@ class DirectModel:
             ctypes.addressof(descs["encoder"]), ctypes.addressof(descs["decoder"]), ctypes.addressof(arrays[0]),
             ctypes.addressof(arrays[1]), P, self.beam, decode.get("max_len_b", 10), PAD, BOS, EOS,
             decode.get("max_len_a", 1.2), decode.get("length_penalty", 1.0) if length_penalty is None else length_penalty,
-            half_kv=int(self.int8))  # the int8 mode keeps keys and values in float16: half their memory
+            half_kv=int(self.half_cache))
         self.max_source = max(1, P // 2 - 1)
 
     def search(self, sources: Sequence[Sequence[int]]) -> list[list[int]]:

@@ -89,10 +89,12 @@ class Translator:
 
     @classmethod
     def load(cls, path: str | Path, beam_size: int | None = None, length_penalty: float | None = None,
-             batch_sentences: int = 64, threads: int | None = None, int8: bool = False) -> "Translator":
+             batch_sentences: int = 64, threads: int | None = None, int8: bool = False,
+             half_cache: bool = False) -> "Translator":
         """A ``.sfz`` file's model, decoding as its configuration says unless told otherwise.
-        ``int8``: its 4-bit layers with int8 activations, as CTranslate2's int8 runs (faster; the
-        translations move a little: benchmarks/runtime.py measures the BLEU)."""
+        ``int8``: its 4-bit layers with int8 activations, as CTranslate2's int8 runs (faster);
+        ``half_cache``: attention keys and values in float16 (half a batch's memory). Neither is
+        exact: translations move a little (benchmarks/int8_cache.py measures the BLEU of each)."""
         if threads:
             native.set_threads(threads)
         if native.library() is not None:
@@ -101,10 +103,12 @@ class Translator:
                 import warnings
                 warnings.warn("int8: this CPU (or SHRINKFORMER_NATIVE) has no AVX-512 VNNI, and int8's portable core "
                               "is slower than the exact mode here", RuntimeWarning, stacklevel=2)
-            return cls(DirectModel(path, beam_size, length_penalty, int8=int8), batch_sentences=batch_sentences)
-        if int8:
+            return cls(DirectModel(path, beam_size, length_penalty, int8=int8, half_cache=half_cache),
+                       batch_sentences=batch_sentences)
+        if int8 or half_cache:
             from ..errors import UsageError
-            raise UsageError("int8 activations need the native library, which is not available here")
+            raise UsageError(f"{'int8 activations' if int8 else 'float16 caches'} need the native library, which is "
+                             "not available here")
         from .model import load
         from .search import SearchConfig
         model, tokenizer, config = load(path)
