@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import shlex
 import sys
 from pathlib import Path
 
+from output import write  # benchmarks/output.py
 from shrinkformer.evaluate.significance import paired_bootstrap
 from shrinkformer.runtime.translator import Translator
 
@@ -49,11 +49,7 @@ def main() -> None:
                       "identical_lines": sum(x == y for x, y in zip(hyps[a], hyps[b])), "of": len(source)})
     result = {"command": "python benchmarks/int8_cache.py " + shlex.join(sys.argv[1:]), "model": MODEL.name,
               "split": args.split, "batch_sentences": 64, "steps": steps}
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    write(result, args.out)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from output import write  # benchmarks/output.py: no torch in the workers
+
 # What only the parent needs (platform, shlex, shutil, statistics, subprocess, tempfile) is imported
 # in the functions that use it: a worker's peak RSS is its engine's, not the harness's (statistics
 # alone pulls in decimal and fractions; the six together are 2.6 MB in every worker).
@@ -178,11 +180,7 @@ def cold_start_only(args) -> None:
               "cold_start_vs_ct2_int8": round(statistics.median(cold["runtime 4-bit"])
                                               / statistics.median(cold["ctranslate2 int8"]), 3),
               "cold_start_seconds": {k: [round(v, 3) for v in vs] for k, vs in cold.items()}}
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    write(result, args.out)
 
 
 def main() -> None:
@@ -307,11 +305,7 @@ def main() -> None:
                                                             / torch_rows["sentences_per_second"], 3)},
         "installed": install, "engines": rows,
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    write(result, args.out)
 
 
 if __name__ == "__main__":
