@@ -59,11 +59,13 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 ROW_SCALED = "-rowscale"  # the row-name suffix of a method run with per-row scales (compress --row-scale)
 
 
+_ORDER = {name: i for i, name in enumerate(EXPERIMENTS)}
+
+
 def _listed(name: str) -> tuple[int, str]:
     """A row's place in the grid (rows outside it after, by name): of two variants of one
     allocation, the one listed first is the reference the later one was added to be tested against."""
-    order = list(EXPERIMENTS)
-    return (order.index(name) if name in EXPERIMENTS else len(order), name)
+    return (_ORDER.get(name, len(_ORDER)), name)
 
 
 def retrained_twin(name: str) -> str | None:

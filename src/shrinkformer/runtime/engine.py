@@ -35,7 +35,7 @@ class Engine:
         if lib is None:
             raise RuntimeError("the native library is not available")
         self.lib, self.model, spec = lib, model, model.spec
-        native.need_blas(native.MAX_ROWS + 1, 0)  # numpy has loaded OpenBLAS already: it costs nothing more
+        native.load_blas()  # numpy has loaded OpenBLAS already: it costs nothing more
         wide = native.wide()
         self._descriptors: dict[int, contract.Layer] = {}
 

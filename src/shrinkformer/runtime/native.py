@@ -142,12 +142,16 @@ def library() -> ctypes.CDLL | None:
 
 
 def need_blas(decoder_rows: int, encoder_rows: int) -> None:
-    """Give the library its sgemm before a search whose products outgrow the kernels (more beams x
-    sentences than MAX_ROWS, or more source positions than ENCODER_KERNEL_ROWS); once loaded it stays."""
-    if "blas" in _state or (decoder_rows <= MAX_ROWS and encoder_rows <= ENCODER_KERNEL_ROWS):
-        return
+    """Before a search: BLAS where its products outgrow the kernels (more beams x sentences than
+    MAX_ROWS, or more source positions than ENCODER_KERNEL_ROWS)."""
+    if decoder_rows > MAX_ROWS or encoder_rows > ENCODER_KERNEL_ROWS:
+        load_blas()
+
+
+def load_blas() -> None:
+    """Give the library its sgemm (once; it stays)."""
     lib = library()
-    if lib is None:
+    if "blas" in _state or lib is None:
         return
     blas, ilp64 = blas_sgemm()
     _state["blas"] = blas
@@ -200,7 +204,7 @@ def blas_sgemm() -> tuple[int | None, int]:
 
 def has_blas() -> bool:
     """Whether large products run through BLAS here (loading it, as a large search would)."""
-    need_blas(MAX_ROWS + 1, 0)
+    load_blas()
     return library() is not None and _state.get("blas") is not None
 
 

@@ -13,8 +13,8 @@
 
    Arithmetic: xq = round(x * 127 / max|x's row|) + 128, unsigned as vpdpbusd takes it, so
    sum_k xq_k w_k = sum_k x_k w_k / sx + 128 * sum_k w_k, and y = (acc - 128 * qsum) * sx * qscale
-   + bias. The integer cores agree exactly, the quantization is this file's and the epilogue
-   runtime.h's int8_finish for every core: every core on every CPU gives the same results. */
+   + bias. The integer cores agree exactly, the quantization and the epilogue (int8_finish)
+   are this file's, which the VNNI core repeats in 16 lanes: every core on every CPU gives the same results. */
 
 #include <math.h>
 #include <stdlib.h>
@@ -83,6 +83,18 @@ void int8_row(const packed_layer *L, int64_t r, float *out) {
             out[g * GROUP_COLS + j] = L->codebook[src[j] & 0x0f];
             out[g * GROUP_COLS + 4 + j] = L->codebook[src[j] >> 4];
         }
+}
+
+/* one block's 16 outputs of row m from its 16 integer sums (packed_kernels.c's VNNI core does the same
+   in 16 lanes) */
+static inline void int8_finish(const packed_layer *L, const int32_t *acc, float sx, const float *bias, int64_t n0,
+                               float *restrict y) {
+    const float s = sx * L->qscale;
+    const int32_t *sum = L->qsum + n0;
+    for (int64_t i = 0; i < 16; i++) {
+        float v = (float)(acc[i] - 128 * sum[i]) * s; /* rounded here, then the bias: no FMA anywhere */
+        y[i] = bias ? v + bias[n0 + i] : v;
+    }
 }
 
 /* Each block's 16 rows decoded once into int32s, column-major (K x 16), then per row of x one

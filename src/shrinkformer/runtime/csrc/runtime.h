@@ -199,23 +199,13 @@ int64_t layer_to_int8(packed_layer *L);
 void int8_matmul_t(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y);
 void int8_row(const packed_layer *L, int64_t r, float *out);
 /* the core: y (M, N) for W's row blocks b0..b1 (16 rows each) from xq (M, K) and each row's scale
-   sx, through the integer sums acc = xq . W's int8 values and int8_finish (which every core
-   applies to its integers, so all give the same floats): the portable one (int8.c) and, in the
+   sx, through the integer sums acc = xq . W's int8 values, finished as int8.c's int8_finish does
+   (every core the same operations on the same integers, so all give the same floats): the portable one (int8.c) and, in the
    x86 library, the AVX-512 VNNI one (packed_kernels.c; NULL in the portable library) */
 typedef void (*int8_core_fn)(const packed_layer *L, const uint8_t *xq, const float *sx, int64_t M, const float *bias,
                              float *y, int64_t b0, int64_t b1);
 void int8_core_portable(const packed_layer *L, const uint8_t *xq, const float *sx, int64_t M, const float *bias,
                         float *y, int64_t b0, int64_t b1);
-/* one block's 16 outputs of row m from its 16 integer sums, as every core finishes them */
-static inline void int8_finish(const packed_layer *L, const int32_t *acc, float sx, const float *bias, int64_t n0,
-                               float *restrict y) {
-    const float s = sx * L->qscale;
-    const int32_t *sum = L->qsum + n0;
-    for (int64_t i = 0; i < 16; i++) {
-        float v = (float)(acc[i] - 128 * sum[i]) * s; /* rounded here, then the bias: no FMA anywhere */
-        y[i] = bias ? v + bias[n0 + i] : v;
-    }
-}
 extern const int8_core_fn int8_core_vnni;
 
 /* prepare.c: a packed file's layer in the kernels' layout (arrays malloc'd, freed by
