@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from shrinkformer.cli import main
-from shrinkformer.workflow.allocate import CHOICES, Choice, packed_layout, solve
+from shrinkformer.workflow.allocate import CHOICES, ROW_SCALED, Allocation, Choice, LayerAllocation, packed_layout, solve
 from shrinkformer.pack.format import load_packed
 
 from .conftest import run_cli
 
 
-@pytest.mark.parametrize("choice", [c for c in CHOICES if not c.dense], ids=lambda c: c.label)
+@pytest.mark.parametrize("choice", [c for c in CHOICES + ROW_SCALED if not c.dense], ids=lambda c: c.label)
 def test_priced_layout_is_what_the_codec_packs(choice):
     weight = torch.randn(40, 56, generator=torch.Generator().manual_seed(3))
     tensors, meta = choice.codec(weight).pack()
@@ -107,6 +107,7 @@ def test_budget_bytes_and_the_dense_dtype(tiny_run, multi30k, tmp_path):
     (["--target-ratio", "4", "--budget-bytes", "9000"], "give exactly one of --budget-bytes and --target-ratio"),
     (["--target-ratio", "4", "--method", "kmeans"], "--method and --target-ratio/--budget-bytes exclude each other"),
     (["--target-ratio", "4", "--bits", "2"], "--bits does not apply to a budgeted allocation"),
+    (["--target-ratio", "4", "--final-epochs", "0"], "--final-epochs must be >= 1, got 0"),
     ([], "give --method, or --target-ratio / --budget-bytes"),
     (["--budget-bytes", "1000"], "is below the smallest model these choices reach: "),
 ])
@@ -126,13 +127,14 @@ def test_fisher_shortcut_equals_scoring_the_codecs_weights(tiny_run, monkeypatch
     _, _, model = load_any(tiny_run / "model.pt", training=True)
     weights = {n: m.weight for n, m in list(eligible(model).items())[:4]}
     fisher = {n: torch.rand(w.shape, generator=torch.Generator().manual_seed(1)) for n, w in weights.items()}
-    _, masks = sensitivity.price(weights, CHOICES, False)
-    want = sensitivity.score_choices(weights, CHOICES, masks,
+    choices = CHOICES + ROW_SCALED
+    _, masks = sensitivity.price(weights, choices, False)
+    want = sensitivity.score_choices(weights, choices, masks,
                                      lambda n, w, q: float(0.5 * (fisher[n] * (w - q) ** 2).sum()))
     monkeypatch.setattr(sensitivity, "fisher_diagonal", lambda model, weights, batches: fisher)
-    got = sensitivity.fisher_scores(model, weights, [], CHOICES, masks)
+    got = sensitivity.fisher_scores(model, weights, [], choices, masks)
     for n in weights:
-        for c in CHOICES:
+        for c in choices:
             assert got[n][c] == pytest.approx(want[n][c], rel=1e-4, abs=1e-9), (n, c.label)
 
 
@@ -241,3 +243,52 @@ def test_the_budget_floor_names_the_matrices_no_choice_compresses():
     model = nn.Sequential(nn.Linear(4, 4), nn.Embedding(30, 4))
     assert uncompressible(model, {"0": model[0].weight}) == ", and 1.weight: 86% of the parameters"  # 120 of 140
     assert uncompressible(model, {"0": model[0].weight, "1": model[1].weight}) == ""
+
+
+def test_row_scaled_choices_are_offered_priced_and_taken_where_rows_differ(monkeypatch):
+    """With ``row_scale`` the 1- and 2-bit choices come with a float16 scale per row too, 2 bytes a
+    row dearer; on a layer whose rows differ 50x in size they cut the estimated damage by a third,
+    so a budget that can pay for the scales takes them, and one that cannot does not."""
+    from shrinkformer.workflow import sensitivity
+    from shrinkformer.workflow.budget import BudgetConfig
+
+    assert BudgetConfig(target_ratio=20).candidates == CHOICES
+    on = BudgetConfig(target_ratio=20, row_scale=True)
+    assert on.candidates == CHOICES + ROW_SCALED and on.to_dict()["row_scale"] is True
+    assert "1b-flex-rs" in on.to_dict()["choices"] and "row_scale" not in BudgetConfig(target_ratio=20).to_dict()
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 32, generator=g) * torch.logspace(0, 1.7, 64)[:, None]
+    weights = {"w": weight}
+    flex, scaled = Choice(0.0, 1), Choice(0.0, 1, True)
+    costs, masks = sensitivity.price(weights, [Choice(), flex, scaled], False)
+    assert packed_layout(weight, scaled)[1]["row_scale"] == 2 * 64
+    assert 2 * 64 < costs["w"][scaled] - costs["w"][flex] < 2 * 64 + 120  # and the scales' header entry
+    monkeypatch.setattr(sensitivity, "fisher_diagonal", lambda model, w, batches: {"w": torch.ones_like(weight)})
+    sens = sensitivity.fisher_scores(None, weights, [], [Choice(), flex, scaled], masks)
+    assert sens["w"][scaled] < 0.7 * sens["w"][flex]
+    assert solve(costs, sens, costs["w"][scaled]) == {"w": scaled}
+    assert solve(costs, sens, costs["w"][scaled] - 1) == {"w": flex}
+    # an allocation that took one says so in its file, and reads back the same
+    alloc = Allocation([LayerAllocation("w", (64, 32), scaled, costs["w"][scaled], sens["w"][scaled])], 10**6, 0, 2048,
+                       "fisher")
+    assert alloc.to_dict()["layers"][0]["row_scale"] is True and alloc.to_dict()["layers"][0]["choice"] == "1b-flex-rs"
+    assert Allocation.from_dict(alloc.to_dict()).choices() == {"w": scaled}
+
+
+def test_final_epochs_retrain_the_last_stage_longer():
+    """``final_epochs``: the retraining after the quantization gets its own epochs; the pruning
+    steps before it keep the row's. In the keys only when set."""
+    from shrinkformer.experiments.grid import EXPERIMENTS
+    from shrinkformer.workflow.budget import BudgetConfig
+
+    choices = {"a": Choice(0.5, 1), "c": Choice(0.0, 1), "d": Choice(0.95, 1)}
+    stages = BudgetConfig(target_ratio=25, gradual=True, final_epochs=6).stages(choices)
+    assert [s.epochs for s in stages] == [None, None, None, 6] and stages[-1].retrain
+    assert stages[-1].to_dict()["epochs"] == 6 and "epochs" not in stages[1].to_dict()
+    assert "final_epochs" not in BudgetConfig(target_ratio=25).to_dict()
+    assert [s.epochs for s in BudgetConfig(target_ratio=25, gradual=True).stages(choices)] == [None] * 4
+    row = EXPERIMENTS["mixed-25x-gradual-1+6ep"]
+    assert row.spec()["budget"] == {**EXPERIMENTS["mixed-25x-gradual"].spec()["budget"], "final_epochs": 6}
+    assert row.retrain_epochs == 1
+    with pytest.raises(Exception, match="--final-epochs must be >= 1"):
+        BudgetConfig(target_ratio=25, final_epochs=0)

@@ -249,3 +249,27 @@ def test_longer_retraining_is_measured_against_the_shorter_one_and_row_scales_ag
     scaled = next(f for f in text if f.startswith("**Per-row scales (bsflex-all-rowscale)"))
     assert "keeps 93.8% at 2.68x against 95.0% at 2.69x without" in scaled
     assert "With minus without: -0.50 BLEU on t (p = 0.200)" in scaled and "do not separate with and without" in scaled
+
+
+def test_a_gradual_row_with_epochs_moved_to_the_end_is_measured_against_both_schedules():
+    from shrinkformer.experiments.comparisons import pairs, respread
+    from shrinkformer.experiments.report import findings
+
+    def row(name, bleu, retrainings):
+        return {"name": name, "method": "mixed", "status": "ok", "bleu": bleu, "bleu_retention": bleu / 40.0,
+                "compression_ratio": 20.0, "model_compression_ratio": 25.0, "params_compressed_share": 1.0,
+                "history": [{"when": "retrained"}] * retrainings}
+    rows = [{**row("baseline", 40.0, 0), "method": "none", "model_compression_ratio": 1.0},
+            row("mixed-25x", 34.0, 1), row("mixed-25x-8ep", 36.0, 1), row("mixed-25x-gradual", 36.0, 4),
+            row("mixed-25x-16ep", 37.0, 1), row("mixed-25x-gradual-1+6ep", 37.5, 4)]
+    assert respread("mixed-25x-gradual-1+6ep") == (1, 6) and respread("mixed-25x-16ep") is None
+    stated = set(pairs(rows))
+    new = "mixed-25x-gradual-1+6ep"
+    assert {("mixed-25x-gradual", new), ("mixed-25x-8ep", new), ("mixed-25x-16ep", new)} <= stated
+    assert ("mixed-25x", new) not in stated  # its allocation's plain row is the gradual one's reference
+    comps = [_comp("mixed-25x-gradual", new, 1.5, 0.001), _comp("mixed-25x-8ep", new, 1.5, 0.002),
+             _comp("mixed-25x-16ep", new, 0.5, 0.3)]
+    text = next(f for f in findings(rows, comps, ["t"]) if f.startswith(f"**Budgeted allocation ({new})"))
+    assert ("retrained with 1 epoch(s) per pruning step and 6 after the quantization (9 in all) instead of 2 per "
+            "retraining (8 in all) (mixed-25x-gradual, 90.0%): re-spread minus even: +1.50 BLEU on t (p = 0.001)") in text
+    assert "Against mixed-25x-16ep (92.5%, one retraining at the end): re-spread minus one-shot: +0.50 BLEU" in text

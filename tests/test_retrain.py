@@ -10,7 +10,7 @@ import torch
 
 from shrinkformer.adapters.transformer import TransformerAdapter
 from shrinkformer.cli import main
-from shrinkformer.compress import KMeansConfig, compress
+from shrinkformer.compress import KMeansConfig, PruneConfig, compress
 from shrinkformer.pack.format import load_packed
 from shrinkformer.checkpoint import load_checkpoint, load_model
 from shrinkformer.translate import Translator
@@ -266,10 +266,11 @@ def test_packed_layers_record_the_method_and_scope_that_made_them(tiny_run, mult
     (["--method", "kmeans", "--flex"], "--flex applies to a budgeted allocation"),
     (["--method", "kmeans", "--staged"], "--staged applies to a budgeted allocation"),
     (["--method", "kmeans", "--gradual"], "--gradual applies to a budgeted allocation"),
+    (["--method", "kmeans", "--final-epochs", "4"], "--final-epochs applies to a budgeted allocation"),
     (["--method", "kmeans", "--include", "encoder.nothing.*"], "--include 'encoder.nothing.*' matches no module"),
     (["--method", "kmeans", "--scope", "ffn", "--exclude", "decoder.nothing"],
      "--exclude 'decoder.nothing' matches no module"),
-], ids=["bits-bsflex", "sparsity-kmeans", "init-prune", "flex-method", "staged-method", "gradual-method", "include-nothing", "exclude-nothing"])
+], ids=["bits-bsflex", "sparsity-kmeans", "init-prune", "flex-method", "staged-method", "gradual-method", "final-epochs-method", "include-nothing", "exclude-nothing"])
 def test_options_that_do_not_apply_or_match_nothing_are_errors(tiny_run, multi30k, tmp_path, args, message):
     out = tmp_path / "m.sfz"
     result = run_cli("compress", str(tiny_run / "model.pt"), *args, "--retrain-epochs", "1", "--no-test",
@@ -349,3 +350,21 @@ def test_keep_best_undoes_a_retraining_that_lowers_validation_bleu(tiny_run, mul
     assert kept[2]["valid_bleu"] == kept[1]["valid_bleu"] > kept[2]["retrained_bleu"] == wrecked[2]["valid_bleu"]
     (a, _), (b, _) = (packed_contents(tmp_path / f"{n}.sfz") for n in ("untrained", "kept"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stage_with_its_own_epochs_retrains_that_long(tiny_run, multi30k, tmp_path, monkeypatch):
+    """``Stage.epochs`` (the budget's ``final_epochs``) overrides the retraining's epochs for that
+    stage only, and changes the work directory's key."""
+    from shrinkformer.workflow import retrain as rt
+    from shrinkformer.workflow.retrain import RetrainConfig, Stage, run_key
+
+    cfg, tok, model = load_model(tiny_run / "model.pt")
+    cfg.data.data_dir = str(multi30k)
+    seen = []
+    monkeypatch.setattr(rt, "fit_step", lambda adapter, run_cfg, *a, **k: seen.append(run_cfg.train.max_epochs) or 0.0)
+    stages = [Stage(PruneConfig(0.5, 0.5, 1), ["all"]), Stage(KMeansConfig(2), ["all"], epochs=3)]
+    adapter = TransformerAdapter(model, tok, cfg)
+    rt.retrain(adapter, stages, RetrainConfig(epochs=1), train_limit=50)
+    assert seen == [1, 3]
+    plain = [Stage(PruneConfig(0.5, 0.5, 1), ["all"]), Stage(KMeansConfig(2), ["all"])]
+    assert run_key(adapter, stages, RetrainConfig(epochs=1), 50) != run_key(adapter, plain, RetrainConfig(epochs=1), 50)

@@ -113,19 +113,22 @@ def budget_config(args: argparse.Namespace):
         if args.flex:
             raise UsageError("--flex applies to a budgeted allocation; with --method, use kmeans-flex or "
                              "prune+kmeans-flex")
-        for flag in ("staged", "gradual"):
+        for flag in ("staged", "gradual", "final_epochs"):
             if getattr(args, flag):
-                raise UsageError(f"--{flag} applies to a budgeted allocation (--target-ratio or --budget-bytes)")
+                raise UsageError(f"--{flag.replace('_', '-')} applies to a budgeted allocation (--target-ratio or "
+                                 "--budget-bytes)")
         if args.method is None:
             raise UsageError("give --method, or --target-ratio / --budget-bytes for a per-layer allocation")
         return None
     if args.method is not None:
         raise UsageError("--method and --target-ratio/--budget-bytes exclude each other: a budget chooses the "
                          "method of every layer")
-    refuse_for_budget(method_options(args))
+    given = method_options(args)
+    row_scale = bool(given.pop("row_scale"))  # with a budget: row-scaled choices are offered, not imposed
+    refuse_for_budget(given)
     return BudgetConfig(args.budget_bytes, args.target_ratio, args.sensitivity, args.sensitivity_sentences,
                         half_dense=args.dense_dtype != "fp32", flex=args.flex, staged=args.staged,
-                        gradual=args.gradual)
+                        gradual=args.gradual, row_scale=row_scale, final_epochs=args.final_epochs)
 
 
 def allocation_outputs(output: Path) -> tuple[Path, Path]:
@@ -467,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default linear)")
     p.add_argument("--row-scale", action="store_true", default=None,
                    help="kmeans, binary-fixed, bsflex, prune+kmeans and the -flex forms: a float16 scale per "
-                        "output row times a codebook shared by the layer (2 bytes a row)")
+                        "output row times a codebook shared by the layer (2 bytes a row); with a budget, the "
+                        "1- and 2-bit choices are offered with row scales too, at their exact price")
     p.add_argument("--scope", action="append", help="all, self-attention, encoder-self-attention, "
                    "decoder-self-attention, cross-attention, attention, ffn, embeddings (repeatable)")
     p.add_argument("--include", action="append", default=[], metavar="PATTERN",
@@ -490,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradual", action="store_true",
                    help="budget: reach sparsities of 80%% or more from 50%% in three pruning steps, "
                         "each retrained (--retrain-epochs each), instead of in one cut")
+    p.add_argument("--final-epochs", type=int, metavar="N",
+                   help="budget: epochs of the last retraining (after the quantization), when they should differ "
+                        "from --retrain-epochs (with --gradual or --staged, the earlier retrainings keep those)")
     p.add_argument("--staged", action="store_true",
                    help="budget: retrain after the pruning, after the k-means and after the binarization "
                         "(--retrain-epochs each), instead of once after all of them")

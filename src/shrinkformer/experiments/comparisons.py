@@ -9,7 +9,8 @@ retrained for more epochs (``mixed-20x-4ep``), with flexible codebooks (``mixed-
 stages (``mixed-20x-staged``) or on the baseline's translations (``mixed-20x-teacher``) against the
 same row retrained as the others are, and such variants of one allocation against each other (the
 one the grid lists first as the reference, so ``mixed-25x-16ep`` is measured against
-``mixed-25x-8ep``, not the other way round); a row retrained on the baseline's translations also
+``mixed-25x-8ep``, not the other way round); a gradual row whose last retraining has its own epochs
+(``mixed-25x-gradual-1+6ep``) against the gradual row and the one-shot rows' epoch variants; a row retrained on the baseline's translations also
 against the data control (``control-teacher``, the uncompressed model retrained on them), which is
 tested against the control; a row with per-row scales (``bsflex-all-rowscale``) against the same
 method without them.
@@ -50,6 +51,10 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         if base in ok:  # the same allocation retrained longer, flexibly, in stages: against it and each other
             out.append((base, m["name"]))
             out += [(v, m["name"]) for v in ok if _listed(v) < _listed(m["name"]) and retrained_twin(v) == base]
+            grand = retrained_twin(base)  # a gradual row's epochs re-spread: also against its one-shot twin's epochs
+            if grand and respread(m["name"]):
+                out += [(v, m["name"]) for v in ok if retrained_twin(v) == grand and v.endswith("ep")
+                        and not respread(v)]
     for name in ok:
         if name.endswith(ROW_SCALED) and name.removesuffix(ROW_SCALED) in ok:
             out.append((name.removesuffix(ROW_SCALED), name))
@@ -76,6 +81,14 @@ def retrained_twin(name: str) -> str | None:
 
 
 VARIANTS = ("flex", "staged", "gradual", "teacher")  # ways of retraining one allocation, as row-name suffixes
+
+
+def respread(name: str) -> tuple[int, int] | None:
+    """A row whose last retraining has its own epochs (``mixed-25x-gradual-1+6ep``): (epochs of each
+    earlier retraining, of the last one); else None."""
+    variant = name.rpartition("-")[2]
+    first, plus, last = variant.removesuffix("ep").partition("+")
+    return (int(first), int(last)) if variant.endswith("ep") and plus and first.isdigit() and last.isdigit() else None
 
 
 def uniform_below(rows: list[dict[str, Any]], mixed: dict[str, Any]) -> list[dict[str, Any]]:

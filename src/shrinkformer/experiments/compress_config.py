@@ -39,6 +39,11 @@ class CompressSection:
     flex: bool | None = None
     staged: bool | None = None
     gradual: bool | None = None
+    row_scale: bool | None = None
+    final_epochs: int | None = None
+
+
+BUDGET_ONLY = ("target_ratio", "flex", "staged", "gradual", "row_scale", "final_epochs")
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,9 @@ class CompressFile:
             raise UsageError(f"compress.row must name a grid row (known: {', '.join(EXPERIMENTS)}), got {c.row!r}")
         exp = EXPERIMENTS[c.row]
         changes = {k: v for k, v in dataclasses.asdict(c).items() if k != "row" and v is not None}
-        if changes.keys() & {"target_ratio", "flex", "staged", "gradual"} and exp.target_ratio is None:
-            raise UsageError(f"compress.target_ratio, flex, staged and gradual apply to budgeted rows; {c.row} is not one")
+        if changes.keys() & set(BUDGET_ONLY) and exp.target_ratio is None:
+            raise UsageError(f"compress.{', '.join(BUDGET_ONLY[:-1])} and {BUDGET_ONLY[-1]} apply to budgeted rows; "
+                             f"{c.row} is not one")
         return dataclasses.replace(exp, **changes)
 
     def sweep_preset(self) -> SweepPreset:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from ..evaluate.significance import ALPHA, RESAMPLES
 from ..io import write_text_atomic
 from . import frontier
-from .comparisons import QUANTIZERS, ROW_SCALED, find, retrained_twin, uniform_below
+from .comparisons import QUANTIZERS, ROW_SCALED, find, respread, retrained_twin, uniform_below
 from .grid import EXPERIMENTS, STUDY_WMT
 from .sweep import ROW_FIELDS
 
@@ -256,6 +256,14 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
             times = sum(1 for h in m.get("history", []) if h.get("when") == "retrained")
             how, names = (f"with its high sparsities reached from 50% in retrained steps ({times} retrainings) "
                           "instead of in one cut", ("gradual", "one-cut"))
+        elif respread(m["name"]):
+            each, last = respread(m["name"])
+            times = sum(1 for h in m.get("history", []) if h.get("when") == "retrained")
+            twin_epochs = EXPERIMENTS[base].retrain_epochs if base in EXPERIMENTS else None
+            how, names = (f"with {each} epoch(s) per pruning step and {last} after the quantization "
+                          f"({each * (times - 1) + last} in all) instead of "
+                          + (f"{twin_epochs} per retraining ({twin_epochs * times} in all)" if twin_epochs
+                             else "its own epochs"), ("re-spread", "even"))
         else:
             how, names = f"for {variant[:-2]} epochs instead of as the other rows are", ("longer", "shorter")
         verdict = _verdict(hi, lo, n, f"{names[0]} and {names[1]} retraining", f"{names[0]} retraining helps",
@@ -271,6 +279,8 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
             if variant == "gradual":
                 said += (f" Against {peer['name']} ({pct(peer):.1f}%, one retraining at the end): "
                          + summary(comps, peer["name"], m["name"], splits, "gradual minus one-cut") + ".")
+            elif respread(m["name"]):
+                continue  # its peers are the one-shot rows, below
             elif variant.endswith("ep"):
                 more, fewer = variant[:-2], peer["name"].rpartition("-")[2][:-2]
                 hi, lo, n = _sig(comps, peer["name"], m["name"], splits)
@@ -278,6 +288,11 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
                          + summary(comps, peer["name"], m["name"], splits, f"{more} minus {fewer} epochs") + "; "
                          + _verdict(hi, lo, n, f"{more} and {fewer} epochs", f"{more} epochs help over {fewer}",
                                     f"{more} epochs hurt against {fewer}") + ".")
+        grand = retrained_twin(base) if respread(m["name"]) else None
+        for peer in (p for p in rows if grand and retrained_twin(p["name"]) == grand and p["name"].endswith("ep")
+                     and p.get("status") == "ok" and find(comps, p["name"], m["name"], splits[0])):
+            said += (f" Against {peer['name']} ({pct(peer):.1f}%, one retraining at the end): "
+                     + summary(comps, peer["name"], m["name"], splits, "re-spread minus one-shot") + ".")
         data_control = _row(rows, "control-teacher") if variant == "teacher" else None
         if data_control:
             said += (f" Against the data control (the uncompressed model retrained on the same translations, "

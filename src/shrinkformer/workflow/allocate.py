@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
-from ..compress.base import Codec, SparseCodec
-from ..compress.binary import BinaryConfig, binary_codec
-from ..compress.kmeans import KMeansConfig, kmeans_codec
+from ..compress.base import Codec, SparseCodec, build_codec
+from ..compress.binary import BinaryConfig
+from ..compress.kmeans import KMeansConfig
 from ..compress.kmeans_flex import FlexKMeansConfig
 from ..compress.primitives import encode_positions, magnitude_mask
 from ..compress.prune import PruneConfig
@@ -35,10 +35,13 @@ class Choice:
     """What one layer becomes: pruned to ``sparsity`` (0: not pruned), its (surviving) weights
     quantized to ``bits`` (None: kept at full precision). One bit on an unpruned layer is BS-Flex,
     which retrained better than 1-bit k-means in the Multi30k sweep (bsflex-all vs kmeans-1bit-all);
-    on a pruned layer it is 1-bit k-means over the survivors (BS-Flex takes no mask)."""
+    on a pruned layer it is 1-bit k-means over the survivors (BS-Flex takes no mask). ``row_scale``:
+    the codebook is shared over row-normalized weights and each output row keeps a float16 scale
+    (``compress.base.RowScaledCodec``), 2 bytes a row."""
 
     sparsity: float = 0.0
     bits: int | None = None
+    row_scale: bool = False
 
     @property
     def flex(self) -> bool:
@@ -48,7 +51,7 @@ class Choice:
     def label(self) -> str:
         parts = [f"p{round(self.sparsity * 100)}"] if self.sparsity else []
         if self.bits is not None:
-            parts.append("1b-flex" if self.flex else f"{self.bits}b")
+            parts.append(("1b-flex" if self.flex else f"{self.bits}b") + ("-rs" if self.row_scale else ""))
         return "+".join(parts) or "dense"
 
     @property
@@ -61,9 +64,9 @@ class Choice:
         assignments; an unpruned 1-bit layer is BS-Flex either way."""
         out: list[Any] = [PruneConfig(self.sparsity, self.sparsity, 1)] if self.sparsity else []
         if self.flex:
-            out.append(BinaryConfig("flex"))
+            out.append(BinaryConfig("flex", self.row_scale))
         elif self.bits is not None:
-            out.append(FlexKMeansConfig(self.bits) if flex else KMeansConfig(self.bits))
+            out.append(FlexKMeansConfig(self.bits, self.row_scale) if flex else KMeansConfig(self.bits, row_scale=self.row_scale))
         return out
 
     def codec(self, weight: Tensor, mask: Tensor | None = None) -> Codec | None:
@@ -74,16 +77,16 @@ class Choice:
             if isinstance(cfg, PruneConfig):
                 mask = magnitude_mask(weight, cfg.end) if mask is None else mask
                 codec = SparseCodec(weight, mask)
-            elif isinstance(cfg, BinaryConfig):
-                codec = binary_codec(cfg, weight)
             else:
-                codec = kmeans_codec(cfg, weight, mask)
+                codec = build_codec(cfg, weight, mask if self.sparsity else None)
         return codec
 
 
 SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95)
 BITS: tuple[int | None, ...] = (None, 1, 2, 3, 4, 8)
 CHOICES = tuple(Choice(s, b) for s in SPARSITIES for b in BITS)
+# What ``BudgetConfig(row_scale=True)`` adds: the 1- and 2-bit choices with a scale per row.
+ROW_SCALED = tuple(Choice(s, b, True) for s in SPARSITIES for b in (1, 2))
 
 
 def header_bytes(name: str, tensor: Tensor) -> int:
@@ -124,6 +127,9 @@ def packed_layout(weight: Tensor, choice: Choice, mask: Tensor | None = None,
     if choice.bits is None:
         return {"encoding": "sparse", **meta}, {"values": 4 * count, **parts}
     parts = {"centroids": 4 * 2 ** choice.bits, "index": -(-count * choice.bits // 8), **parts}
+    if choice.row_scale:
+        parts["row_scale"] = 2 * weight.shape[0]
+        meta["row_scale"] = "f16"
     return {"encoding": "codebook", "bits": choice.bits, "count": count, **meta}, parts
 
 
@@ -153,7 +159,8 @@ class LayerAllocation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "choice": self.choice.label,
-                "sparsity": self.choice.sparsity, "bits": self.choice.bits, "bytes": self.bytes,
+                "sparsity": self.choice.sparsity, "bits": self.choice.bits,
+                **({"row_scale": True} if self.choice.row_scale else {}), "bytes": self.bytes,
                 "bits_per_weight": round(self.bits_per_weight, 3), "sensitivity": self.sensitivity}
 
 
@@ -189,7 +196,8 @@ class Allocation:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Allocation":
-        layers = [LayerAllocation(x["name"], tuple(x["shape"]), Choice(x["sparsity"], x["bits"]), x["bytes"],
+        layers = [LayerAllocation(x["name"], tuple(x["shape"]), Choice(x["sparsity"], x["bits"], x.get("row_scale", False)),
+                                  x["bytes"],
                                   x["sensitivity"]) for x in d["layers"]]
         known = {"budget_bytes", "fixed_bytes", "params", "estimated_bytes", "estimated_ratio", "target_ratio",
                  "sensitivity_method", "search_seconds", "layers"}

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from torch import Tensor, nn
 
 from ..compress import BinaryConfig, KMeansConfig, PruneConfig, codecs, compress, count_params
-from .allocate import CHOICES, Allocation, Choice, LayerAllocation, choice_bytes, smallest_bytes, solve
+from .allocate import CHOICES, ROW_SCALED, Allocation, Choice, LayerAllocation, choice_bytes, smallest_bytes, solve
 from ..compress.kmeans_flex import FlexKMeansConfig
 from ..adapters.base import ModelAdapter
 from ..data.splits import read_split
@@ -50,6 +50,8 @@ class BudgetConfig:
     flex: bool = False  # retrain the codebooks with flexible k-means (kmeans_flex.py); the search is the same
     staged: bool = False  # retrain after each kind of compression (pruning, k-means, binarization), not once
     gradual: bool = False  # reach high sparsities in retrained steps from 50% (GRADUAL_FROM), not in one cut
+    row_scale: bool = False  # offer the 1- and 2-bit choices with a scale per output row too (ROW_SCALED)
+    final_epochs: int | None = None  # the last retraining's epochs (after the quantization), if not the others'
     choices: tuple[Choice, ...] = field(default=CHOICES, repr=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +65,13 @@ class BudgetConfig:
             raise UsageError(f"unknown sensitivity estimate {self.sensitivity!r} (known: {', '.join(METHODS)})")
         if self.sentences < 1:
             raise UsageError(f"sensitivity sentences must be >= 1, got {self.sentences}")
+        if self.final_epochs is not None and self.final_epochs < 1:
+            raise UsageError(f"--final-epochs must be >= 1, got {self.final_epochs}")
+
+    @property
+    def candidates(self) -> tuple[Choice, ...]:
+        """The choices each layer picks from."""
+        return self.choices + (ROW_SCALED if self.row_scale else ())
 
     def budget(self, params: int) -> int:
         """Bytes allowed for a model of ``params`` parameters."""
@@ -71,14 +80,19 @@ class BudgetConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"budget_bytes": self.budget_bytes, "target_ratio": self.target_ratio,
                 "sensitivity": self.sensitivity, "sentences": self.sentences, "batch_tokens": self.batch_tokens,
-                "half_dense": self.half_dense, "choices": [c.label for c in self.choices],
+                "half_dense": self.half_dense, "choices": [c.label for c in self.candidates],
                 **({"flex": True} if self.flex else {}),  # absent when off: keys saved before them stay valid
                 **({"staged": True} if self.staged else {}),
-                **({"gradual": True} if self.gradual else {})}
+                **({"gradual": True} if self.gradual else {}),
+                **({"row_scale": True} if self.row_scale else {}),
+                **({"final_epochs": self.final_epochs} if self.final_epochs is not None else {})}
 
     def stages(self, choices: dict[str, Choice]) -> list[Stage]:
         """The retraining stages that compress a model as ``choices`` say, retrained as asked."""
-        return allocation_stages(choices, self.flex, self.staged, self.gradual)
+        stages = allocation_stages(choices, self.flex, self.staged, self.gradual)
+        if stages and self.final_epochs is not None:
+            stages[-1].epochs = self.final_epochs
+        return stages
 
 
 GRADUAL_FROM = 0.5  # ``gradual``: where the sparsity steps start, retraining after each
@@ -192,14 +206,14 @@ def allocate(model: nn.Module, weights: dict[str, Tensor], bc: BudgetConfig,
     # What no choice changes: the model packed with every candidate dense, less those weights.
     fixed = packed_bytes({}) - sum(choice_bytes(name, w, Choice(), bc.half_dense) for name, w in weights.items())
     log.debug("fixed bytes (biases, norms, headers, metadata): %d", fixed)
-    costs, masks = price(weights, bc.choices, bc.half_dense)
+    costs, masks = price(weights, bc.candidates, bc.half_dense)
     smallest = smallest_bytes(costs, fixed)
     if budget < smallest:
         raise UsageError(f"a budget of {budget:,} bytes ({4 * params / budget:.1f}x) is below the smallest model "
                          f"these choices reach: {smallest:,} bytes ({4 * params / smallest:.1f}x), of which {fixed:,} "
                          f"are what no choice compresses (biases, norms, headers{uncompressible(model, weights)})")
     sample, sentences = batches()
-    sens = METHODS[bc.sensitivity](model, weights, sample, bc.choices, masks)
+    sens = METHODS[bc.sensitivity](model, weights, sample, bc.candidates, masks)
 
     slack = slack_bytes(bc)
     target = budget - fixed - slack

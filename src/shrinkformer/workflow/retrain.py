@@ -93,6 +93,7 @@ class Stage:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     retrain: bool = True  # False: compress and go straight on to the next stage (one retraining for several)
+    epochs: int | None = None  # this stage's retraining epochs, instead of RetrainConfig.epochs
 
     @property
     def schedule(self) -> list[float | None]:
@@ -101,7 +102,9 @@ class Stage:
     def to_dict(self) -> dict[str, Any]:
         d = {"config": None if self.config is None else self.config.to_dict(), "scopes": self.scopes,
              "include": self.include, "exclude": self.exclude}
-        return d if self.retrain else {**d, "retrain": False}  # absent when True: older keys stay valid
+        if self.epochs is not None:
+            d["epochs"] = self.epochs
+        return d if self.retrain else {**d, "retrain": False}  # absent when default: older keys stay valid
 
 
 @dataclass(frozen=True)
@@ -229,9 +232,12 @@ def retrain(adapter: ModelAdapter, stages: list[Stage], rc: RetrainConfig, train
     if rc.keep_best and world.size > 1:
         raise UsageError("--keep-best decides on the main process's validation BLEU; run it in one process")
     model, cfg = adapter.model, adapter.cfg
-    run_cfg = adapter.retraining_config(max_epochs=rc.epochs, lr=rc.lr, warmup_steps=rc.warmup_steps, patience=10**6,
-                                        average_last=1, save_every_steps=rc.save_every_steps, max_minutes=None,
-                                        **({"batch_tokens": rc.batch_tokens} if rc.batch_tokens else {}))
+    def run_cfg(stage: Stage) -> RunConfig:
+        return adapter.retraining_config(
+            max_epochs=rc.epochs if stage.epochs is None else stage.epochs, lr=rc.lr, warmup_steps=rc.warmup_steps,
+            patience=10**6, average_last=1, save_every_steps=rc.save_every_steps, max_minutes=None,
+            **({"batch_tokens": rc.batch_tokens} if rc.batch_tokens else {}))
+
     for stage in stages:  # a scope that matches nothing fails here, before any data is read or written
         if stage.config is not None:
             adapter.check_scopes(stage.scopes, stage.include, stage.exclude)
@@ -260,9 +266,10 @@ def retrain(adapter: ModelAdapter, stages: list[Stage], rc: RetrainConfig, train
             compressor.apply(step)
             step_dir = work / f"step{j}"
             state["history"].append(_compressed_entry(step_dir, name, adapter, valid, world))
-            if rc.epochs and stages[step.stage].retrain:
+            stage = stages[step.stage]
+            if (rc.epochs if stage.epochs is None else stage.epochs) and stage.retrain:
                 before = {k: v.detach().clone() for k, v in model.state_dict().items()} if rc.keep_best else None
-                state["retrain_seconds"] += fit_step(adapter, run_cfg, train, valid, step_dir, world, teacher, rc)
+                state["retrain_seconds"] += fit_step(adapter, run_cfg(stage), train, valid, step_dir, world, teacher, rc)
                 entry = {"stage": name, "when": "retrained", "valid_bleu": valid_bleu(adapter, valid, world)}
                 compressed_bleu = state["history"][-1]["valid_bleu"]
                 if before is not None and entry["valid_bleu"] < compressed_bleu:

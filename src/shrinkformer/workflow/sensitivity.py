@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .allocate import Choice, choice_bytes, survivors_and_mask_bytes
+from ..compress.base import row_scales
 from ..compress.primitives import kmeans_1d, magnitude_mask
 
 log = logging.getLogger(__name__)
@@ -110,19 +111,28 @@ def fisher_scores(model: nn.Module, weights: dict[str, Tensor], batches: Sequenc
     fisher = fisher_diagonal(model, weights, batches)
     choices = list(choices)
     sens: dict[str, dict[Choice, float]] = {}
+    scaled = any(c.row_scale for c in choices)
     for name, w in tqdm(weights.items(), desc="sensitivity (choices)", unit="layer", disable=None, leave=False):
+        rows = w.shape[0]
         w, f = w.detach().flatten(), fisher[name].flatten()
         kept = {0.0: (w, f, 0.0)}
+        # each kept value's row scale (RowScaledCodec's), for the row-scaled choices
+        scale = {0.0: row_scales(w.view(rows, -1), None).repeat_interleave(w.numel() // rows)} if scaled else {}
         for sparsity, mask in masks[name].items():
             m = mask.flatten()
             kept[sparsity] = (w[m], f[m], float((f[~m] * w[~m] ** 2).sum()))
+            if scaled:
+                scale[sparsity] = row_scales(w.view(rows, -1), mask.view(rows, -1)).repeat_interleave(
+                    w.numel() // rows)[m]
         sens[name] = {}
         for c in choices:
             values, weight, pruned = kept[c.sparsity]
             err = pruned
             if c.bits is not None:
-                centroids, index = kmeans_1d(values, 2 ** c.bits)
-                err += float((weight * (values - centroids[index.long()]) ** 2).sum())
+                s = scale[c.sparsity] if c.row_scale else None
+                centroids, index = kmeans_1d(values if s is None else values / s, 2 ** c.bits)
+                q = centroids[index.long()]
+                err += float((weight * (values - (q if s is None else q * s)) ** 2).sum())
             sens[name][c] = 0.0 if c.dense else 0.5 * err
     return sens
 
