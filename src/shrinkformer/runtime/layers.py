@@ -149,7 +149,16 @@ class LayerArrays:
         rows the 4-bit kernel costs the same per weight whatever its value, while the pruned
         kernels pay per survivor and per mask byte: at 50% sparsity they were twice as slow
         (mixed-20x, whose embedding is a 50%-pruned 2-bit layer). Resident bytes grow to 4 bits a
-        weight for such a layer."""
+        weight for such a layer.
+
+        An unpruned 1-bit layer becomes a 4-bit layer of its two centroids, for the same reason: at
+        a beam's rows the 4-bit kernel's lookups cost less per weight than the 1-bit kernel's
+        partial-sum tables (batch-1 decoding of mixed-20x, whose 1-bit layers hold a fifth of the
+        decoder's weights, in benchmarks/runtime.py), and the int8 mode runs it as a 4-bit layer."""
+        if self.mask is None and self.encoding == "codebook" and self.bits == 1 and self.row_scale is None \
+                and self.kind() is not None:
+            codes = _codes(self.index, 1, 0, self.rows * self.cols)
+            return LayerArrays.codebook_layer(self.rows, self.cols, 4, self.codebook[:2], pack_bits(codes, 4), None)
         if self.mask is None or self.encoding != "codebook" or self.bits > 3 or self.row_scale is not None:
             return self
         n = self.rows * self.cols

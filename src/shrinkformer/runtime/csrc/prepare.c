@@ -161,7 +161,9 @@ int64_t layer_prepare(const layer_parts *p, packed_layer *out) {
         int64_t count = p->count;
         if (bits < 1 || bits > 8 || count != (keep ? survivors : n) || p->n_centroids < 1) goto done;
         int dense4 = keep && bits <= 3 && (double)survivors >= (1 - PRUNED_DENSE_BELOW) * (double)n;
-        int widen = !keep && (bits == 2 || bits == 3), unserved = bits > 4 || cols % 8 || p->row_scale;
+        /* unpruned 1-, 2- and 3-bit codes widen to 4-bit ones, as layers.py's from_parts and
+           for_decoding widen them: the 4-bit kernel runs them */
+        int widen = !keep && bits <= 3, unserved = bits > 4 || cols % 8 || p->row_scale;
         if (p->index_huffman || dense4 || widen || unserved) {
             codes = malloc((size_t)count + 1);
             if (!codes) { status = -2; goto done; }
