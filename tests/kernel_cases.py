@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shrinkformer.runtime import build
+from shrinkformer.runtime import build, contract
 from shrinkformer.runtime.layers import LayerArrays, pack_bits
 
 DRIVER = Path(__file__).parent / "native" / "kernel_check.c"
@@ -43,9 +43,19 @@ def layers(rng: np.random.Generator) -> dict[str, LayerArrays]:
     return out
 
 
-def write_case(path: Path, layer: LayerArrays, x: np.ndarray, bias: np.ndarray) -> None:
+INT8_SHAPES = [(32, 64), (16, 40)]  # the int8 layout's blocks: rows in 16s, columns in 8s
+
+
+def int8_layers(rng: np.random.Generator) -> dict[str, LayerArrays]:
+    """4-bit layers the driver lays out for the int8 mode (``--int8``) before multiplying."""
+    return {f"int8 {rows}x{cols}": LayerArrays.codebook_layer(
+        rows, cols, 4, np.sort(rng.standard_normal(16)).astype(np.float32), pack_bits(rng.integers(0, 16, rows * cols), 4),
+        None) for rows, cols in INT8_SHAPES}
+
+
+def write_case(path: Path, layer: LayerArrays, x: np.ndarray, bias: np.ndarray, int8: bool = False) -> None:
     arrays = [layer.index, layer.codebook, layer.values, layer.mask, layer.row_start]
-    header = [layer.kind(), layer.rows, layer.cols, layer.bits, x.shape[0], 1] + [0 if a is None else a.nbytes for a in arrays]
+    header = [contract.LAYER_LUT4_INT8 if int8 else layer.kind(), layer.rows, layer.cols, layer.bits, x.shape[0], 1] + [0 if a is None else a.nbytes for a in arrays]
     with open(path, "wb") as f:
         f.write(np.array(header, dtype=np.int64).tobytes())
         for a in arrays:
@@ -62,11 +72,13 @@ def check_against_host(tmp_path: Path, other: list[str], name_of_other: str) -> 
     elsewhere) writes what the host's portable build writes, and that is x @ W.T + b."""
     host = compile_driver("cc", tmp_path / "check-host", [])
     rng = np.random.default_rng(0)
-    for name, layer in layers(rng).items():
+    cases = [(name, layer, False) for name, layer in layers(rng).items()]
+    cases += [(name, layer, True) for name, layer in int8_layers(rng).items()]
+    for name, layer, int8 in cases:
         for m in (1, 5, 12):
             x, bias = rng.standard_normal((m, layer.cols)).astype(np.float32), rng.standard_normal(layer.rows)
             case = tmp_path / "case.bin"
-            write_case(case, layer, x, bias)
+            write_case(case, layer, x, bias, int8)
             outputs = {}
             for which, command in ((name_of_other, other), ("host", [str(host)])):
                 result = tmp_path / f"{which}.bin"
@@ -76,5 +88,10 @@ def check_against_host(tmp_path: Path, other: list[str], name_of_other: str) -> 
             y, w = outputs["host"][: m * layer.rows], outputs["host"][m * layer.rows:]
             dense = layer.dequantize(0, layer.rows)
             assert np.array_equal(w.reshape(layer.rows, layer.cols), dense), name  # exactly the stored weights
-            np.testing.assert_allclose(y.reshape(m, layer.rows), x @ dense.T + bias.astype(np.float32), rtol=1e-5,
-                                       atol=1e-4)
+            want = x @ dense.T + bias.astype(np.float32)
+            if int8:  # 8-bit activations and centroids: within a few of their steps of the exact product
+                step = np.abs(x).max(1, keepdims=True) / 127 * np.abs(dense).max() * np.sqrt(layer.cols)
+                assert np.abs(y.reshape(m, layer.rows) - want).max() < (4 * step).max(), (name, m)
+                assert not np.array_equal(y.reshape(m, layer.rows), want), name  # (it is the int8 product)
+            else:
+                np.testing.assert_allclose(y.reshape(m, layer.rows), want, rtol=1e-5, atol=1e-4)

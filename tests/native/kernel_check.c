@@ -3,7 +3,8 @@
    packed_layer_matmul_t and the dense W through the dequantizing entry points, as raw floats.
 
    Input: int64 kind, rows, cols, bits, M, has_bias, then byte counts of index, codebook, values,
-   mask, row_start, followed by those arrays, x (M * cols floats) and the bias (rows floats). */
+   mask, row_start, followed by those arrays, x (M * cols floats) and the bias (rows floats). Kind
+   LAYER_LUT4_INT8: a 4-bit layer, laid out for the int8 mode here (layer_to_int8) before the product. */
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,8 +36,13 @@ int main(int argc, char **argv) {
     float *x = read_block(in, M * L.cols * 4), *bias = has_bias ? read_block(in, L.rows * 4) : NULL;
     float *y = malloc(sizeof(float) * M * L.rows), *w = malloc(sizeof(float) * L.rows * L.cols);
     packed_kernels_init();
+    if (L.kind == LAYER_LUT4_INT8) {
+        L.kind = LAYER_LUT4;
+        if (layer_to_int8(&L)) { fprintf(stderr, "layer_to_int8 refused the layer\n"); return 2; }
+    }
     packed_layer_matmul_t(&L, x, M, bias, y);
     if (L.kind == LAYER_DENSE) memcpy(w, L.values, sizeof(float) * L.rows * L.cols);
+    else if (L.kind == LAYER_LUT4_INT8) for (int64_t r = 0; r < L.rows; r++) int8_row(&L, r, w + r * L.cols);
     else if (L.kind == LAYER_LUT4 || L.kind == LAYER_BIN1) lut_dequant(L.index, (int)L.bits, 0, L.rows * L.cols, L.codebook, w);
     else masked_dequant(&L, 0, L.rows, w);
     fwrite(y, sizeof(float), (size_t)(M * L.rows), out);
