@@ -292,3 +292,22 @@ def test_final_epochs_retrain_the_last_stage_longer():
     assert row.retrain_epochs == 1
     with pytest.raises(Exception, match="--final-epochs must be >= 1"):
         BudgetConfig(target_ratio=25, final_epochs=0)
+
+
+def test_plan_only_writes_the_allocation_and_the_run_after_takes_it(tiny_run, multi30k, tmp_path, monkeypatch, capsys):
+    from shrinkformer.workflow import budget
+
+    out = tmp_path / "p.sfz"
+    args = ["-q", "compress", str(tiny_run / "model.pt"), "--budget-bytes", "34600", "--row-scale",
+            "--retrain-epochs", "1", "--train-limit", "64", "--sensitivity-sentences", "50", "--data-dir",
+            str(multi30k), "--no-test", "-o", str(out)]
+    assert main(args + ["--plan-only"]) == 0
+    planned = json.loads((tmp_path / "p.allocation.json").read_text())
+    assert planned["planned_only"] and planned["packed_bytes"] <= planned["budget_bytes"] == 34600
+    assert (tmp_path / "p.allocation.png").stat().st_size > 0 and not out.exists()
+    assert "planned only" in capsys.readouterr().out
+    monkeypatch.setattr(budget, "plan_allocation", lambda *a, **k: pytest.fail("searched again"))
+    assert main(args) == 0
+    done = json.loads((tmp_path / "p.allocation.json").read_text())
+    assert [r["choice"] for r in done["layers"]] == [r["choice"] for r in planned["layers"]]
+    assert "planned_only" not in done and out.exists()

@@ -113,7 +113,7 @@ def budget_config(args: argparse.Namespace):
         if args.flex:
             raise UsageError("--flex applies to a budgeted allocation; with --method, use kmeans-flex or "
                              "prune+kmeans-flex")
-        for flag in ("staged", "gradual", "final_epochs"):
+        for flag in ("staged", "gradual", "final_epochs", "plan_only"):
             if getattr(args, flag):
                 raise UsageError(f"--{flag.replace('_', '-')} applies to a budgeted allocation (--target-ratio or "
                                  "--budget-bytes)")
@@ -152,7 +152,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     rc = RetrainConfig(epochs=args.retrain_epochs, lr=args.lr, distill=args.distill, temperature=args.temperature,
                        save_every_steps=args.save_every, data=args.retrain_data, batch_tokens=args.retrain_batch_tokens,
                        keep_best=args.keep_best)
-    outputs = [args.output, args.report, *(allocation_outputs(args.output) if budget else ())]
+    outputs = [*(() if args.plan_only else (args.output, args.report)), *(allocation_outputs(args.output) if budget else ())]
     for path in outputs:
         if path is not None:
             check_writable(path)
@@ -182,6 +182,10 @@ def _compress(args: argparse.Namespace, stages: list, rc: Any, half_dense: bool,
             allocation = load_or_plan(adapter, budget, work, args.train_limit)
             if world.is_main:
                 print(allocation.table(), flush=True)
+            if args.plan_only:
+                if world.is_main:
+                    write_plan(args, allocation)
+                return 0
             stages = budget.stages(allocation.choices())
         adapter.model.to(world.device)
         result = compress_model(adapter, stages, rc, args.output, train_limit=args.train_limit, work_dir=work,
@@ -203,7 +207,7 @@ def compress_from_config(args: argparse.Namespace) -> int:
     from .experiments.sweep import cache_key, fingerprint, run_experiment
 
     given = [f"--{n.replace('_', '-')}" for n in ("method", "target_ratio", "budget_bytes", "distill", "retrain_data",
-                                                  "train_limit", "retrain_batch_tokens", "keep_best")
+                                                  "train_limit", "retrain_batch_tokens", "keep_best", "plan_only")
              if getattr(args, n) not in (None, 0.0, "references")]
     if given:
         raise UsageError(f"{given[0]} does not go with --config: the file (or --set) says it")
@@ -226,6 +230,19 @@ def compress_from_config(args: argparse.Namespace) -> int:
     for split, t in row.get("tests", {}).items():
         print(f"{split}: BLEU {t['bleu']:.2f}, chrF {t['chrf']:.2f}")
     return 0
+
+
+def write_plan(args: argparse.Namespace, allocation: Any) -> None:
+    """``--plan-only``: the allocation table and heat map, sized by the search's dry run."""
+    from .experiments.plots import allocation_heatmap
+
+    used = allocation.notes["checked_bytes"]
+    summary = {**allocation.to_dict(), "packed_bytes": used, "planned_only": True}
+    table, picture = allocation_outputs(args.output)
+    write_json_atomic(summary, table)
+    allocation_heatmap(summary["layers"], picture, f"{args.output.name} (planned): {used:,} bytes for "
+                       f"{allocation.budget_bytes:,} allowed ({4 * allocation.params / used:.1f}x)")
+    print(f"allocation: {table}, {picture} (planned only; a run with the same settings and work directory takes it)")
 
 
 def write_allocation(args: argparse.Namespace, allocation: Any, result: Any) -> dict[str, Any]:
@@ -494,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradual", action="store_true",
                    help="budget: reach sparsities of 80%% or more from 50%% in three pruning steps, "
                         "each retrained (--retrain-epochs each), instead of in one cut")
+    p.add_argument("--plan-only", action="store_true",
+                   help="budget: search and write the allocation (OUTPUT.allocation.json and .png) and stop, "
+                        "before any retraining; a later run with the same settings takes it from the work directory")
     p.add_argument("--final-epochs", type=int, metavar="N",
                    help="budget: epochs of the last retraining (after the quantization), when they should differ "
                         "from --retrain-epochs (with --gradual or --staged, the earlier retrainings keep those)")
