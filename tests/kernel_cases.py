@@ -14,7 +14,7 @@ from shrinkformer.runtime import build, contract
 from shrinkformer.runtime.layers import LayerArrays, pack_bits
 
 DRIVER = Path(__file__).parent / "native" / "kernel_check.c"
-SOURCES = [build.CSRC / "packed_portable.c", build.CSRC / "int8.c", DRIVER]  # int8.c: the portable kernels call it
+SOURCES = [build.CSRC / "packed_portable.c", build.CSRC / "int8.c", build.CSRC / "prepare.c", DRIVER]  # called by them
 
 
 def compile_driver(cc: str, target: Path, extra: list[str], env: dict | None = None) -> Path:

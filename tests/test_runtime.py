@@ -38,7 +38,7 @@ KINDS = {
     "pruned 4-bit": [(PruneConfig(0.8, 0.8), "all"), (KMeansConfig(4), "all")],
     "pruned 2-bit, 50%": [(PruneConfig(0.5, 0.5), "all"), (KMeansConfig(2), "all")],  # decodes as dense 4-bit
     "pruned 1-bit, 95%": [(PruneConfig(0.95, 0.95), "all"), (KMeansConfig(1), "all")],  # stays pruned
-    # a scale per row: no kernel applies them yet, so the runtime widens these to fp32 at load
+    # a scale per row: the kernels apply it after their products; a pruned layer with row scales is widened to fp32
     "row-scaled BS-Flex + 4-bit embeddings": [(BinaryConfig("flex", row_scale=True), "all"),
                                               (KMeansConfig(4, row_scale=True), "embeddings")],
     "row-scaled pruned 2-bit": [(PruneConfig(0.5, 0.5), "all"), (KMeansConfig(2, row_scale=True), "all")],
@@ -140,7 +140,7 @@ def test_the_c_layout_of_a_file_is_the_numpy_layout_byte_for_byte(tmp_path, toke
         for name, want in named.items():
             got = direct.prepared[name]
             assert (got.kind, got.rows, got.cols, got.bits) == (want.kind(), want.rows, want.cols, want.bits), (path, name)
-            for field in ("index", "codebook", "values", "mask", "row_start"):  # (row scales: applied, widened)
+            for field in ("index", "codebook", "values", "mask", "row_start", "row_scale"):
                 a = getattr(want, field)
                 address = getattr(got, field)
                 assert (a is None) == (not address) or (a is not None and a.size == 0), (path, name, field)
@@ -295,3 +295,27 @@ def test_lightly_pruned_narrow_codebooks_decode_as_dense_4bit_with_the_same_weig
                                torch_model.decoder.layers[0].ffn.fc1.packed.dense(), rtol=0, atol=0)
     sparse, _, _ = load(packed_model(tmp_path, tokenizer, "pruned 1-bit, 95%"))
     assert sparse.decoder[0].proj[6].mask is not None  # few survivors: the pruned kernels pay
+
+
+def test_row_scaled_layers_run_in_the_kernels_at_their_packed_width(tmp_path, tokenizer):
+    """A layer with a scale per row stays a 4-bit-code layer (BS-Flex's two centroids as 4-bit
+    codes) with its scales beside it, not an fp32 copy; its product is the scaled weight's."""
+    from shrinkformer.runtime.model import load
+
+    model, _, _ = load(packed_model(tmp_path, tokenizer, "row-scaled BS-Flex + 4-bit embeddings"))
+    layers = [p for block in model.decoder for p in block.proj if p is not None] + [model.embed]
+    assert all(p.kind() == contract.LAYER_KINDS[("codebook", 4, False)] and p.row_scale is not None for p in layers)
+    assert all(p.resident_bytes < p.rows * p.cols for p in layers)  # under a byte a weight; fp32 would be 4
+    lib = runtime_native.library()
+    layer = model.decoder[0].proj[0]
+    desc = layer.descriptor(wide=runtime_native.wide())
+    x = np.random.default_rng(0).standard_normal((5, layer.cols)).astype(np.float32)
+    bias = np.random.default_rng(1).standard_normal(layer.rows).astype(np.float32)
+    y = np.empty((5, layer.rows), np.float32)
+    lib.packed_layer_matmul_t(ctypes.byref(desc), x.ctypes.data, 5, bias.ctypes.data, y.ctypes.data)
+    unscaled = np.empty_like(y)
+    plain = layer.descriptor(wide=runtime_native.wide())
+    plain.row_scale = None
+    lib.packed_layer_matmul_t(ctypes.byref(plain), x.ctypes.data, 5, None, unscaled.ctypes.data)
+    assert np.array_equal(y, unscaled * layer.row_scale + bias)  # the scale after the product, then the bias
+    np.testing.assert_allclose(y, x @ layer.dequantize(0, layer.rows).T + bias, rtol=1e-5, atol=1e-5)

@@ -176,7 +176,7 @@ class PackedWeight(nn.Module):
                 all(x is y for x, y in zip(held.buffers, reads)):
             return held.call
         call = None
-        if native.library() is not None and self.is_cpu() and self.row_scale is None:  # (no kernel scales rows yet)
+        if native.library() is not None and self.is_cpu() and self.row_scale is None:  # (the kernels scale after the product, the tiles before)
             call = native.bind(self.arrays(), [t for t in self._native_tensors().values() if t is not None])
         self._kernel = _Bound(native.generation(), reads, call)
         return call

@@ -20,7 +20,7 @@ class Layer(ctypes.Structure):
     """``packed_layer``."""
     _fields_ = [("kind", I64), ("wide", I64), ("rows", I64), ("cols", I64), ("bits", I64), ("index", P),
                 ("values", P), ("codebook", P), ("mask", P), ("row_start", P), ("qcodebook", P), ("qsum", P),
-                ("qscale", F32)]
+                ("qscale", F32), ("row_scale", P)]
 
 
 class DecoderLayer(ctypes.Structure):

@@ -136,7 +136,7 @@ class LayerArrays:
 
     def kind(self) -> int | None:
         """The LAYER_* kind the kernels run it as, or None where none serves it."""
-        if self.cols % 8 or self.row_scale is not None:  # (no kernel applies row scales yet)
+        if self.cols % 8 or self.row_scale is not None and self.mask is not None:  # (scales: unpruned layers)
             return None
         if self.encoding == "dense":
             return contract.LAYER_DENSE
@@ -155,10 +155,11 @@ class LayerArrays:
         a beam's rows the 4-bit kernel's lookups cost less per weight than the 1-bit kernel's
         partial-sum tables (batch-1 decoding of mixed-20x, whose 1-bit layers hold a fifth of the
         decoder's weights, in benchmarks/runtime.py), and the int8 mode runs it as a 4-bit layer."""
-        if self.mask is None and self.encoding == "codebook" and self.bits == 1 and self.row_scale is None \
-                and self.kind() is not None:
+        if self.mask is None and self.encoding == "codebook" and self.bits == 1 and self.kind() is not None:
             codes = _codes(self.index, 1, 0, self.rows * self.cols)
-            return LayerArrays.codebook_layer(self.rows, self.cols, 4, self.codebook[:2], pack_bits(codes, 4), None)
+            wide = LayerArrays.codebook_layer(self.rows, self.cols, 4, self.codebook[:2], pack_bits(codes, 4), None)
+            wide.row_scale = self.row_scale
+            return wide
         if self.mask is None or self.encoding != "codebook" or self.bits > 3 or self.row_scale is not None:
             return self
         n = self.rows * self.cols
@@ -183,7 +184,7 @@ class LayerArrays:
             return None if a is None else a.ctypes.data
         return contract.Layer(self.kind(), int(wide and self.encoding == "codebook"), self.rows, self.cols, self.bits,
                               address(self.index), address(self.values), address(self.codebook), address(self.mask),
-                              address(self.row_start))
+                              address(self.row_start), row_scale=address(self.row_scale))
 
     def dequantize(self, r0: int, r1: int) -> np.ndarray:
         """Rows r0..r1 of the dense weight, (r1 - r0, cols) fp32, in numpy: the reference the

@@ -156,9 +156,7 @@ static void project(const packed_layer *L, const float *x, int64_t M, const floa
             lut_dequant(L->index, (int)L->bits, n0 * K, (n1 - n0) * K, L->codebook, mine);
         else masked_dequant(L, n0, n1, mine);
         blas_product(n1 - n0, M, K, w, x, y + n0, N);
-        if (bias)
-            for (int64_t i = 0; i < M; i++)
-                for (int64_t n = n0; n < n1; n++) y[i * N + n] += bias[n];
+        scale_and_bias(L->row_scale, bias, M, N, n0, n1, y);
     }
 }
 
@@ -327,6 +325,8 @@ static void embedding_row(const packed_layer *E, int64_t r, float *out) {
     else if (E->kind == LAYER_LUT4 || E->kind == LAYER_BIN1) lut_dequant(E->index, (int)E->bits, r * E->cols, E->cols, E->codebook, out);
     else if (E->kind == LAYER_LUT4_INT8) int8_row(E, r, out);
     else masked_dequant(E, r, r + 1, out);
+    if (E->row_scale) /* the stored weight: centroid times scale, one product, as the codec computes it */
+        for (int64_t c = 0; c < E->cols; c++) out[c] *= E->row_scale[r];
 }
 
 /* The positional table (length, dim) as runtime/model.py's sinusoids computes it: frequencies and

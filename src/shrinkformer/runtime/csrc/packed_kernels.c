@@ -800,6 +800,10 @@ VNNI static void int8_core_avx512vnni(const packed_layer *L, const uint8_t *xq, 
 const int8_core_fn int8_core_vnni = int8_core_avx512vnni;
 
 void packed_layer_matmul_t(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y) {
+    if (L->row_scale) {
+        row_scaled_matmul_t(L, x, M, bias, y);
+        return;
+    }
     switch (L->kind) {
         case LAYER_LUT4_INT8:
             int8_matmul_t(L, x, M, bias, y);

@@ -218,6 +218,10 @@ static void row_times_x(const float *row, const float *x, int64_t M, int64_t K, 
 const int8_core_fn int8_core_vnni = NULL; /* the portable library has only int8.c's portable core */
 
 void packed_layer_matmul_t(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y) {
+    if (L->row_scale) {
+        row_scaled_matmul_t(L, x, M, bias, y);
+        return;
+    }
     int64_t N = L->rows, K = L->cols;
     if (L->kind == LAYER_LUT4_INT8) {
         int8_matmul_t(L, x, M, bias, y);

@@ -69,6 +69,7 @@ void layer_release(packed_layer *L) {
     free((void *)L->row_start);
     free((void *)L->qcodebook);
     free((void *)L->qsum);
+    free((void *)L->row_scale);
     memset(L, 0, sizeof(*L));
 }
 
@@ -99,6 +100,22 @@ static uint8_t *pack(const uint8_t *codes, int64_t count, int bits, int64_t slac
     else
         for (int64_t i = 0; i < count; i++) put_bits(w, bits, i, codes[i]);
     return w;
+}
+
+void scale_and_bias(const float *row_scale, const float *bias, int64_t M, int64_t N, int64_t n0, int64_t n1, float *y) {
+    if (!row_scale && !bias) return;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = n0; n < n1; n++) {
+            float v = row_scale ? y[m * N + n] * row_scale[n] : y[m * N + n]; /* rounded, then the bias (no FMA) */
+            y[m * N + n] = bias ? v + bias[n] : v;
+        }
+}
+
+void row_scaled_matmul_t(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y) {
+    packed_layer inner = *L;
+    inner.row_scale = NULL;
+    packed_layer_matmul_t(&inner, x, M, NULL, y);
+    scale_and_bias(L->row_scale, bias, M, L->rows, 0, L->rows, y);
 }
 
 int64_t layer_prepare(const layer_parts *p, packed_layer *out) {
@@ -160,10 +177,10 @@ int64_t layer_prepare(const layer_parts *p, packed_layer *out) {
         int bits = (int)p->bits;
         int64_t count = p->count;
         if (bits < 1 || bits > 8 || count != (keep ? survivors : n) || p->n_centroids < 1) goto done;
-        int dense4 = keep && bits <= 3 && (double)survivors >= (1 - PRUNED_DENSE_BELOW) * (double)n;
+        int dense4 = keep && !p->row_scale && bits <= 3 && (double)survivors >= (1 - PRUNED_DENSE_BELOW) * (double)n;
         /* unpruned 1-, 2- and 3-bit codes widen to 4-bit ones, as layers.py's from_parts and
            for_decoding widen them: the 4-bit kernel runs them */
-        int widen = !keep && bits <= 3, unserved = bits > 4 || cols % 8 || p->row_scale;
+        int widen = !keep && bits <= 3, unserved = bits > 4 || cols % 8 || (p->row_scale && keep);
         if (p->index_huffman || dense4 || widen || unserved) {
             codes = malloc((size_t)count + 1);
             if (!codes) { status = -2; goto done; }
@@ -219,7 +236,13 @@ int64_t layer_prepare(const layer_parts *p, packed_layer *out) {
         }
         out->kind = keep ? (bits <= 4 ? LAYER_SPARSE_LUT4 : -1) : bits == 4 ? LAYER_LUT4 : bits == 1 ? LAYER_BIN1 : -1;
     }
-    if (cols % 8 || p->row_scale) out->kind = -1;
+    if (cols % 8 || (p->row_scale && keep)) out->kind = -1; /* row scales: unpruned codebook layers only */
+    if (out->kind >= 0 && p->row_scale) {
+        float *scale = malloc(sizeof(float) * (size_t)rows);
+        if (!scale) { status = -2; goto done; }
+        memcpy(scale, p->row_scale, sizeof(float) * (size_t)rows);
+        out->row_scale = scale;
+    }
     if (out->kind < 0) { /* no kernel serves it: fp32, the stored values exactly */
         float *w = calloc((size_t)n, sizeof(float));
         if (!w) { status = -2; goto done; }

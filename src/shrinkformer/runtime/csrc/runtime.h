@@ -64,6 +64,10 @@ typedef struct {
     const int8_t *qcodebook;
     const int32_t *qsum;
     float qscale;
+    /* NULL, or a scale per row of W (compress.base.RowScaledCodec's, an unpruned codebook layer's):
+       y[m][n] = row_scale[n] * (x[m] . W[n]) + bias[n], the products unscaled and the scale after
+       them (row_scaled_matmul_t), on every path; the dequantizing entry points return W unscaled */
+    const float *row_scale;
 } packed_layer;
 
 /* LAYER_DENSE: an fp32 weight (values, rows x cols), for a layer left uncompressed.
@@ -136,6 +140,7 @@ typedef struct {
     X(offsetof(packed_layer, index)) X(offsetof(packed_layer, values)) X(offsetof(packed_layer, codebook))  \
     X(offsetof(packed_layer, mask)) X(offsetof(packed_layer, row_start))                                    \
     X(offsetof(packed_layer, qcodebook)) X(offsetof(packed_layer, qsum)) X(offsetof(packed_layer, qscale))  \
+    X(offsetof(packed_layer, row_scale))                                                                    \
     X(sizeof(decoder_layer)) X(offsetof(decoder_layer, proj)) X(offsetof(decoder_layer, bias))              \
     X(offsetof(decoder_layer, norm_weight)) X(offsetof(decoder_layer, norm_bias))                           \
     X(offsetof(decoder_layer, self_k)) X(offsetof(decoder_layer, self_v))                                   \
@@ -169,6 +174,10 @@ typedef struct {
 /* y (M, rows) = x (M, cols) @ W.T (+ bias): the layer kernels (packed_kernels.c, or the portable
    packed_portable.c; the same entry points, one of the two in a library) */
 void packed_layer_matmul_t(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y);
+/* prepare.c: packed_layer_matmul_t for a layer with row scales (each variant's entry point hands
+   such a layer here), and the scales and bias applied to products already in y (rows n0..n1 of N) */
+void row_scaled_matmul_t(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y);
+void scale_and_bias(const float *row_scale, const float *bias, int64_t M, int64_t N, int64_t n0, int64_t n1, float *y);
 void lut_dequant(const uint8_t *w, int bits, int64_t start, int64_t count, const float *codebook, float *out);
 void masked_dequant(const packed_layer *L, int64_t r0, int64_t r1, float *out);
 void packed_kernels_init(void);
