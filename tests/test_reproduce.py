@@ -273,3 +273,17 @@ def test_a_gradual_row_with_epochs_moved_to_the_end_is_measured_against_both_sch
     assert ("retrained with 1 epoch(s) per pruning step and 6 after the quantization (9 in all) instead of 2 per "
             "retraining (8 in all) (mixed-25x-gradual, 90.0%): re-spread minus even: +1.50 BLEU on t (p = 0.001)") in text
     assert "Against mixed-25x-16ep (92.5%, one retraining at the end): re-spread minus one-shot: +0.50 BLEU" in text
+
+
+def test_a_re_spread_row_without_its_gradual_twin_is_still_measured_against_the_one_shot_rows():
+    from shrinkformer.experiments.comparisons import pairs
+    from shrinkformer.experiments.report import findings
+
+    rows = [{"name": n, "method": "mixed", "status": "ok", "bleu": b, "bleu_retention": b / 40.0,
+             "compression_ratio": 24.0, "model_compression_ratio": 32.0, "params_compressed_share": 1.0}
+            for n, b in (("mixed-32x", 30.0), ("mixed-32x-8ep", 34.0), ("mixed-32x-gradual-1+6ep", 35.0))]
+    new = "mixed-32x-gradual-1+6ep"
+    assert ("mixed-32x-8ep", new) in set(pairs(rows)) and ("mixed-32x", new) not in set(pairs(rows))
+    text = next(f for f in findings(rows, [_comp("mixed-32x-8ep", new, 1.0, 0.01)], ["t"])
+                if f.startswith(f"**Budgeted allocation ({new})"))
+    assert "Against mixed-32x-8ep (85.0%, one retraining at the end): re-spread minus one-shot: +1.00 BLEU" in text

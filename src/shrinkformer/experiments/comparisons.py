@@ -51,10 +51,9 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         if base in ok:  # the same allocation retrained longer, flexibly, in stages: against it and each other
             out.append((base, m["name"]))
             out += [(v, m["name"]) for v in ok if _listed(v) < _listed(m["name"]) and retrained_twin(v) == base]
-            grand = retrained_twin(base)  # a gradual row's epochs re-spread: also against its one-shot twin's epochs
-            if grand and respread(m["name"]):
-                out += [(v, m["name"]) for v in ok if retrained_twin(v) == grand and v.endswith("ep")
-                        and not respread(v)]
+        grand = retrained_twin(base) if base and respread(m["name"]) else None
+        if grand:  # a gradual row's epochs re-spread: also against the one-shot rows' epoch variants
+            out += [(v, m["name"]) for v in ok if retrained_twin(v) == grand and v.endswith("ep") and not respread(v)]
     for name in ok:
         if name.endswith(ROW_SCALED) and name.removesuffix(ROW_SCALED) in ok:
             out.append((name.removesuffix(ROW_SCALED), name))

@@ -288,16 +288,16 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
                          + summary(comps, peer["name"], m["name"], splits, f"{more} minus {fewer} epochs") + "; "
                          + _verdict(hi, lo, n, f"{more} and {fewer} epochs", f"{more} epochs help over {fewer}",
                                     f"{more} epochs hurt against {fewer}") + ".")
-        grand = retrained_twin(base) if respread(m["name"]) else None
-        for peer in (p for p in rows if grand and retrained_twin(p["name"]) == grand and p["name"].endswith("ep")
-                     and p.get("status") == "ok" and find(comps, p["name"], m["name"], splits[0])):
-            said += (f" Against {peer['name']} ({pct(peer):.1f}%, one retraining at the end): "
-                     + summary(comps, peer["name"], m["name"], splits, "re-spread minus one-shot") + ".")
         data_control = _row(rows, "control-teacher") if variant == "teacher" else None
         if data_control:
             said += (f" Against the data control (the uncompressed model retrained on the same translations, "
                      f"{pct(data_control):.1f}%): " + summary(comps, "control-teacher", m["name"], splits,
                                                               "vs data control") + ".")
+    grand = retrained_twin(base) if base and respread(m["name"]) else None
+    for peer in (p for p in rows if grand and splits and retrained_twin(p["name"]) == grand and p["name"].endswith("ep")
+                 and not respread(p["name"]) and p.get("status") == "ok" and find(comps, p["name"], m["name"], splits[0])):
+        said += (f" Against {peer['name']} ({pct(peer):.1f}%, one retraining at the end): "
+                 + summary(comps, peer["name"], m["name"], splits, "re-spread minus one-shot") + ".")
     below = [u for u in uniform_below(rows, m) if splits and find(comps, u["name"], m["name"], splits[0])]
     if not below:
         return said + " No uniform row between half its ratio and its ratio has been tested against it yet."
