@@ -232,32 +232,34 @@ def compress_from_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_plan(args: argparse.Namespace, allocation: Any) -> None:
-    """``--plan-only``: the allocation table and heat map, sized by the search's dry run."""
+def _allocation_files(args: argparse.Namespace, allocation: Any, used: int, ratio: float, planned: bool = False
+                      ) -> tuple[dict[str, Any], str]:
+    """The allocation table and heat map beside the output, for a model of ``used`` bytes; and the
+    line that names them."""
     from .experiments.plots import allocation_heatmap
 
-    used = allocation.notes["checked_bytes"]
-    summary = {**allocation.to_dict(), "packed_bytes": used, "planned_only": True}
+    summary = {**allocation.to_dict(), "packed_bytes": used, **({"planned_only": True} if planned else {})}
     table, picture = allocation_outputs(args.output)
     write_json_atomic(summary, table)
-    allocation_heatmap(summary["layers"], picture, f"{args.output.name} (planned): {used:,} bytes for "
-                       f"{allocation.budget_bytes:,} allowed ({4 * allocation.params / used:.1f}x)")
-    print(f"allocation: {table}, {picture} (planned only; a run with the same settings and work directory takes it)")
+    allocation_heatmap(summary["layers"], picture, f"{args.output.name}{' (planned)' if planned else ''}: {used:,} "
+                       f"bytes for {allocation.budget_bytes:,} allowed ({ratio:.1f}x)")
+    return summary, f"allocation: {table}, {picture}" + (
+        " (planned only; a run with the same settings and work directory takes it)" if planned else "")
+
+
+def write_plan(args: argparse.Namespace, allocation: Any) -> None:
+    """``--plan-only``: the allocation as the search's dry run sized it."""
+    used = allocation.notes["checked_bytes"]
+    print(_allocation_files(args, allocation, used, 4 * allocation.params / used, planned=True)[1])
 
 
 def write_allocation(args: argparse.Namespace, allocation: Any, result: Any) -> dict[str, Any]:
-    """The allocation table and heat map beside the output; the packed file must meet the budget."""
-    from .experiments.plots import allocation_heatmap
-
+    """The allocation of the written file; the packed file must meet the budget."""
     used = result.sizes.packed_file_bytes - result.sizes.tokenizer_bytes
-    summary = {**allocation.to_dict(), "packed_bytes": used}
-    table, picture = allocation_outputs(args.output)
-    write_json_atomic(summary, table)
-    allocation_heatmap(summary["layers"], picture, f"{args.output.name}: {used:,} bytes for "
-                       f"{allocation.budget_bytes:,} allowed ({result.sizes.model_compression_ratio:.1f}x)")
+    summary, line = _allocation_files(args, allocation, used, result.sizes.model_compression_ratio)
     if used > allocation.budget_bytes:  # the dry run sized the file exactly; this would be a bug
         raise ShrinkformerError(f"{args.output}: {used:,} bytes packed, over the budget of {allocation.budget_bytes:,}")
-    print(f"allocation: {table}, {picture}")
+    print(line)
     return summary
 
 

@@ -51,9 +51,7 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         if base in ok:  # the same allocation retrained longer, flexibly, in stages: against it and each other
             out.append((base, m["name"]))
             out += [(v, m["name"]) for v in ok if _listed(v) < _listed(m["name"]) and retrained_twin(v) == base]
-        grand = retrained_twin(base) if base and respread(m["name"]) else None
-        if grand:  # a gradual row's epochs re-spread: also against the one-shot rows' epoch variants
-            out += [(v, m["name"]) for v in ok if retrained_twin(v) == grand and v.endswith("ep") and not respread(v)]
+        out += [(v, m["name"]) for v in one_shot_peers(m["name"], ok)]
     for name in ok:
         if name.endswith(ROW_SCALED) and name.removesuffix(ROW_SCALED) in ok:
             out.append((name.removesuffix(ROW_SCALED), name))
@@ -88,6 +86,14 @@ def respread(name: str) -> tuple[int, int] | None:
     variant = name.rpartition("-")[2]
     first, plus, last = variant.removesuffix("ep").partition("+")
     return (int(first), int(last)) if variant.endswith("ep") and plus and first.isdigit() and last.isdigit() else None
+
+
+def one_shot_peers(name: str, names) -> list[str]:
+    """For a re-spread row (``mixed-25x-gradual-1+6ep``), the rows among ``names`` that retrain its
+    allocation's plain row once for more epochs (``mixed-25x-8ep``, ``mixed-25x-16ep``); else none."""
+    base = retrained_twin(name)
+    grand = retrained_twin(base) if base and respread(name) else None
+    return [v for v in names if grand and retrained_twin(v) == grand and v.endswith("ep") and not respread(v)]
 
 
 def uniform_below(rows: list[dict[str, Any]], mixed: dict[str, Any]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from ..evaluate.significance import ALPHA, RESAMPLES
 from ..io import write_text_atomic
 from . import frontier
-from .comparisons import QUANTIZERS, ROW_SCALED, find, respread, retrained_twin, uniform_below
+from .comparisons import QUANTIZERS, ROW_SCALED, find, one_shot_peers, respread, retrained_twin, uniform_below
 from .grid import EXPERIMENTS, STUDY_WMT
 from .sweep import ROW_FIELDS
 
@@ -293,9 +293,8 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
             said += (f" Against the data control (the uncompressed model retrained on the same translations, "
                      f"{pct(data_control):.1f}%): " + summary(comps, "control-teacher", m["name"], splits,
                                                               "vs data control") + ".")
-    grand = retrained_twin(base) if base and respread(m["name"]) else None
-    for peer in (p for p in rows if grand and splits and retrained_twin(p["name"]) == grand and p["name"].endswith("ep")
-                 and not respread(p["name"]) and p.get("status") == "ok" and find(comps, p["name"], m["name"], splits[0])):
+    ok = [p["name"] for p in rows if p.get("status") == "ok"]
+    for peer in (_row(rows, n) for n in one_shot_peers(m["name"], ok) if splits and find(comps, n, m["name"], splits[0])):
         said += (f" Against {peer['name']} ({pct(peer):.1f}%, one retraining at the end): "
                  + summary(comps, peer["name"], m["name"], splits, "re-spread minus one-shot") + ".")
     below = [u for u in uniform_below(rows, m) if splits and find(comps, u["name"], m["name"], splits[0])]

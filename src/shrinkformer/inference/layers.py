@@ -176,7 +176,8 @@ class PackedWeight(nn.Module):
                 all(x is y for x, y in zip(held.buffers, reads)):
             return held.call
         call = None
-        if native.library() is not None and self.is_cpu() and self.row_scale is None:  # (the kernels scale after the product, the tiles before)
+        # not with row scales: the kernels scale after the product, the tiles (this module's) before
+        if native.library() is not None and self.is_cpu() and self.row_scale is None:
             call = native.bind(self.arrays(), [t for t in self._native_tensors().values() if t is not None])
         self._kernel = _Bound(native.generation(), reads, call)
         return call

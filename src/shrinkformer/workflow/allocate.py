@@ -66,7 +66,8 @@ class Choice:
         if self.flex:
             out.append(BinaryConfig("flex", self.row_scale))
         elif self.bits is not None:
-            out.append(FlexKMeansConfig(self.bits, self.row_scale) if flex else KMeansConfig(self.bits, row_scale=self.row_scale))
+            out.append(FlexKMeansConfig(self.bits, self.row_scale) if flex
+                       else KMeansConfig(self.bits, row_scale=self.row_scale))
         return out
 
     def codec(self, weight: Tensor, mask: Tensor | None = None) -> Codec | None:
@@ -197,8 +198,7 @@ class Allocation:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Allocation":
         layers = [LayerAllocation(x["name"], tuple(x["shape"]), Choice(x["sparsity"], x["bits"], x.get("row_scale", False)),
-                                  x["bytes"],
-                                  x["sensitivity"]) for x in d["layers"]]
+                                  x["bytes"], x["sensitivity"]) for x in d["layers"]]
         known = {"budget_bytes", "fixed_bytes", "params", "estimated_bytes", "estimated_ratio", "target_ratio",
                  "sensitivity_method", "search_seconds", "layers"}
         return cls(layers, d["budget_bytes"], d["fixed_bytes"], d["params"], d["sensitivity_method"],

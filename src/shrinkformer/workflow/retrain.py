@@ -232,10 +232,10 @@ def retrain(adapter: ModelAdapter, stages: list[Stage], rc: RetrainConfig, train
     if rc.keep_best and world.size > 1:
         raise UsageError("--keep-best decides on the main process's validation BLEU; run it in one process")
     model, cfg = adapter.model, adapter.cfg
-    def run_cfg(stage: Stage) -> RunConfig:
+    def run_cfg(epochs: int) -> RunConfig:
         return adapter.retraining_config(
-            max_epochs=rc.epochs if stage.epochs is None else stage.epochs, lr=rc.lr, warmup_steps=rc.warmup_steps,
-            patience=10**6, average_last=1, save_every_steps=rc.save_every_steps, max_minutes=None,
+            max_epochs=epochs, lr=rc.lr, warmup_steps=rc.warmup_steps, patience=10**6, average_last=1,
+            save_every_steps=rc.save_every_steps, max_minutes=None,
             **({"batch_tokens": rc.batch_tokens} if rc.batch_tokens else {}))
 
     for stage in stages:  # a scope that matches nothing fails here, before any data is read or written
@@ -267,9 +267,10 @@ def retrain(adapter: ModelAdapter, stages: list[Stage], rc: RetrainConfig, train
             step_dir = work / f"step{j}"
             state["history"].append(_compressed_entry(step_dir, name, adapter, valid, world))
             stage = stages[step.stage]
-            if (rc.epochs if stage.epochs is None else stage.epochs) and stage.retrain:
+            epochs = rc.epochs if stage.epochs is None else stage.epochs
+            if epochs and stage.retrain:
                 before = {k: v.detach().clone() for k, v in model.state_dict().items()} if rc.keep_best else None
-                state["retrain_seconds"] += fit_step(adapter, run_cfg(stage), train, valid, step_dir, world, teacher, rc)
+                state["retrain_seconds"] += fit_step(adapter, run_cfg(epochs), train, valid, step_dir, world, teacher, rc)
                 entry = {"stage": name, "when": "retrained", "valid_bleu": valid_bleu(adapter, valid, world)}
                 compressed_bleu = state["history"][-1]["valid_bleu"]
                 if before is not None and entry["valid_bleu"] < compressed_bleu:
