@@ -311,3 +311,48 @@ def test_plan_only_writes_the_allocation_and_the_run_after_takes_it(tiny_run, mu
     done = json.loads((tmp_path / "p.allocation.json").read_text())
     assert [r["choice"] for r in done["layers"]] == [r["choice"] for r in planned["layers"]]
     assert "planned_only" not in done and out.exists()
+
+
+def test_binary_steps_binarize_the_most_sensitive_group_first_each_retrained():
+    """``binary_steps``: the BS-Flex layers in near-equal groups, by falling sensitivity, each its own
+    retrained stage (the last with the final epochs); pruning and k-means as without it; the key only
+    when set; a bad count refused."""
+    from shrinkformer.compress import BinaryConfig
+    from shrinkformer.experiments.grid import EXPERIMENTS
+    from shrinkformer.workflow.budget import BudgetConfig, binary_groups
+
+    flex = Choice(0.0, 1)
+    choices = {"a": flex, "b": flex, "c": Choice(0.95, 1), "d": flex, "e": flex, "f": flex}
+    sens = {"a": 0.1, "b": 0.5, "d": 0.3, "e": 0.9, "f": 0.2}
+    assert binary_groups(["a", "b", "d", "e", "f"], 3, sens) == [["b", "e"], ["d", "f"], ["a"]]
+    assert binary_groups(["a", "b"], 3, {}) == [["a"], ["b"]]  # fewer layers than steps: one each, model order
+    stages = BudgetConfig(target_ratio=25, binary_steps=3, final_epochs=4).stages(choices, sens)
+    binaries = [s for s in stages if isinstance(s.config, BinaryConfig)]
+    assert [s.include for s in binaries] == [["b", "e"], ["d", "f"], ["a"]]
+    assert [s.retrain for s in binaries] == [True] * 3 and [s.epochs for s in binaries] == [None, None, 4]
+    once = BudgetConfig(target_ratio=25).stages(choices)
+    assert [s.include for s in stages if not isinstance(s.config, BinaryConfig)] == \
+        [s.include for s in once if not isinstance(s.config, BinaryConfig)]
+    assert "binary_steps" not in BudgetConfig(target_ratio=25).to_dict()
+    row = EXPERIMENTS["mixed-25x-gradual-binary3-1+4ep"]
+    assert row.spec()["budget"] == {**EXPERIMENTS["mixed-25x-gradual"].spec()["budget"], "final_epochs": 4,
+                                    "binary_steps": 3}
+    with pytest.raises(Exception, match="--binary-steps must be >= 1"):
+        BudgetConfig(target_ratio=25, binary_steps=0)
+
+
+def test_binary_steps_end_where_binarizing_at_once_ends(tiny_run):
+    """Stepped binarization changes when layers are binarized, not what they become: without
+    retraining, the stages leave the same codecs, and so the same packed size, as one step."""
+    from shrinkformer.loading import load_adapter
+    from shrinkformer.workflow.budget import BudgetConfig, compressed_copy
+
+    adapter = load_adapter(tiny_run / "best.pt", training=True)
+    names = list(adapter.candidates())
+    choices = {n: Choice(0.0, 1) if i % 3 else Choice(0.5, 4) for i, n in enumerate(names)}
+    sens = {n: float(i % 5) for i, n in enumerate(names)}
+    once, _ = compressed_copy(adapter.model, choices, BudgetConfig(target_ratio=4))
+    stepped, stages = compressed_copy(adapter.model, choices, BudgetConfig(target_ratio=4, binary_steps=3))
+    assert sum(s.retrain for s in stages) == 3
+    a, b = once.state_dict(), stepped.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -287,3 +287,23 @@ def test_a_re_spread_row_without_its_gradual_twin_is_still_measured_against_the_
     text = next(f for f in findings(rows, [_comp("mixed-32x-8ep", new, 1.0, 0.01)], ["t"])
                 if f.startswith(f"**Budgeted allocation ({new})"))
     assert "Against mixed-32x-8ep (85.0%, one retraining at the end): re-spread minus one-shot: +1.00 BLEU" in text
+
+
+def test_a_row_is_measured_against_the_rows_its_grid_entry_names():
+    """``Experiment.against``: stepped binarization against the same epochs without the steps and the
+    one-shot row, paired and worded in the report (a reference not run yet is left out)."""
+    from shrinkformer.experiments.comparisons import pairs
+    from shrinkformer.experiments.report import findings
+
+    new = "mixed-25x-gradual-binary3-1+4ep"
+    rows = [{"name": n, "method": "mixed", "status": "ok", "bleu": b, "bleu_retention": b / 40.0,
+             "compression_ratio": 20.0, "model_compression_ratio": 25.0, "params_compressed_share": 1.0}
+            for n, b in (("mixed-25x-gradual-1+6ep", 36.0), (new, 37.0))]
+    stated = set(pairs(rows))
+    assert ("mixed-25x-gradual-1+6ep", new) in stated and not any(a == "mixed-25x-16ep" for a, _ in stated)
+    text = next(f for f in findings(rows, [_comp("mixed-25x-gradual-1+6ep", new, 1.0, 0.01)], ["t"])
+                if f.startswith(f"**Budgeted allocation ({new})"))
+    assert "binarized in 3 groups, the most sensitive first, each retrained, instead of all at once." in text
+    assert ("Against mixed-25x-gradual-1+6ep (90.0%): stepped minus mixed-25x-gradual-1+6ep: +1.00 BLEU on t "
+            "(p = 0.010) — significantly higher on the test set; stepped is better on every test set, "
+            "significantly.") in text

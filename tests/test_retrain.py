@@ -268,10 +268,12 @@ def test_packed_layers_record_the_method_and_scope_that_made_them(tiny_run, mult
     (["--method", "kmeans", "--gradual"], "--gradual applies to a budgeted allocation"),
     (["--method", "kmeans", "--final-epochs", "4"], "--final-epochs applies to a budgeted allocation"),
     (["--method", "kmeans", "--plan-only"], "--plan-only applies to a budgeted allocation"),
+    (["--method", "kmeans", "--binary-steps", "3"], "--binary-steps applies to a budgeted allocation"),
+    (["--target-ratio", "20", "--binary-steps", "0"], "--binary-steps must be >= 1, got 0"),
     (["--method", "kmeans", "--include", "encoder.nothing.*"], "--include 'encoder.nothing.*' matches no module"),
     (["--method", "kmeans", "--scope", "ffn", "--exclude", "decoder.nothing"],
      "--exclude 'decoder.nothing' matches no module"),
-], ids=["bits-bsflex", "sparsity-kmeans", "init-prune", "flex-method", "staged-method", "gradual-method", "final-epochs-method", "plan-only-method", "include-nothing", "exclude-nothing"])
+], ids=["bits-bsflex", "sparsity-kmeans", "init-prune", "flex-method", "staged-method", "gradual-method", "final-epochs-method", "plan-only-method", "binary-steps-method", "binary-steps-zero", "include-nothing", "exclude-nothing"])
 def test_options_that_do_not_apply_or_match_nothing_are_errors(tiny_run, multi30k, tmp_path, args, message):
     out = tmp_path / "m.sfz"
     result = run_cli("compress", str(tiny_run / "model.pt"), *args, "--retrain-epochs", "1", "--no-test",

@@ -113,8 +113,8 @@ def budget_config(args: argparse.Namespace):
         if args.flex:
             raise UsageError("--flex applies to a budgeted allocation; with --method, use kmeans-flex or "
                              "prune+kmeans-flex")
-        for flag in ("staged", "gradual", "final_epochs", "plan_only"):
-            if getattr(args, flag):
+        for flag in ("staged", "gradual", "final_epochs", "plan_only", "binary_steps"):
+            if getattr(args, flag) and not (flag == "binary_steps" and args.binary_steps == 1):
                 raise UsageError(f"--{flag.replace('_', '-')} applies to a budgeted allocation (--target-ratio or "
                                  "--budget-bytes)")
         if args.method is None:
@@ -128,7 +128,8 @@ def budget_config(args: argparse.Namespace):
     refuse_for_budget(given)
     return BudgetConfig(args.budget_bytes, args.target_ratio, args.sensitivity, args.sensitivity_sentences,
                         half_dense=args.dense_dtype != "fp32", flex=args.flex, staged=args.staged,
-                        gradual=args.gradual, row_scale=row_scale, final_epochs=args.final_epochs)
+                        gradual=args.gradual, row_scale=row_scale, final_epochs=args.final_epochs,
+                        binary_steps=args.binary_steps)
 
 
 def allocation_outputs(output: Path) -> tuple[Path, Path]:
@@ -186,7 +187,7 @@ def _compress(args: argparse.Namespace, stages: list, rc: Any, half_dense: bool,
                 if world.is_main:
                     write_plan(args, allocation)
                 return 0
-            stages = budget.stages(allocation.choices())
+            stages = budget.stages(allocation.choices(), allocation.sensitivities())
         adapter.model.to(world.device)
         result = compress_model(adapter, stages, rc, args.output, train_limit=args.train_limit, work_dir=work,
                                 world=world, test_splits=[] if args.no_test else None, half_dense=half_dense)
@@ -519,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-epochs", type=int, metavar="N",
                    help="budget: epochs of the last retraining (after the quantization), when they should differ "
                         "from --retrain-epochs (with --gradual or --staged, the earlier retrainings keep those)")
+    p.add_argument("--binary-steps", type=int, default=1, metavar="N",
+                   help="budget: binarize the BS-Flex layers in N groups, the most sensitive first, each "
+                        "retrained (--retrain-epochs each; the last --final-epochs), instead of all at once")
     p.add_argument("--staged", action="store_true",
                    help="budget: retrain after the pruning, after the k-means and after the binarization "
                         "(--retrain-epochs each), instead of once after all of them")

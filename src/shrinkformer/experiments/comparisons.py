@@ -13,7 +13,8 @@ one the grid lists first as the reference, so ``mixed-25x-16ep`` is measured aga
 (``mixed-25x-gradual-1+6ep``) against the gradual row and the one-shot rows' epoch variants; a row retrained on the baseline's translations also
 against the data control (``control-teacher``, the uncompressed model retrained on them), which is
 tested against the control; a row with per-row scales (``bsflex-all-rowscale``) against the same
-method without them.
+method without them; and a row against the rows its grid entry names (``Experiment.against``:
+stepped binarization against the same epochs spent without the steps).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
             out.append((base, m["name"]))
             out += [(v, m["name"]) for v in ok if _listed(v) < _listed(m["name"]) and retrained_twin(v) == base]
         out += [(v, m["name"]) for v in one_shot_peers(m["name"], ok)]
+    for name in ok:  # the references a grid row names itself
+        exp = EXPERIMENTS.get(name)
+        out += [(ref, name) for ref in (exp.against if exp else ()) if ref in ok and (ref, name) not in out]
     for name in ok:
         if name.endswith(ROW_SCALED) and name.removesuffix(ROW_SCALED) in ok:
             out.append((name.removesuffix(ROW_SCALED), name))

@@ -41,9 +41,10 @@ class CompressSection:
     gradual: bool | None = None
     row_scale: bool | None = None
     final_epochs: int | None = None
+    binary_steps: int | None = None
 
 
-BUDGET_ONLY = ("target_ratio", "flex", "staged", "gradual", "row_scale", "final_epochs")
+BUDGET_ONLY = ("target_ratio", "flex", "staged", "gradual", "row_scale", "final_epochs", "binary_steps")
 
 
 @dataclass(frozen=True)

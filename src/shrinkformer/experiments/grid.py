@@ -26,6 +26,8 @@ class Experiment:
     gradual: bool = False  # the allocation reaches high sparsities in retrained steps
     row_scale: bool = False  # the allocation may give 1- and 2-bit layers a scale per row
     final_epochs: int | None = None  # the allocation's last retraining (after the quantization), if not the others'
+    binary_steps: int = 1  # the allocation's BS-Flex layers binarized in this many retrained groups
+    against: tuple[str, ...] = ()  # rows this one was added to be tested against, beyond those its name implies
     retrain_epochs: int | None = None  # instead of the preset's
     in_study: bool = False
     bits: int | None = None
@@ -37,7 +39,8 @@ class Experiment:
         if self.target_ratio is None:
             raise ValueError(f"{self.name} is not a budgeted row")
         return BudgetConfig(target_ratio=self.target_ratio, flex=self.flex, staged=self.staged, gradual=self.gradual,
-                            row_scale=self.row_scale, final_epochs=self.final_epochs)
+                            row_scale=self.row_scale, final_epochs=self.final_epochs,
+                            binary_steps=self.binary_steps)
 
     @property
     def retrains(self) -> bool:
@@ -78,7 +81,7 @@ def binary(kind: str, scope: str, in_study: bool = False, distill: float = 0.0, 
 
 def mixed(ratio: int, epochs: int | None = None, flex: bool = False, staged: bool = False,
           gradual: bool = False, data: str = "references", row_scale: bool = False,
-          final_epochs: int | None = None) -> Experiment:
+          final_epochs: int | None = None, binary_steps: int = 1, against: tuple[str, ...] = ()) -> Experiment:
     """Each layer's sparsity and bits chosen for a whole-model ratio (embeddings and all). A staged
     or gradual row's epochs are per retraining and stay out of its name: it is its plain twin
     retrained differently; with ``final_epochs`` its name ends in ``-{epochs}+{final_epochs}ep``."""
@@ -86,9 +89,11 @@ def mixed(ratio: int, epochs: int | None = None, flex: bool = False, staged: boo
     name = f"mixed-{ratio}x" + (f"-{epochs}ep" if epochs and not steps else "") + ("-flex" if flex else "") \
         + ("-staged" if staged else "") + ("-gradual" if gradual else "") \
         + ("" if data == "references" else f"-{data}") + ("-rowscale" if row_scale else "") \
+        + (f"-binary{binary_steps}" if binary_steps > 1 else "") \
         + (f"-{epochs}+{final_epochs}ep" if final_epochs is not None else "")
     return Experiment(name, "mixed", "all+embeddings", target_ratio=float(ratio), retrain_epochs=epochs, flex=flex,
-                      staged=staged, gradual=gradual, retrain_data=data, row_scale=row_scale, final_epochs=final_epochs)
+                      staged=staged, gradual=gradual, retrain_data=data, row_scale=row_scale, final_epochs=final_epochs,
+                      binary_steps=binary_steps, against=against)
 
 
 def prune(start: int, end: int, steps: int, in_study: bool = False) -> Experiment:
@@ -183,6 +188,14 @@ GRID: list[Experiment] = [
     # At 25x that kept what 16 one-shot epochs kept (no set separates them) in 9. The same at 32x,
     # whose allocation prunes 18 layers to 95% (one cut: 8.07 validation BLEU), against mixed-32x-8ep.
     mixed(32, epochs=1, gradual=True, final_epochs=6),
+    # In both, the pruning had recovered and binarizing the 24 (25x) or 29 (32x) BS-Flex layers at
+    # once did the damage: validation BLEU 33.75 -> 13.11 and 29.09 -> 2.36. Binarized as INQ
+    # quantizes, a share at a time: three groups, the most sensitive first, each retrained, with
+    # the same 9 epochs (one per pruning step, one after each of the first two groups, 4 at the end).
+    mixed(25, epochs=1, gradual=True, binary_steps=3, final_epochs=4,
+          against=("mixed-25x-gradual-1+6ep", "mixed-25x-16ep")),
+    mixed(32, epochs=1, gradual=True, binary_steps=3, final_epochs=4,
+          against=("mixed-32x-gradual-1+6ep", "mixed-32x-8ep")),
 ]
 
 # Rows that only some presets run.

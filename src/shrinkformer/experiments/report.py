@@ -297,6 +297,7 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
     for peer in (_row(rows, n) for n in one_shot_peers(m["name"], ok) if splits and find(comps, n, m["name"], splits[0])):
         said += (f" Against {peer['name']} ({pct(peer):.1f}%, one retraining at the end): "
                  + summary(comps, peer["name"], m["name"], splits, "re-spread minus one-shot") + ".")
+    said += _against(m, rows, comps, splits, pct)
     below = [u for u in uniform_below(rows, m) if splits and find(comps, u["name"], m["name"], splits[0])]
     if not below:
         return said + " No uniform row between half its ratio and its ratio has been tested against it yet."
@@ -307,6 +308,25 @@ def _budget_vs_uniform(m: dict, rows: list[dict], comps: list[dict], splits: Seq
     return (said + f" Against the best uniform row at a ratio no higher, {best['name']} ({pct(best):.1f}% at "
             f"{best['model_compression_ratio']:.2f}x; the budgeted model is at {multiple:.3f}x its ratio): "
             + summary(comps, best["name"], m["name"], splits, "budgeted minus uniform") + f"; {verdict}.")
+
+
+def _against(m: dict, rows: list[dict], comps: list[dict], splits: Sequence[str], pct) -> str:
+    """A row against the rows its grid entry names (``Experiment.against``), saying how it differs."""
+    exp = EXPERIMENTS.get(m["name"])
+    if exp is None or not exp.against:
+        return ""
+    steps = exp.binary_steps
+    said = (f" Its BS-Flex layers were binarized in {steps} groups, the most sensitive first, each retrained, "
+            "instead of all at once." if steps > 1 else "")
+    this = "stepped" if steps > 1 else "this row"
+    for peer in (_row(rows, n) for n in exp.against):
+        if peer is None or not splits or not find(comps, peer["name"], m["name"], splits[0]):
+            continue
+        hi, lo, n = _sig(comps, peer["name"], m["name"], splits)
+        said += (f" Against {peer['name']} ({pct(peer):.1f}%): "
+                 + summary(comps, peer["name"], m["name"], splits, f"{this} minus {peer['name']}") + "; "
+                 + _verdict(hi, lo, n, "the two", f"{this} is better", f"{this} is worse") + ".")
+    return said
 
 
 def pareto(rows: list[dict]) -> list[dict]:

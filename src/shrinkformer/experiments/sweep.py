@@ -145,7 +145,7 @@ def run_experiment(exp: Experiment, sp: SweepPreset, checkpoint: Path, data_dir:
     if exp.target_ratio is not None:
         budget = exp.budget()
         allocation, half_dense = load_or_plan(adapter, budget, work, sp.train_limit), budget.half_dense
-        stages = budget.stages(allocation.choices())
+        stages = budget.stages(allocation.choices(), allocation.sensitivities())
     else:
         stages = stages_of(exp)
     result = compress_model(adapter, stages, retrain_config(exp, sp), out, sp.train_limit, work_dir=work,

@@ -188,6 +188,9 @@ class Allocation:
     def choices(self) -> dict[str, Choice]:
         return {layer.name: layer.choice for layer in self.layers}
 
+    def sensitivities(self) -> dict[str, float]:
+        return {layer.name: layer.sensitivity for layer in self.layers}
+
     def to_dict(self) -> dict[str, Any]:
         return {"budget_bytes": self.budget_bytes, "fixed_bytes": self.fixed_bytes, "params": self.params,
                 "estimated_bytes": self.estimated_bytes, "estimated_ratio": round(self.estimated_ratio, 3),
