@@ -14,7 +14,8 @@ from shrinkformer.runtime import build, contract
 from shrinkformer.runtime.layers import LayerArrays, pack_bits
 
 DRIVER = Path(__file__).parent / "native" / "kernel_check.c"
-SOURCES = [build.CSRC / "packed_portable.c", build.CSRC / "int8.c", build.CSRC / "prepare.c", DRIVER]  # called by them
+SOURCES = [build.CSRC / "packed_portable.c", build.CSRC / "int8.c", build.CSRC / "prepare.c", build.CSRC / "grouped.c",
+           DRIVER]  # called by them
 
 
 def compile_driver(cc: str, target: Path, extra: list[str], env: dict | None = None) -> Path:
@@ -53,9 +54,26 @@ def int8_layers(rng: np.random.Generator) -> dict[str, LayerArrays]:
         None) for rows, cols in INT8_SHAPES}
 
 
-def write_case(path: Path, layer: LayerArrays, x: np.ndarray, bias: np.ndarray, int8: bool = False) -> None:
+GROUPED_SHAPES = [(32, 64), (16, 40), (48, 96)]  # rows in 16s; 40 columns leave a short last group of 3 and of 2
+GROUPED_CASE = 64  # kernel_check.c's code for "lay it out as grouped.c does first"
+
+
+def grouped_layers(rng: np.random.Generator) -> dict[str, LayerArrays]:
+    """4-bit layers of 2 to 5 distinct values (of 16 centroids), which grouped.c serves by lookup tables."""
+    out = {}
+    for values in (2, 3, 4, 5):
+        for rows, cols in GROUPED_SHAPES:
+            codes = rng.choice(rng.permutation(16)[:values], rows * cols)
+            out[f"grouped {values} values {rows}x{cols}"] = LayerArrays.codebook_layer(
+                rows, cols, 4, rng.standard_normal(16).astype(np.float32), pack_bits(codes, 4), None)
+    return out
+
+
+def write_case(path: Path, layer: LayerArrays, x: np.ndarray, bias: np.ndarray, int8: bool = False,
+               grouped: bool = False) -> None:
     arrays = [layer.index, layer.codebook, layer.values, layer.mask, layer.row_start]
-    header = [contract.LAYER_LUT4_INT8 if int8 else layer.kind(), layer.rows, layer.cols, layer.bits, x.shape[0], 1] + [0 if a is None else a.nbytes for a in arrays]
+    kind = contract.LAYER_LUT4_INT8 if int8 else GROUPED_CASE if grouped else layer.kind()
+    header = [kind, layer.rows, layer.cols, layer.bits, x.shape[0], 1] + [0 if a is None else a.nbytes for a in arrays]
     with open(path, "wb") as f:
         f.write(np.array(header, dtype=np.int64).tobytes())
         for a in arrays:
@@ -72,13 +90,15 @@ def check_against_host(tmp_path: Path, other: list[str], name_of_other: str) -> 
     elsewhere) writes what the host's portable build writes, and that is x @ W.T + b."""
     host = compile_driver("cc", tmp_path / "check-host", [])
     rng = np.random.default_rng(0)
-    cases = [(name, layer, False) for name, layer in layers(rng).items()]
-    cases += [(name, layer, True) for name, layer in int8_layers(rng).items()]
-    for name, layer, int8 in cases:
+    cases = [(name, layer, "") for name, layer in layers(rng).items()]
+    cases += [(name, layer, "int8") for name, layer in int8_layers(rng).items()]
+    cases += [(name, layer, "grouped") for name, layer in grouped_layers(rng).items()]
+    for name, layer, mode in cases:
+        int8 = mode == "int8"
         for m in (1, 5, 12):
             x, bias = rng.standard_normal((m, layer.cols)).astype(np.float32), rng.standard_normal(layer.rows)
             case = tmp_path / "case.bin"
-            write_case(case, layer, x, bias, int8)
+            write_case(case, layer, x, bias, int8, grouped=mode == "grouped")
             outputs = {}
             for which, command in ((name_of_other, other), ("host", [str(host)])):
                 result = tmp_path / f"{which}.bin"

@@ -4,13 +4,16 @@
 
    Input: int64 kind, rows, cols, bits, M, has_bias, then byte counts of index, codebook, values,
    mask, row_start, followed by those arrays, x (M * cols floats) and the bias (rows floats). Kind
-   LAYER_LUT4_INT8: a 4-bit layer, laid out for the int8 mode here (layer_to_int8) before the product. */
+   LAYER_LUT4_INT8: a 4-bit layer, laid out for the int8 mode here (layer_to_int8) before the product;
+   kind GROUPED_CASE: a 4-bit layer of at most 5 values, given grouped.c's layout (layer_to_grouped). */
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "runtime.h"
+
+#define GROUPED_CASE 64 /* the driver's own code, beside runtime.h's LAYER_* kinds */
 
 static void *read_block(FILE *f, int64_t bytes) {
     if (bytes == 0) return NULL;
@@ -39,6 +42,9 @@ int main(int argc, char **argv) {
     if (L.kind == LAYER_LUT4_INT8) {
         L.kind = LAYER_LUT4;
         if (layer_to_int8(&L)) { fprintf(stderr, "layer_to_int8 refused the layer\n"); return 2; }
+    } else if (L.kind == GROUPED_CASE) {
+        L.kind = LAYER_LUT4;
+        if (layer_to_grouped(&L)) { fprintf(stderr, "layer_to_grouped refused the layer\n"); return 2; }
     }
     packed_layer_matmul_t(&L, x, M, bias, y);
     if (L.kind == LAYER_DENSE) memcpy(w, L.values, sizeof(float) * L.rows * L.cols);

@@ -22,7 +22,7 @@ from pathlib import Path
 CSRC = Path(__file__).parent / "csrc"
 # both variants: the step, the encoder, the search, the tokenizer, a file's layers in the kernels' layout,
 # the int8 mode
-SHARED = ("decoder_step.c", "beam_select.c", "search.c", "tokenizer.c", "prepare.c", "int8.c")
+SHARED = ("decoder_step.c", "beam_select.c", "search.c", "tokenizer.c", "prepare.c", "int8.c", "grouped.c")
 VARIANTS = {
     "x86": (("packed_kernels.c", *SHARED), ("-mavx2", "-mfma", "-mf16c")),
     "portable": (("packed_portable.c", *SHARED), ()),

@@ -20,7 +20,7 @@ class Layer(ctypes.Structure):
     """``packed_layer``."""
     _fields_ = [("kind", I64), ("wide", I64), ("rows", I64), ("cols", I64), ("bits", I64), ("index", P),
                 ("values", P), ("codebook", P), ("mask", P), ("row_start", P), ("qcodebook", P), ("qsum", P),
-                ("qscale", F32), ("row_scale", P)]
+                ("qscale", F32), ("row_scale", P), ("gindex", P), ("gbasis", P), ("gcols", I64)]
 
 
 class DecoderLayer(ctypes.Structure):
@@ -83,6 +83,8 @@ FUNCTIONS = {
     "layer_prepare": (I64, [P, P]),
     "layer_release": (None, [P]),
     "layer_to_int8": (I64, [P]),
+    "layer_to_grouped": (I64, [P]),
+    "layer_release_grouped": (None, [P]),
     "int8_row": (None, [P, I64, P]),
     "half_to_float": (None, [P, I64, P]),
     "float_to_half": (None, [P, I64, P]),

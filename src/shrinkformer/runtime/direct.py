@@ -117,6 +117,11 @@ class DirectModel:
                 raise CheckpointError(f"{self.path}: out of memory")
             if status == 0:
                 out.wide = int(native.vnni())
+        try:
+            native.group(out)
+        except MemoryError:
+            self.lib.layer_release(ctypes.byref(out))
+            raise CheckpointError(f"{self.path}: out of memory") from None
         self._layers.append(out)
         self.prepared[name] = out
         return ctypes.addressof(out)

@@ -43,7 +43,8 @@ class Engine:
             if layer is None:
                 return None
             if id(layer) not in self._descriptors:
-                self._descriptors[id(layer)] = layer.descriptor(wide)
+                d = self._descriptors[id(layer)] = layer.descriptor(wide)
+                native.group(d)  # as direct.py's layers: the same kernels, the same sums
             return ctypes.addressof(self._descriptors[id(layer)])
 
         self._desc = desc
@@ -59,6 +60,11 @@ class Engine:
         self._decoder = self._descriptor(self.decoder_layers, spec.decoder_layers, model.decoder_norm, out=self.out)
         self._cross = (ctypes.c_void_p * (2 * len(self.cross)))(*(c for k, kb, v, vb in self.cross for c in (k, v)))
         self._cross_bias = (ctypes.c_void_p * (2 * len(self.cross)))(*(b for k, kb, v, vb in self.cross for b in (kb, vb)))
+
+    def __del__(self) -> None:
+        for d in getattr(self, "_descriptors", {}).values():
+            if d.gindex:  # the grouped layout is the library's; the rest points into the arrays
+                self.lib.layer_release_grouped(ctypes.byref(d))
 
     def _structs(self, blocks) -> ctypes.Array:
         structs = (contract.DecoderLayer * len(blocks))()

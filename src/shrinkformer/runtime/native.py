@@ -83,6 +83,22 @@ def vnni() -> bool:
     return wide() and "avx512_vnni" in cpu_flags()
 
 
+def grouped() -> bool:
+    """Whether layers of at most 5 distinct values run through csrc/grouped.c's tables: where the
+    AVX-512 kernels run (its permute is the lookup), unless ``SHRINKFORMER_GROUPED=0``."""
+    return wide() and os.environ.get("SHRINKFORMER_GROUPED", "1") != "0"
+
+
+def group(layer) -> None:
+    """Give a prepared 4-bit ``contract.Layer`` (kernels' kind LAYER_LUT4) grouped.c's layout where
+    it has few enough values and ``grouped()``; the layout is the library's (``layer_release`` or
+    ``layer_release_grouped`` frees it)."""
+    if not grouped() or layer.kind != 0 or layer.gindex:
+        return
+    if library().layer_to_grouped(ctypes.byref(layer)) == -2:
+        raise MemoryError(f"a {layer.rows}x{layer.cols} layer's lookup layout: out of memory")
+
+
 def _locate(name: str) -> Path | None:
     """The library file to load: the installed one where it matches the sources beside it, else a
     build in the cache (made now where a compiler is there), else the installed one as it is."""

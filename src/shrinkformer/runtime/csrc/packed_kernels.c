@@ -799,6 +799,115 @@ VNNI static void int8_core_avx512vnni(const packed_layer *L, const uint8_t *xq, 
 
 const int8_core_fn int8_core_vnni = int8_core_avx512vnni;
 
+/* grouped.c's core in 16 lanes: a block's 16 pattern bytes widened to lane indices, each row of
+   x's table (two registers) looked up by one permute and added, groups in order. Tables are read
+   a chunk of groups at a time for every block of the thread's range (the chunk's tables stay in
+   L1; a block's sums wait in y between chunks), so each lane adds what the portable core adds,
+   in its order: 0, then every group's entry, then the bias. */
+#define GROUP_CHUNK 32
+
+AVX512 static inline __attribute__((always_inline)) void grouped_rows(const packed_layer *L, const float *T,
+                                                                     const float *bias, float *y, int64_t b0,
+                                                                     int64_t b1, const int mb) {
+    int64_t N = L->rows, K = L->cols, g = L->gcols, groups = (K + g - 1) / g;
+    for (int64_t p0 = 0; p0 < groups; p0 += GROUP_CHUNK) {
+        int64_t p1 = p0 + GROUP_CHUNK < groups ? p0 + GROUP_CHUNK : groups;
+        int last = p1 == groups;
+        int64_t b = b0;
+        for (; b + 2 <= b1; b += 2) { /* two blocks share each table's loads */
+            __m512 acc[2][8];
+#pragma GCC unroll 8
+            for (int m = 0; m < mb; m++)
+                for (int h = 0; h < 2; h++)
+                    acc[h][m] = p0 ? _mm512_loadu_ps(y + m * N + (b + h) * 16) : _mm512_setzero_ps();
+            const uint8_t *c0 = L->gindex + b * groups * 16, *c1 = c0 + groups * 16;
+            for (int64_t p = p0; p < p1; p++) {
+                __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c0 + p * 16)));
+                __m512i i1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c1 + p * 16)));
+                const float *t = T + p * mb * 32;
+#pragma GCC unroll 8
+                for (int m = 0; m < mb; m++) {
+                    __m512 lo = _mm512_loadu_ps(t + m * 32), hi = _mm512_loadu_ps(t + m * 32 + 16);
+                    acc[0][m] = _mm512_add_ps(acc[0][m], _mm512_permutex2var_ps(lo, i0, hi));
+                    acc[1][m] = _mm512_add_ps(acc[1][m], _mm512_permutex2var_ps(lo, i1, hi));
+                }
+            }
+#pragma GCC unroll 8
+            for (int m = 0; m < mb; m++)
+                for (int h = 0; h < 2; h++)
+                    _mm512_storeu_ps(y + m * N + (b + h) * 16, last && bias ? _mm512_add_ps(acc[h][m],
+                                     _mm512_loadu_ps(bias + (b + h) * 16)) : acc[h][m]);
+        }
+        for (; b < b1; b++) {
+            __m512 acc[8];
+#pragma GCC unroll 8
+            for (int m = 0; m < mb; m++) acc[m] = p0 ? _mm512_loadu_ps(y + m * N + b * 16) : _mm512_setzero_ps();
+            const uint8_t *codes = L->gindex + b * groups * 16;
+            for (int64_t p = p0; p < p1; p++) {
+                __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + p * 16)));
+                const float *t = T + p * mb * 32;
+#pragma GCC unroll 8
+                for (int m = 0; m < mb; m++)
+                    acc[m] = _mm512_add_ps(acc[m], _mm512_permutex2var_ps(_mm512_loadu_ps(t + m * 32), idx,
+                                                                          _mm512_loadu_ps(t + m * 32 + 16)));
+            }
+#pragma GCC unroll 8
+            for (int m = 0; m < mb; m++)
+                _mm512_storeu_ps(y + m * N + b * 16,
+                                 last && bias ? _mm512_add_ps(acc[m], _mm512_loadu_ps(bias + b * 16)) : acc[m]);
+        }
+    }
+}
+
+AVX512 static void grouped_core_avx512(const packed_layer *L, const float *T, int64_t M, const float *bias, float *y,
+                                       int64_t b0, int64_t b1) {
+    switch (M) { /* the rows a constant, so the accumulators stay registers */
+        case 1: grouped_rows(L, T, bias, y, b0, b1, 1); break;
+        case 2: grouped_rows(L, T, bias, y, b0, b1, 2); break;
+        case 3: grouped_rows(L, T, bias, y, b0, b1, 3); break;
+        case 4: grouped_rows(L, T, bias, y, b0, b1, 4); break;
+        case 5: grouped_rows(L, T, bias, y, b0, b1, 5); break;
+        case 6: grouped_rows(L, T, bias, y, b0, b1, 6); break;
+        case 7: grouped_rows(L, T, bias, y, b0, b1, 7); break;
+        default: grouped_rows(L, T, bias, y, b0, b1, 8); break;
+    }
+}
+
+const grouped_core_fn grouped_core_simd = grouped_core_avx512;
+
+/* grouped.c's tables, the basis in registers: per table a product and then a fused multiply-add
+   per further column, 32 lanes in two registers, as grouped.c's table() computes each lane */
+AVX512 static inline __attribute__((always_inline)) void grouped_tables_g(const packed_layer *L, const float *x,
+                                                                         int64_t M, float *T, const int g) {
+    int64_t K = L->cols, full = K / g, groups = (K + g - 1) / g;
+    __m512 lo[5], hi[5];
+    for (int j = 0; j < g; j++) lo[j] = _mm512_loadu_ps(L->gbasis + j * 32), hi[j] = _mm512_loadu_ps(L->gbasis + j * 32 + 16);
+    for (int64_t p = 0; p < groups; p++) {
+        int columns = p < full ? g : (int)(K - p * g);
+        for (int64_t m = 0; m < M; m++) {
+            const float *xs = x + m * K + p * g;
+            __m512 x0 = _mm512_set1_ps(xs[0]), a = _mm512_mul_ps(x0, lo[0]), b = _mm512_mul_ps(x0, hi[0]);
+            for (int j = 1; j < columns; j++) {
+                __m512 xj = _mm512_set1_ps(xs[j]);
+                a = _mm512_fmadd_ps(xj, lo[j], a);
+                b = _mm512_fmadd_ps(xj, hi[j], b);
+            }
+            _mm512_storeu_ps(T + (p * M + m) * 32, a);
+            _mm512_storeu_ps(T + (p * M + m) * 32 + 16, b);
+        }
+    }
+}
+
+AVX512 static void grouped_tables_avx512(const packed_layer *L, const float *x, int64_t M, float *T) {
+    switch (L->gcols) { /* the group's width a constant: the loop over its columns unrolls */
+        case 2: grouped_tables_g(L, x, M, T, 2); break;
+        case 3: grouped_tables_g(L, x, M, T, 3); break;
+        default: grouped_tables_g(L, x, M, T, 5); break;
+    }
+}
+
+const grouped_tables_fn grouped_tables_simd = grouped_tables_avx512;
+
 void packed_layer_matmul_t(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y) {
     if (L->row_scale) {
         row_scaled_matmul_t(L, x, M, bias, y);
@@ -812,6 +921,7 @@ void packed_layer_matmul_t(const packed_layer *L, const float *x, int64_t M, con
             dense_matmul_t(x, M, L->cols, L->values, L->rows, bias, y);
             break;
         case LAYER_LUT4: {
+            if (L->gindex && M <= MAX_GROUPED_ROWS && !grouped_matmul_t(L, x, M, bias, y)) break;
             float *scratch = malloc(sizeof(float) * M * (L->cols + 2 * XPAD)); /* x's even and odd columns */
             /* AVX-512: up to 8 rows of x per pass over W (lut4_block_wide), 1.4-1.65x the AVX2
                kernels at 4 to 16 rows on a Xeon with two 512-bit FMA units (SHRINKFORMER_NATIVE=avx2

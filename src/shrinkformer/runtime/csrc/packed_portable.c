@@ -215,6 +215,8 @@ static void row_times_x(const float *row, const float *x, int64_t M, int64_t K, 
 }
 #endif
 
+const grouped_core_fn grouped_core_simd = NULL; /* grouped.c's portable code, the same floats */
+const grouped_tables_fn grouped_tables_simd = NULL;
 const int8_core_fn int8_core_vnni = NULL; /* the portable library has only int8.c's portable core */
 
 void packed_layer_matmul_t(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y) {
@@ -227,6 +229,7 @@ void packed_layer_matmul_t(const packed_layer *L, const float *x, int64_t M, con
         int8_matmul_t(L, x, M, bias, y);
         return;
     }
+    if (L->kind == LAYER_LUT4 && L->gindex && M <= MAX_GROUPED_ROWS && !grouped_matmul_t(L, x, M, bias, y)) return;
     PARALLEL_IF(N * K >= PARALLEL_FROM_FLOATS)
     for (int64_t n = 0; n < N; n++) {
         float row[K];

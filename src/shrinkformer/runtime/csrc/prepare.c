@@ -70,6 +70,7 @@ void layer_release(packed_layer *L) {
     free((void *)L->qcodebook);
     free((void *)L->qsum);
     free((void *)L->row_scale);
+    layer_release_grouped(L);
     memset(L, 0, sizeof(*L));
 }
 

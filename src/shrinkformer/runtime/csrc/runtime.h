@@ -68,6 +68,12 @@ typedef struct {
        y[m][n] = row_scale[n] * (x[m] . W[n]) + bias[n], the products unscaled and the scale after
        them (row_scaled_matmul_t), on every path; the dequantizing entry points return W unscaled */
     const float *row_scale;
+    /* NULL, or grouped.c's layout of a LAYER_LUT4 layer of at most 5 distinct values (layer_to_grouped):
+       gcols columns per group, each row's group code a byte in blocks of 16 rows, and the basis
+       (gcols x 32 floats) its 32-entry tables are built from; the 4-bit index stays for the rest */
+    const uint8_t *gindex;
+    const float *gbasis;
+    int64_t gcols;
 } packed_layer;
 
 /* LAYER_DENSE: an fp32 weight (values, rows x cols), for a layer left uncompressed.
@@ -140,7 +146,8 @@ typedef struct {
     X(offsetof(packed_layer, index)) X(offsetof(packed_layer, values)) X(offsetof(packed_layer, codebook))  \
     X(offsetof(packed_layer, mask)) X(offsetof(packed_layer, row_start))                                    \
     X(offsetof(packed_layer, qcodebook)) X(offsetof(packed_layer, qsum)) X(offsetof(packed_layer, qscale))  \
-    X(offsetof(packed_layer, row_scale))                                                                    \
+    X(offsetof(packed_layer, row_scale)) X(offsetof(packed_layer, gindex)) X(offsetof(packed_layer, gbasis))  \
+    X(offsetof(packed_layer, gcols))                                                                        \
     X(sizeof(decoder_layer)) X(offsetof(decoder_layer, proj)) X(offsetof(decoder_layer, bias))              \
     X(offsetof(decoder_layer, norm_weight)) X(offsetof(decoder_layer, norm_bias))                           \
     X(offsetof(decoder_layer, self_k)) X(offsetof(decoder_layer, self_v))                                   \
@@ -216,6 +223,22 @@ typedef void (*int8_core_fn)(const packed_layer *L, const uint8_t *xq, const flo
 void int8_core_portable(const packed_layer *L, const uint8_t *xq, const float *sx, int64_t M, const float *bias,
                         float *y, int64_t b0, int64_t b1);
 extern const int8_core_fn int8_core_vnni;
+
+/* grouped.c: a LAYER_LUT4 layer of at most 5 distinct values given its grouped layout too (0; -1
+   where it has more values or rows not a multiple of 16, -2 out of memory), that layout freed
+   again (layer_release frees it too), and the product through it (-1 where its tables found no
+   memory: the caller runs the 4-bit kernel). Its tables and their sums: the portable code
+   (grouped.c) and, in the x86 library, AVX-512 code (NULL elsewhere) doing the same operations in
+   the same order, so both give the same floats */
+#define MAX_GROUPED_ROWS 16 /* rows of x up to which a grouped layer's product goes through its tables */
+int64_t layer_to_grouped(packed_layer *L);
+void layer_release_grouped(packed_layer *L);
+int grouped_matmul_t(const packed_layer *L, const float *x, int64_t M, const float *bias, float *y);
+typedef void (*grouped_core_fn)(const packed_layer *L, const float *T, int64_t M, const float *bias, float *y,
+                                int64_t b0, int64_t b1);
+typedef void (*grouped_tables_fn)(const packed_layer *L, const float *x, int64_t M, float *T);
+extern const grouped_core_fn grouped_core_simd;
+extern const grouped_tables_fn grouped_tables_simd;
 
 /* prepare.c: a packed file's layer in the kernels' layout (arrays malloc'd, freed by
    layer_release); 0, -1 where the parts are inconsistent, -2 where memory ran out */

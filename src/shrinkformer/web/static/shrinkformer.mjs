@@ -22,7 +22,7 @@ const I64 = ["i64", 8], PTR = ["ptr", 4], F32 = ["f32", 4], F64 = ["f64", 8];
 const STRUCTS = {
   packed_layer: [["kind", I64], ["wide", I64], ["rows", I64], ["cols", I64], ["bits", I64], ["index", PTR],
     ["values", PTR], ["codebook", PTR], ["mask", PTR], ["row_start", PTR], ["qcodebook", PTR], ["qsum", PTR],
-    ["qscale", F32], ["row_scale", PTR]],
+    ["qscale", F32], ["row_scale", PTR], ["gindex", PTR], ["gbasis", PTR], ["gcols", I64]],
   decoder_layer: [["proj", PTR, 8], ["bias", PTR, 8], ["norm_weight", PTR, 3], ["norm_bias", PTR, 3], ["self_k", PTR],
     ["self_v", PTR], ["cross_k", PTR], ["cross_v", PTR]],
   decoder_desc: [["layers", I64], ["C", I64], ["heads", I64], ["ffn", I64], ["vocab", I64], ["capacity", I64],
